@@ -1,0 +1,681 @@
+//! A connected stream socket (TCP or Unix) driving a protocol.
+//!
+//! The connection owns the socket, its write buffer and the boxed protocol;
+//! protocols reach it through a [`Transport`] handle (an `Rc` to this
+//! struct). The socket is registered once for read and write readiness,
+//! edge-triggered, so nothing is re-armed per event.
+//!
+//! Closing happens only at safe points: `lose_connection`, `abort_connection`
+//! and write errors set a flag and queue the connection on the reactor's dirty
+//! list; `settle` runs after the current callback returned and does the
+//! close, so `connection_lost` never runs while the protocol is borrowed.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::rc::{Rc, Weak};
+
+use crate::address::Address;
+use crate::error::{ConnectionError, NotSupportedError};
+use crate::failure::{catch, Failure};
+use crate::protocol::{Producer, Protocol};
+use crate::reactor::{log_callback_failure, Inner, Reactor, Readiness, Source};
+use crate::transport::{ProducerError, Transport, TransportImpl, UnixCredentials};
+
+/// Reads per readiness event before yielding to other sources.
+const MAX_READS_PER_TURN: usize = 16;
+/// Default write-buffer marks for producer flow control.
+pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// Default low-water mark.
+pub const DEFAULT_LOW_WATER: usize = 16 * 1024;
+/// Chunks at most this long are appended to; larger writes get their own chunk.
+const COALESCE_LIMIT: usize = 16 * 1024;
+/// A drained buffer keeps its allocation only up to this size (idle connections stay small).
+const KEEP_CAPACITY: usize = 4 * 1024;
+
+/// What the stream connection needs from a socket type.
+pub(crate) trait StreamSocket: Read + Write + mio::event::Source + 'static {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+    fn write_vectored_io(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn kind() -> &'static str;
+    fn set_nodelay(&self, _on: bool) -> Result<(), NotSupportedError> {
+        Err(NotSupportedError {
+            what: "TCP_NODELAY",
+            transport: Self::kind(),
+        })
+    }
+    fn set_keepalive(&self, _on: bool) -> Result<(), NotSupportedError> {
+        Err(NotSupportedError {
+            what: "TCP keepalive",
+            transport: Self::kind(),
+        })
+    }
+    fn credentials(&self) -> Result<UnixCredentials, NotSupportedError> {
+        Err(NotSupportedError {
+            what: "Unix peer credentials",
+            transport: Self::kind(),
+        })
+    }
+}
+
+#[derive(Default)]
+struct WriteBuffer {
+    chunks: VecDeque<Vec<u8>>,
+    head: usize,
+    len: usize,
+}
+
+impl WriteBuffer {
+    fn push(&mut self, data: &[u8]) {
+        self.len += data.len();
+        if let Some(last) = self.chunks.back_mut() {
+            if last.len() + data.len() <= COALESCE_LIMIT.max(last.capacity())
+                && last.len() < COALESCE_LIMIT
+            {
+                last.extend_from_slice(data);
+                return;
+            }
+        }
+        self.chunks.push_back(data.to_vec());
+    }
+
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        self.chunks
+            .iter()
+            .take(64)
+            .enumerate()
+            .map(|(i, c)| IoSlice::new(if i == 0 { &c[self.head..] } else { c }))
+            .collect()
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let avail = front.len() - self.head;
+            if n >= avail {
+                n -= avail;
+                self.head = 0;
+                let done = self.chunks.pop_front();
+                // Reuse a small drained chunk so steady small writes do not allocate.
+                if self.chunks.is_empty() {
+                    if let Some(mut c) = done {
+                        if c.capacity() <= KEEP_CAPACITY {
+                            c.clear();
+                            self.chunks.push_back(c);
+                        }
+                    }
+                }
+            } else {
+                self.head += n;
+                n = 0;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
+mod flag {
+    pub const DISCONNECTING: u16 = 1;
+    pub const ABORTING: u16 = 1 << 1;
+    pub const WRITE_SHUT_PENDING: u16 = 1 << 2;
+    pub const WRITE_SHUT: u16 = 1 << 3;
+    pub const READ_PAUSED: u16 = 1 << 4;
+    pub const READ_PENDING: u16 = 1 << 5;
+    pub const CLOSED: u16 = 1 << 6;
+    pub const DIRTY: u16 = 1 << 7;
+    pub const READ_SHUT: u16 = 1 << 8;
+    pub const STARTED: u16 = 1 << 9;
+}
+
+type CloseHook = Box<dyn FnOnce(&Failure)>;
+
+pub(crate) struct Connection<S: StreamSocket> {
+    reactor: Weak<Inner>,
+    me: Weak<Connection<S>>,
+    token: Cell<usize>,
+    sock: RefCell<Option<S>>,
+    protocol: RefCell<Option<Box<dyn Protocol>>>,
+    wbuf: RefCell<WriteBuffer>,
+    flags: Cell<u16>,
+    error: RefCell<Option<Failure>>,
+    producer: RefCell<Option<Rc<dyn Producer>>>,
+    streaming: Cell<bool>,
+    producer_paused: Cell<bool>,
+    peer: Address,
+    host: Address,
+    high_water: Cell<usize>,
+    low_water: Cell<usize>,
+    on_close: RefCell<Option<CloseHook>>,
+}
+
+impl<S: StreamSocket> Connection<S> {
+    pub(crate) fn new(reactor: &Reactor, sock: S, peer: Address, host: Address) -> Rc<Self> {
+        Rc::new_cyclic(|me| Connection {
+            reactor: reactor.downgrade(),
+            me: me.clone(),
+            token: Cell::new(usize::MAX),
+            sock: RefCell::new(Some(sock)),
+            protocol: RefCell::new(None),
+            wbuf: RefCell::new(WriteBuffer::default()),
+            flags: Cell::new(0),
+            error: RefCell::new(None),
+            producer: RefCell::new(None),
+            streaming: Cell::new(false),
+            producer_paused: Cell::new(false),
+            peer,
+            host,
+            high_water: Cell::new(DEFAULT_HIGH_WATER),
+            low_water: Cell::new(DEFAULT_LOW_WATER),
+            on_close: RefCell::new(None),
+        })
+    }
+
+    /// Registers the socket with the poller under a new token.
+    pub(crate) fn register(self: &Rc<Self>, reactor: &Reactor) -> io::Result<()> {
+        let me = self.clone();
+        let mut sock = self.sock.borrow_mut();
+        let sock = sock
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let key = reactor.register_source(
+            sock,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+            move |_| me,
+        )?;
+        self.token.set(key);
+        Ok(())
+    }
+
+    /// Takes over an already registered token (a connecting socket that just connected).
+    pub(crate) fn adopt_token(self: &Rc<Self>, reactor: &Reactor, key: usize) {
+        self.token.set(key);
+        reactor.replace_source(key, self.clone());
+    }
+
+    pub(crate) fn set_on_close(&self, hook: CloseHook) {
+        *self.on_close.borrow_mut() = Some(hook);
+    }
+
+    /// Attaches the protocol and calls `connection_made`.
+    pub(crate) fn start(self: &Rc<Self>, reactor: &Reactor, mut protocol: Box<dyn Protocol>) {
+        self.set(flag::STARTED);
+        let transport = self.transport();
+        let r = catch(|| protocol.connection_made(transport));
+        *self.protocol.borrow_mut() = Some(protocol);
+        if let Err(f) = r {
+            self.on_panic("connection_made", f);
+        }
+        self.mark_dirty_now(reactor);
+    }
+
+    pub(crate) fn transport(self: &Rc<Self>) -> Transport {
+        Transport::new(self.clone())
+    }
+
+    fn has(&self, f: u16) -> bool {
+        self.flags.get() & f != 0
+    }
+    fn set(&self, f: u16) {
+        self.flags.set(self.flags.get() | f)
+    }
+    fn clear_flag(&self, f: u16) {
+        self.flags.set(self.flags.get() & !f)
+    }
+
+    fn reactor(&self) -> Option<Reactor> {
+        self.reactor.upgrade().map(Reactor::from_inner)
+    }
+
+    fn mark_dirty(&self) {
+        if self.has(flag::DIRTY | flag::CLOSED) {
+            return;
+        }
+        if let (Some(r), Some(me)) = (self.reactor(), self.me.upgrade()) {
+            self.set(flag::DIRTY);
+            r.mark_dirty(me);
+        }
+    }
+
+    fn mark_dirty_now(self: &Rc<Self>, _reactor: &Reactor) {
+        self.mark_dirty();
+    }
+
+    fn on_panic(&self, what: &str, f: Failure) {
+        log_callback_failure(what, &self.peer, &f);
+        let reason = Failure::new(ConnectionError::ProtocolPanicked(f.to_string()));
+        self.fail_later(reason);
+        self.set(flag::ABORTING);
+    }
+
+    fn fail_later(&self, f: Failure) {
+        let mut e = self.error.borrow_mut();
+        if e.is_none() {
+            *e = Some(f);
+        }
+        drop(e);
+        self.mark_dirty();
+    }
+
+    /// Reads until the socket is drained, the protocol pauses us, or our turn is up.
+    fn do_read(self: &Rc<Self>, reactor: &Reactor) {
+        if self.has(flag::CLOSED | flag::READ_SHUT) || self.error.borrow().is_some() {
+            return;
+        }
+        if self.has(flag::READ_PAUSED) {
+            self.set(flag::READ_PENDING);
+            return;
+        }
+        reactor.with_read_buffer(|buf| {
+            for _ in 0..MAX_READS_PER_TURN {
+                let r = {
+                    let mut sock = self.sock.borrow_mut();
+                    let Some(sock) = sock.as_mut() else { return };
+                    sock.read(buf)
+                };
+                match r {
+                    Ok(0) => {
+                        self.read_eof();
+                        return;
+                    }
+                    Ok(n) => {
+                        let res = {
+                            let mut p = self.protocol.borrow_mut();
+                            match p.as_mut() {
+                                Some(p) => catch(|| p.data_received(&buf[..n])),
+                                None => Ok(()),
+                            }
+                        };
+                        if let Err(f) = res {
+                            self.on_panic("data_received", f);
+                            return;
+                        }
+                        if self.has(flag::CLOSED | flag::ABORTING | flag::READ_SHUT) {
+                            return;
+                        }
+                        if self.has(flag::READ_PAUSED) {
+                            // Data may remain in the socket; deliver it on resume.
+                            self.set(flag::READ_PENDING);
+                            return;
+                        }
+                        if n < buf.len() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.fail_later(Failure::new(ConnectionError::from_io(e)));
+                        self.set(flag::ABORTING);
+                        return;
+                    }
+                }
+            }
+            // Turn used up with data still coming: come back after others had theirs.
+            reactor.want_read_turn(self.clone());
+        });
+    }
+
+    fn read_eof(self: &Rc<Self>) {
+        let half = self
+            .protocol
+            .borrow()
+            .as_ref()
+            .map(|p| p.half_closeable())
+            .unwrap_or(false);
+        self.set(flag::READ_SHUT);
+        if half {
+            let r = {
+                let mut p = self.protocol.borrow_mut();
+                match p.as_mut() {
+                    Some(p) => catch(|| p.read_connection_lost()),
+                    None => Ok(()),
+                }
+            };
+            if let Err(f) = r {
+                self.on_panic("read_connection_lost", f);
+            }
+            if self.has(flag::WRITE_SHUT) {
+                self.fail_later(Failure::new(ConnectionError::Done));
+                self.set(flag::ABORTING);
+            }
+        } else {
+            self.fail_later(Failure::new(ConnectionError::Done));
+            self.set(flag::ABORTING);
+        }
+    }
+
+    /// Writes as much of the buffer as the kernel takes.
+    fn flush(&self) {
+        loop {
+            let mut wbuf = self.wbuf.borrow_mut();
+            if wbuf.len == 0 {
+                return;
+            }
+            let r = {
+                let mut sock = self.sock.borrow_mut();
+                let Some(sock) = sock.as_mut() else { return };
+                let slices = wbuf.slices();
+                if slices.len() == 1 {
+                    sock.write(&slices[0])
+                } else {
+                    sock.write_vectored_io(&slices)
+                }
+            };
+            match r {
+                Ok(0) => return,
+                Ok(n) => {
+                    wbuf.consume(n);
+                    let len = wbuf.len;
+                    drop(wbuf);
+                    self.after_drain(len);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    wbuf.clear();
+                    drop(wbuf);
+                    self.fail_later(Failure::new(ConnectionError::from_io(e)));
+                    self.set(flag::ABORTING);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn after_drain(&self, len: usize) {
+        if !self.producer_paused.get() && self.streaming.get() {
+            return;
+        }
+        let producer = self.producer.borrow().clone();
+        let Some(p) = producer else { return };
+        if self.streaming.get() {
+            if len <= self.low_water.get() {
+                self.producer_paused.set(false);
+                if let Err(f) = catch(|| p.resume_producing()) {
+                    self.on_panic("resume_producing", f);
+                }
+            }
+        } else if len == 0 && !self.has(flag::DISCONNECTING) {
+            if let Err(f) = catch(|| p.resume_producing()) {
+                self.on_panic("resume_producing", f);
+            }
+        }
+    }
+
+    fn close_now(self: &Rc<Self>, reason: Failure) {
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        self.set(flag::CLOSED);
+        self.wbuf.borrow_mut().clear();
+        if let Some(mut sock) = self.sock.borrow_mut().take() {
+            if let Some(r) = self.reactor() {
+                let _ = r.registry().deregister(&mut sock);
+                r.retire_source(self.token.get());
+            }
+            drop(sock);
+        }
+        if let Some(p) = self.producer.borrow_mut().take() {
+            if let Err(f) = catch(|| p.stop_producing()) {
+                tracing::error!(failure = %f, "stop_producing panicked");
+            }
+        }
+        let protocol = self.protocol.borrow_mut().take();
+        if let Some(mut p) = protocol {
+            let reason2 = reason.clone();
+            if let Err(f) = catch(move || p.connection_lost(reason2)) {
+                log_callback_failure("connection_lost", &self.peer, &f);
+            }
+        }
+        if let Some(hook) = self.on_close.borrow_mut().take() {
+            if let Err(f) = catch(|| hook(&reason)) {
+                tracing::error!(failure = %f, "client_connection_lost panicked");
+            }
+        }
+    }
+}
+
+impl<S: StreamSocket> Source for Connection<S> {
+    fn ready(self: Rc<Self>, reactor: &Reactor, readiness: Readiness) {
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        if readiness.writable && self.wbuf.borrow().len > 0 {
+            self.flush();
+        }
+        if readiness.readable {
+            self.do_read(reactor);
+        }
+        self.clone().settle(reactor);
+    }
+
+    fn settle(self: Rc<Self>, _reactor: &Reactor) {
+        self.clear_flag(flag::DIRTY);
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        if self.has(flag::ABORTING) {
+            let reason = self
+                .error
+                .borrow_mut()
+                .take()
+                .unwrap_or_else(|| Failure::new(ConnectionError::Aborted));
+            self.close_now(reason);
+            return;
+        }
+        self.flush();
+        if self.has(flag::ABORTING) {
+            let reason = self
+                .error
+                .borrow_mut()
+                .take()
+                .unwrap_or_else(|| Failure::new(ConnectionError::Aborted));
+            self.close_now(reason);
+            return;
+        }
+        let empty = self.wbuf.borrow().len == 0;
+        if empty && self.has(flag::DISCONNECTING) {
+            self.close_now(Failure::new(ConnectionError::Done));
+            return;
+        }
+        if empty && self.has(flag::WRITE_SHUT_PENDING) && !self.has(flag::WRITE_SHUT) {
+            self.clear_flag(flag::WRITE_SHUT_PENDING);
+            self.set(flag::WRITE_SHUT);
+            if let Some(s) = self.sock.borrow().as_ref() {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            let r = {
+                let mut p = self.protocol.borrow_mut();
+                match p.as_mut() {
+                    Some(p) => catch(|| p.write_connection_lost()),
+                    None => Ok(()),
+                }
+            };
+            if let Err(f) = r {
+                self.on_panic("write_connection_lost", f);
+                return;
+            }
+            if self.has(flag::READ_SHUT) {
+                self.close_now(Failure::new(ConnectionError::Done));
+            }
+        }
+    }
+
+    fn shutdown(self: Rc<Self>, _reactor: &Reactor) {
+        self.lose_connection();
+    }
+
+    fn is_connection(&self) -> bool {
+        true
+    }
+}
+
+impl<S: StreamSocket> TransportImpl for Connection<S> {
+    fn write(&self, data: &[u8]) {
+        if data.is_empty()
+            || self.has(flag::CLOSED | flag::WRITE_SHUT | flag::WRITE_SHUT_PENDING | flag::ABORTING)
+        {
+            return;
+        }
+        let len = {
+            let mut w = self.wbuf.borrow_mut();
+            w.push(data);
+            w.len
+        };
+        self.mark_dirty();
+        if len > self.high_water.get() && self.streaming.get() && !self.producer_paused.get() {
+            let p = self.producer.borrow().clone();
+            if let Some(p) = p {
+                self.producer_paused.set(true);
+                if let Err(f) = catch(|| p.pause_producing()) {
+                    self.on_panic("pause_producing", f);
+                }
+            }
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) {
+        for b in bufs {
+            self.write(b);
+        }
+    }
+
+    fn lose_connection(&self) {
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        self.set(flag::DISCONNECTING);
+        self.mark_dirty();
+    }
+
+    fn abort_connection(&self) {
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        self.set(flag::ABORTING);
+        self.mark_dirty();
+    }
+
+    fn lose_write_connection(&self) {
+        if self.has(flag::CLOSED | flag::WRITE_SHUT) {
+            return;
+        }
+        self.set(flag::WRITE_SHUT_PENDING);
+        self.mark_dirty();
+    }
+
+    fn peer(&self) -> Address {
+        self.peer.clone()
+    }
+
+    fn host(&self) -> Address {
+        self.host.clone()
+    }
+
+    fn pause_producing(&self) {
+        self.set(flag::READ_PAUSED);
+    }
+
+    fn resume_producing(&self) {
+        if !self.has(flag::READ_PAUSED) {
+            return;
+        }
+        self.clear_flag(flag::READ_PAUSED);
+        if self.has(flag::READ_PENDING) {
+            self.clear_flag(flag::READ_PENDING);
+        }
+        // Edge-triggered: data that arrived while paused raises no new event,
+        // so ask for a read turn.
+        if let (Some(r), Some(me)) = (self.reactor(), self.me.upgrade()) {
+            r.want_read_turn(me);
+        }
+    }
+
+    fn stop_producing(&self) {
+        self.lose_connection();
+    }
+
+    fn register_producer(
+        &self,
+        producer: Rc<dyn Producer>,
+        streaming: bool,
+    ) -> Result<(), ProducerError> {
+        if self.has(flag::CLOSED) {
+            return Err(ProducerError::Closed);
+        }
+        if self.producer.borrow().is_some() {
+            return Err(ProducerError::AlreadyRegistered);
+        }
+        *self.producer.borrow_mut() = Some(producer.clone());
+        self.streaming.set(streaming);
+        self.producer_paused.set(false);
+        if !streaming {
+            // A pull producer is asked for its first piece at once.
+            if let Err(f) = catch(|| producer.resume_producing()) {
+                self.on_panic("resume_producing", f);
+            }
+        } else if self.wbuf.borrow().len > self.high_water.get() {
+            self.producer_paused.set(true);
+            if let Err(f) = catch(|| producer.pause_producing()) {
+                self.on_panic("pause_producing", f);
+            }
+        }
+        Ok(())
+    }
+
+    fn unregister_producer(&self) {
+        self.producer.borrow_mut().take();
+        self.producer_paused.set(false);
+    }
+
+    fn write_buffer_len(&self) -> usize {
+        self.wbuf.borrow().len
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.has(flag::CLOSED)
+    }
+
+    fn set_tcp_nodelay(&self, on: bool) -> Result<(), NotSupportedError> {
+        match self.sock.borrow().as_ref() {
+            Some(s) => s.set_nodelay(on),
+            None => Ok(()),
+        }
+    }
+
+    fn set_tcp_keepalive(&self, on: bool) -> Result<(), NotSupportedError> {
+        match self.sock.borrow().as_ref() {
+            Some(s) => s.set_keepalive(on),
+            None => Ok(()),
+        }
+    }
+
+    fn unix_credentials(&self) -> Result<UnixCredentials, NotSupportedError> {
+        match self.sock.borrow().as_ref() {
+            Some(s) => s.credentials(),
+            None => Err(self.unsupported("Unix peer credentials (connection closed)")),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        S::kind()
+    }
+}
+
+impl<S: StreamSocket> Connection<S> {
+    /// Sets the flow-control marks (bytes).
+    #[allow(dead_code)]
+    pub(crate) fn set_water_marks(&self, high: usize, low: usize) {
+        self.high_water.set(high);
+        self.low_water.set(low.min(high));
+    }
+}

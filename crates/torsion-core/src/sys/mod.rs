@@ -1,0 +1,4 @@
+//! Platform code, kept behind one boundary.
+
+mod unix;
+pub(crate) use unix::*;

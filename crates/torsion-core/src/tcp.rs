@@ -1,0 +1,647 @@
+//! TCP: listening ports, outgoing connections, and the TCP socket glue.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::Interest;
+use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket, Type};
+
+use crate::address::Address;
+use crate::connector::{Connector, ConnectorImpl, ConnectorState};
+use crate::deferred::Deferred;
+use crate::error::{ConnectionError, NotSupportedError};
+use crate::failure::{catch, Failure};
+use crate::protocol::{ClientFactory, Factory};
+use crate::reactor::{Inner, Reactor, Readiness, Source};
+use crate::stream::{Connection, StreamSocket};
+use crate::time::DelayedCall;
+
+impl StreamSocket for TcpStream {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        TcpStream::shutdown(self, how)
+    }
+    fn write_vectored_io(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        io::Write::write_vectored(self, bufs)
+    }
+    fn kind() -> &'static str {
+        "TCP"
+    }
+    fn set_nodelay(&self, on: bool) -> Result<(), NotSupportedError> {
+        TcpStream::set_nodelay(self, on).map_err(|_| NotSupportedError {
+            what: "TCP_NODELAY",
+            transport: "TCP (closed)",
+        })
+    }
+    fn set_keepalive(&self, on: bool) -> Result<(), NotSupportedError> {
+        SockRef::from(self)
+            .set_keepalive(on)
+            .map_err(|_| NotSupportedError {
+                what: "TCP keepalive",
+                transport: "TCP (closed)",
+            })
+    }
+}
+
+/// Options for `listen_tcp_with`.
+#[derive(Debug, Clone)]
+pub struct TcpListenOptions {
+    /// Length of the accept queue.
+    pub backlog: i32,
+    /// `SO_REUSEPORT`, so several reactors (or processes) share one port.
+    pub reuse_port: bool,
+    /// For IPv6 addresses: accept IPv6 only (`IPV6_V6ONLY`).
+    pub ipv6_only: bool,
+}
+
+impl Default for TcpListenOptions {
+    fn default() -> Self {
+        TcpListenOptions {
+            backlog: 1024,
+            reuse_port: false,
+            ipv6_only: true,
+        }
+    }
+}
+
+/// A listening TCP port. Dropping the handle does not close it: call `stop_listening`.
+#[derive(Clone)]
+pub struct ListeningPort {
+    port: Rc<TcpPort>,
+}
+
+impl fmt::Debug for ListeningPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ListeningPort({})", self.port.host)
+    }
+}
+
+impl ListeningPort {
+    /// The address actually bound (with the real port when port 0 was asked for).
+    pub fn host(&self) -> Address {
+        Address::Tcp(self.port.host)
+    }
+
+    /// The bound socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.port.host
+    }
+
+    /// Closes the listening socket; the Deferred fires once the port is free.
+    /// Established connections are not affected.
+    pub fn stop_listening(&self) -> Deferred<()> {
+        self.port.close();
+        Deferred::succeed(())
+    }
+}
+
+struct TcpPort {
+    reactor: Weak<Inner>,
+    me: Weak<TcpPort>,
+    token: Cell<usize>,
+    listener: RefCell<Option<TcpListener>>,
+    factory: Rc<dyn Factory>,
+    host: SocketAddr,
+    backoff: Cell<Duration>,
+    retry: RefCell<Option<DelayedCall>>,
+}
+
+const ACCEPTS_PER_TURN: usize = 128;
+
+impl TcpPort {
+    fn close(&self) {
+        let Some(mut l) = self.listener.borrow_mut().take() else {
+            return;
+        };
+        if let Some(inner) = self.reactor.upgrade() {
+            let r = Reactor::from_inner(inner);
+            let _ = r.registry().deregister(&mut l);
+            r.retire_source(self.token.get());
+        }
+        if let Some(c) = self.retry.borrow_mut().take() {
+            let _ = c.cancel();
+        }
+        drop(l);
+        if let Err(f) = catch(|| self.factory.stop_factory()) {
+            tracing::error!(failure = %f, "stop_factory panicked");
+        }
+        tracing::info!(addr = %self.host, "stopped listening");
+    }
+
+    fn accept_some(self: &Rc<Self>, reactor: &Reactor) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let r = match self.listener.borrow().as_ref() {
+                Some(l) => l.accept(),
+                None => return,
+            };
+            match r {
+                Ok((stream, peer)) => {
+                    self.backoff.set(Duration::ZERO);
+                    self.start_connection(reactor, stream, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNABORTED) | Some(libc::EPROTO)
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays
+                    // in the backlog. Retry after a short, growing pause rather than
+                    // spinning on a readiness we cannot act on.
+                    let next = (self.backoff.get() * 2)
+                        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    self.backoff.set(next);
+                    tracing::warn!(addr = %self.host, error = %e, retry_in = ?next, "accept failed; retrying");
+                    let me = Rc::downgrade(self);
+                    let weak_r = reactor.downgrade();
+                    let call = reactor.call_later(next, move || {
+                        if let (Some(me), Some(r)) = (me.upgrade(), weak_r.upgrade()) {
+                            me.accept_some(&Reactor::from_inner(r));
+                        }
+                    });
+                    *self.retry.borrow_mut() = Some(call);
+                    return;
+                }
+            }
+        }
+        reactor.want_read_turn(self.clone());
+    }
+
+    fn start_connection(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let host = stream.local_addr().unwrap_or(self.host);
+        let peer_addr = Address::Tcp(peer);
+        let protocol = match catch(|| self.factory.build_protocol(&peer_addr)) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(f) => {
+                tracing::error!(peer = %peer_addr, failure = %f, "build_protocol panicked; connection dropped");
+                return;
+            }
+        };
+        let conn = Connection::new(reactor, stream, peer_addr, Address::Tcp(host));
+        if let Err(e) = conn.register(reactor) {
+            tracing::warn!(error = %e, "could not register an accepted connection");
+            return;
+        }
+        conn.start(reactor, protocol);
+    }
+}
+
+impl Source for TcpPort {
+    fn ready(self: Rc<Self>, reactor: &Reactor, readiness: Readiness) {
+        if readiness.readable && self.retry.borrow().as_ref().is_none_or(|c| !c.active()) {
+            self.accept_some(reactor);
+        }
+    }
+
+    fn shutdown(self: Rc<Self>, _reactor: &Reactor) {
+        self.close();
+    }
+}
+
+fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(
+        domain,
+        Type::STREAM.nonblocking().cloexec(),
+        Some(SockProtocol::TCP),
+    )?;
+    Ok(s)
+}
+
+impl Reactor {
+    /// Listens for TCP connections on `addr` (IPv4 or IPv6; port 0 picks a free one).
+    ///
+    /// ```no_run
+    /// use torsion_core::{factory_fn, Protocol, Reactor, Transport};
+    /// struct Echo(Option<Transport>);
+    /// impl Protocol for Echo {
+    ///     fn connection_made(&mut self, t: Transport) { self.0 = Some(t) }
+    ///     fn data_received(&mut self, d: &[u8]) { self.0.as_ref().unwrap().write(d) }
+    /// }
+    /// let reactor = Reactor::new()?;
+    /// let port = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), factory_fn(|| Echo(None)))?;
+    /// println!("listening on {}", port.host());
+    /// reactor.run()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn listen_tcp(
+        &self,
+        addr: SocketAddr,
+        factory: Rc<dyn Factory>,
+    ) -> io::Result<ListeningPort> {
+        self.listen_tcp_with(addr, factory, TcpListenOptions::default())
+    }
+
+    /// `listen_tcp` with a backlog and socket options.
+    pub fn listen_tcp_with(
+        &self,
+        addr: SocketAddr,
+        factory: Rc<dyn Factory>,
+        opts: TcpListenOptions,
+    ) -> io::Result<ListeningPort> {
+        let s = new_socket(addr)?;
+        s.set_reuse_address(true)?;
+        if opts.reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        if addr.is_ipv6() {
+            s.set_only_v6(opts.ipv6_only)?;
+        }
+        s.bind(&addr.into())?;
+        s.listen(opts.backlog)?;
+        let std_listener: std::net::TcpListener = s.into();
+        self.adopt_tcp_listener(std_listener, factory)
+    }
+
+    /// Serves an already bound and listening socket (systemd socket activation, inherited fds).
+    pub fn adopt_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+        factory: Rc<dyn Factory>,
+    ) -> io::Result<ListeningPort> {
+        listener.set_nonblocking(true)?;
+        let host = listener.local_addr()?;
+        let mut listener = TcpListener::from_std(listener);
+        let slot: Rc<RefCell<Option<Rc<TcpPort>>>> = Rc::new(RefCell::new(None));
+        let weak_r = self.downgrade();
+        let f2 = factory.clone();
+        let slot2 = slot.clone();
+        let key = self.register_source(&mut listener, Interest::READABLE, move |key| {
+            let port = Rc::new_cyclic(|me| TcpPort {
+                reactor: weak_r,
+                me: me.clone(),
+                token: Cell::new(key),
+                listener: RefCell::new(None),
+                factory: f2,
+                host,
+                backoff: Cell::new(Duration::ZERO),
+                retry: RefCell::new(None),
+            });
+            *slot2.borrow_mut() = Some(port.clone());
+            port
+        })?;
+        let port = slot
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| io::Error::other("port not created"))?;
+        let _ = (key, &port.me);
+        *port.listener.borrow_mut() = Some(listener);
+        factory.start_factory();
+        tracing::info!(addr = %host, "listening on tcp:{}", host);
+        Ok(ListeningPort { port })
+    }
+
+    /// Connects to `addr` over TCP; the factory hears the outcome.
+    ///
+    /// Refusal, timeout and other failures reach
+    /// `ClientFactory::client_connection_failed` as a [`ConnectionError`].
+    pub fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+        factory: Rc<dyn ClientFactory>,
+        opts: ConnectOptions,
+    ) -> Connector {
+        let imp = Rc::new(TcpConnector {
+            reactor: self.downgrade(),
+            target: Target::Addr(addr),
+            factory,
+            opts,
+            attempt: RefCell::new(None),
+        });
+        let c = Connector::new(imp);
+        c.connect();
+        c
+    }
+
+    /// Connects to `host:port`, resolving the name off the reactor thread first.
+    /// A name that does not resolve gives [`ConnectionError::DnsLookup`].
+    pub fn connect_tcp_host(
+        &self,
+        host: &str,
+        port: u16,
+        factory: Rc<dyn ClientFactory>,
+        opts: ConnectOptions,
+    ) -> Connector {
+        let imp = Rc::new(TcpConnector {
+            reactor: self.downgrade(),
+            target: Target::Name(host.to_string(), port),
+            factory,
+            opts,
+            attempt: RefCell::new(None),
+        });
+        let c = Connector::new(imp);
+        c.connect();
+        c
+    }
+}
+
+/// Options for outgoing TCP connections.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Give up after this long (Twisted's default: 30 s).
+    pub timeout: Option<Duration>,
+    /// Bind the local end to this address first.
+    pub bind_address: Option<SocketAddr>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: Some(Duration::from_secs(30)),
+            bind_address: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Addr(SocketAddr),
+    Name(String, u16),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Addr(a) => write!(f, "{a}"),
+            Target::Name(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+struct TcpConnector {
+    reactor: Weak<Inner>,
+    target: Target,
+    factory: Rc<dyn ClientFactory>,
+    opts: ConnectOptions,
+    attempt: RefCell<Option<Rc<Attempt>>>,
+}
+
+/// One connection attempt; the source registered while connecting.
+struct Attempt {
+    connector: Connector,
+    factory: Rc<dyn ClientFactory>,
+    reactor: Weak<Inner>,
+    token: Cell<usize>,
+    sock: RefCell<Option<TcpStream>>,
+    addr: Cell<Option<SocketAddr>>,
+    target: String,
+    timeout: RefCell<Option<DelayedCall>>,
+    done: Cell<bool>,
+}
+
+impl Attempt {
+    fn fail(&self, reason: ConnectionError) {
+        if self.done.replace(true) {
+            return;
+        }
+        if let Some(c) = self.timeout.borrow_mut().take() {
+            let _ = c.cancel();
+        }
+        if let Some(mut s) = self.sock.borrow_mut().take() {
+            if let Some(inner) = self.reactor.upgrade() {
+                let r = Reactor::from_inner(inner);
+                let _ = r.registry().deregister(&mut s);
+                r.retire_source(self.token.get());
+            }
+        }
+        self.connector.set_state(ConnectorState::Disconnected, None);
+        let f = Failure::new(reason);
+        if let Err(p) = catch(|| self.factory.client_connection_failed(&self.connector, f)) {
+            tracing::error!(failure = %p, "client_connection_failed panicked");
+        }
+    }
+
+    fn start_socket(
+        self: &Rc<Self>,
+        reactor: &Reactor,
+        addr: SocketAddr,
+        bind: Option<SocketAddr>,
+    ) {
+        self.addr.set(Some(addr));
+        let sock = (|| -> io::Result<TcpStream> {
+            let s = new_socket(addr)?;
+            if let Some(b) = bind {
+                s.bind(&b.into())?;
+            }
+            match s.connect(&addr.into()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => return Err(e),
+            }
+            let std_stream: std::net::TcpStream = s.into();
+            Ok(TcpStream::from_std(std_stream))
+        })();
+        let mut sock = match sock {
+            Ok(s) => s,
+            Err(e) => return self.fail(ConnectionError::from_connect_io(addr, e)),
+        };
+        let me = self.clone();
+        match reactor.register_source(
+            &mut sock,
+            Interest::READABLE | Interest::WRITABLE,
+            move |_| me,
+        ) {
+            Ok(key) => {
+                self.token.set(key);
+                *self.sock.borrow_mut() = Some(sock);
+            }
+            Err(e) => self.fail(ConnectionError::from_connect_io(addr, e)),
+        }
+    }
+
+    fn finish(self: &Rc<Self>, reactor: &Reactor) {
+        let Some(addr) = self.addr.get() else { return };
+        let err = {
+            let sock = self.sock.borrow();
+            let Some(s) = sock.as_ref() else { return };
+            match s.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e),
+                Ok(None) => match s.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                    Err(e) => Some(e),
+                },
+            }
+        };
+        if let Some(e) = err {
+            return self.fail(ConnectionError::from_connect_io(addr, e));
+        }
+        if self.done.replace(true) {
+            return;
+        }
+        if let Some(c) = self.timeout.borrow_mut().take() {
+            let _ = c.cancel();
+        }
+        let Some(stream) = self.sock.borrow_mut().take() else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let host = stream
+            .local_addr()
+            .map(Address::Tcp)
+            .unwrap_or(Address::Tcp(addr));
+        let peer = Address::Tcp(addr);
+        let protocol = match catch(|| self.factory.build_protocol(&peer)) {
+            Ok(Some(p)) => p,
+            Ok(None) | Err(_) => {
+                reactor.retire_source(self.token.get());
+                let mut s = stream;
+                let _ = reactor.registry().deregister(&mut s);
+                self.connector.set_state(ConnectorState::Disconnected, None);
+                return;
+            }
+        };
+        let conn = Connection::new(reactor, stream, peer, host);
+        conn.adopt_token(reactor, self.token.get());
+        let connector = self.connector.clone();
+        let factory = self.factory.clone();
+        conn.set_on_close(Box::new(move |reason| {
+            connector.set_state(ConnectorState::Disconnected, None);
+            factory.client_connection_lost(&connector, reason.clone());
+        }));
+        self.connector
+            .set_state(ConnectorState::Connected, Some(conn.transport()));
+        conn.start(reactor, protocol);
+    }
+}
+
+impl Source for Attempt {
+    fn ready(self: Rc<Self>, reactor: &Reactor, _readiness: Readiness) {
+        if !self.done.get() {
+            self.finish(reactor);
+        }
+    }
+    fn shutdown(self: Rc<Self>, _reactor: &Reactor) {
+        self.fail(ConnectionError::ReactorShutdown);
+    }
+}
+
+impl ConnectorImpl for TcpConnector {
+    fn connect(&self, me: &Connector) {
+        let Some(inner) = self.reactor.upgrade() else {
+            return;
+        };
+        let reactor = Reactor::from_inner(inner);
+        if me.state() != ConnectorState::Disconnected {
+            return;
+        }
+        me.set_state(ConnectorState::Connecting, None);
+        let attempt = Rc::new(Attempt {
+            connector: me.clone(),
+            factory: self.factory.clone(),
+            reactor: self.reactor.clone(),
+            token: Cell::new(usize::MAX),
+            sock: RefCell::new(None),
+            addr: Cell::new(None),
+            target: self.target.to_string(),
+            timeout: RefCell::new(None),
+            done: Cell::new(false),
+        });
+        *self.attempt.borrow_mut() = Some(attempt.clone());
+        self.factory.start_factory();
+        if let Err(f) = catch(|| self.factory.started_connecting(me)) {
+            tracing::error!(failure = %f, "started_connecting panicked");
+        }
+        if let Some(t) = self.opts.timeout {
+            let weak = Rc::downgrade(&attempt);
+            let call = reactor.call_later(t, move || {
+                if let Some(a) = weak.upgrade() {
+                    let target = a.target.clone();
+                    a.fail(ConnectionError::Timeout(target));
+                }
+            });
+            *attempt.timeout.borrow_mut() = Some(call);
+        }
+        match &self.target {
+            Target::Addr(addr) => attempt.start_socket(&reactor, *addr, self.opts.bind_address),
+            Target::Name(host, port) => {
+                let (host, port) = (host.clone(), *port);
+                let handle = reactor.handle();
+                let bind = self.opts.bind_address;
+                // The attempt is !Send: park it in a thread-local table keyed by
+                // an id that the resolver thread hands back.
+                let id = pending::park(attempt.clone());
+                crate::resolve::resolve_in_background(host.clone(), port, move |result| {
+                    handle.call_from_thread(move || {
+                        let Some(attempt) = pending::take(id) else {
+                            return;
+                        };
+                        let Some(inner) = attempt.reactor.upgrade() else {
+                            return;
+                        };
+                        let reactor = Reactor::from_inner(inner);
+                        if attempt.done.get() {
+                            return;
+                        }
+                        match result {
+                            Ok(addrs) => match addrs.first() {
+                                Some(a) => attempt.start_socket(&reactor, *a, bind),
+                                None => attempt.fail(ConnectionError::DnsLookup {
+                                    host,
+                                    message: "no addresses".into(),
+                                }),
+                            },
+                            Err(message) => {
+                                attempt.fail(ConnectionError::DnsLookup { host, message })
+                            }
+                        }
+                    });
+                });
+            }
+        }
+    }
+
+    fn stop_connecting(&self) {
+        if let Some(a) = self.attempt.borrow_mut().take() {
+            a.fail(ConnectionError::Cancelled);
+        }
+    }
+
+    fn destination(&self) -> Address {
+        match &self.target {
+            Target::Addr(a) => Address::Tcp(*a),
+            Target::Name(h, p) => Address::Memory(format!("{h}:{p}")),
+        }
+    }
+}
+
+/// Attempts waiting for name resolution, per thread.
+mod pending {
+    use super::Attempt;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    thread_local! {
+        static TABLE: RefCell<(u64, HashMap<u64, Rc<Attempt>>)> = RefCell::new((0, HashMap::new()));
+    }
+
+    pub(super) fn park(a: Rc<Attempt>) -> u64 {
+        TABLE.with(|t| {
+            let mut t = t.borrow_mut();
+            t.0 += 1;
+            let id = t.0;
+            t.1.insert(id, a);
+            id
+        })
+    }
+
+    pub(super) fn take(id: u64) -> Option<Rc<Attempt>> {
+        TABLE.with(|t| t.borrow_mut().1.remove(&id))
+    }
+}
