@@ -30,6 +30,7 @@ pub mod connector;
 pub mod deferred;
 pub mod error;
 pub mod failure;
+pub mod process;
 pub mod protocol;
 pub mod reactor;
 pub mod reconnect;
@@ -41,6 +42,8 @@ pub mod tcp;
 pub mod testing;
 pub mod time;
 pub mod transport;
+pub mod udp;
+pub mod unix;
 
 pub use address::Address;
 pub use connector::{Connector, ConnectorState};

@@ -57,6 +57,10 @@ pub(crate) trait StreamSocket: Read + Write + mio::event::Source + 'static {
             transport: Self::kind(),
         })
     }
+    /// Socket-specific extensions (Unix descriptor passing), by type.
+    fn extension(&self, _type_id: std::any::TypeId) -> Option<Rc<dyn std::any::Any>> {
+        None
+    }
 }
 
 #[derive(Default)]
@@ -668,6 +672,10 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
 
     fn kind(&self) -> &'static str {
         S::kind()
+    }
+
+    fn extension(&self, type_id: std::any::TypeId) -> Option<Rc<dyn std::any::Any>> {
+        self.sock.borrow().as_ref().and_then(|s| s.extension(type_id))
     }
 }
 
