@@ -26,8 +26,10 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod basic;
 pub mod connector;
 pub mod deferred;
+pub mod endpoint;
 pub mod error;
 pub mod failure;
 pub mod process;

@@ -27,3 +27,84 @@ pub fn resolve_blocking(host: &str, port: u16) -> Result<Vec<SocketAddr>, String
         .map(|it| it.collect())
         .map_err(|e| e.to_string())
 }
+
+// ---- a replaceable resolver ----
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::deferred::Deferred;
+use crate::error::ConnectionError;
+use crate::reactor::Reactor;
+
+/// Turns a host name into addresses. The reactor's connectors and the
+/// hostname endpoint use one; replace it to use a thread pool, a DNS client
+/// of your own, or a fixed table in tests.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use torsion_core::{Deferred, Reactor, resolve::Resolver};
+/// /// Answers every name with localhost.
+/// struct Fixed;
+/// impl Resolver for Fixed {
+///     fn resolve(&self, _: &Reactor, _host: &str, port: u16) -> Deferred<Vec<SocketAddr>> {
+///         Deferred::succeed(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+///     }
+/// }
+/// ```
+pub trait Resolver: 'static {
+    /// The addresses of `host` with `port`, in the resolver's preference
+    /// order. Fails with [`ConnectionError::DnsLookup`] when there are none.
+    fn resolve(&self, reactor: &Reactor, host: &str, port: u16) -> Deferred<Vec<SocketAddr>>;
+}
+
+/// The default resolver: the system's `getaddrinfo`, on a short-lived
+/// background thread per lookup (it blocks). IP literals are answered at once.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ThreadResolver;
+
+thread_local! {
+    static WAITING: RefCell<(u64, HashMap<u64, Deferred<Vec<SocketAddr>>>)> =
+        RefCell::new((0, HashMap::new()));
+}
+
+impl Resolver for ThreadResolver {
+    fn resolve(&self, reactor: &Reactor, host: &str, port: u16) -> Deferred<Vec<SocketAddr>> {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            return Deferred::succeed(vec![SocketAddr::new(ip, port)]);
+        }
+        let d = Deferred::new();
+        // The Deferred is !Send: park it here, keyed by an id the thread hands back.
+        let id = WAITING.with(|w| {
+            let mut w = w.borrow_mut();
+            w.0 += 1;
+            let id = w.0;
+            w.1.insert(id, d.clone());
+            id
+        });
+        let handle = reactor.handle();
+        let name = host.to_string();
+        resolve_in_background(name.clone(), port, move |result| {
+            handle.call_from_thread(move || {
+                let Some(d) = WAITING.with(|w| w.borrow_mut().1.remove(&id)) else {
+                    return;
+                };
+                let r = match result {
+                    Ok(v) if !v.is_empty() => Ok(v),
+                    Ok(_) => Err(crate::Failure::new(ConnectionError::DnsLookup {
+                        host: name,
+                        message: "no addresses".into(),
+                    })),
+                    Err(message) => Err(crate::Failure::new(ConnectionError::DnsLookup {
+                        host: name,
+                        message,
+                    })),
+                };
+                let _ = d.fire(r);
+            });
+        });
+        d
+    }
+}
