@@ -32,6 +32,7 @@ pub mod deferred;
 pub mod endpoint;
 pub mod error;
 pub mod failure;
+pub mod policies;
 pub mod process;
 pub mod protocol;
 pub mod reactor;
