@@ -318,7 +318,10 @@ impl Proc {
                         self.call("child_data_received", |p| {
                             p.child_data_received(fd, &buf[..n])
                         });
-                        if self.paused.get() || n < buf.len() {
+                        // A short read does not mean the pipe is drained of its
+                        // end-of-file: data and hang-up can share one edge, so
+                        // read on until EAGAIN or EOF.
+                        if self.paused.get() {
                             return;
                         }
                     }
