@@ -24,6 +24,10 @@ use crate::address::Address;
 use crate::failure::catch;
 use crate::reactor::{Inner, Reactor, Readiness, Source};
 
+// Note: on Linux every UDP socket is opened with `IP_MULTICAST_ALL` off, so
+// it receives only the multicast groups it joined itself (not those other
+// sockets on the host joined), which is what `join_group` promises.
+
 /// Twisted's default maximum packet size.
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 8192;
 /// Datagrams read per readiness event before yielding to other sources.
@@ -570,6 +574,9 @@ fn udp_socket(addr: SocketAddr, opts: &UdpOptions) -> io::Result<mio::net::UdpSo
     }
     if addr.is_ipv6() {
         s.set_only_v6(opts.ipv6_only)?;
+    }
+    if let Err(e) = crate::sys::set_multicast_all(s.as_raw_fd(), addr.is_ipv6(), false) {
+        tracing::debug!(error = %e, "could not turn off IP_MULTICAST_ALL");
     }
     s.bind(&addr.into())?;
     let std_sock: std::net::UdpSocket = s.into();

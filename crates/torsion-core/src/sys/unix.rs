@@ -398,3 +398,28 @@ pub(crate) fn recv_from_trunc(
         })
     }
 }
+
+/// Linux delivers multicast to every socket bound to the port whose group
+/// *any* socket on the host joined, unless `IP_MULTICAST_ALL` is off; turn it
+/// off so a socket hears only the groups it joined itself.
+pub(crate) fn set_multicast_all(fd: RawFd, ipv6: bool, on: bool) -> io::Result<()> {
+    let v: libc::c_int = on.into();
+    let (level, name) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_ALL)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MULTICAST_ALL)
+    };
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
