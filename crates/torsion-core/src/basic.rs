@@ -53,6 +53,10 @@ pub enum Next {
     Raw,
     /// Stop processing; what remains buffered is dropped. `feed` returns [`LineError::Stopped`].
     Stop,
+    /// From `raw_data_received`: only the first `n` bytes of this chunk were
+    /// raw; switch to line mode and parse the rest as lines (Twisted's
+    /// `setLineMode(extra)`), e.g. after an HTTP body of known length.
+    LineAfter(usize),
 }
 
 /// Why a receiver stopped.
@@ -227,10 +231,16 @@ impl LineReceiver {
         while pos < input.len() {
             if self.raw {
                 let rest = &input[pos..];
-                pos = input.len();
                 match handler.raw_data_received(rest) {
-                    Next::Continue | Next::Raw => {}
-                    Next::Line => self.raw = false,
+                    Next::Continue | Next::Raw => pos = input.len(),
+                    Next::Line => {
+                        pos = input.len();
+                        self.raw = false;
+                    }
+                    Next::LineAfter(n) => {
+                        pos += n.min(rest.len());
+                        self.raw = false;
+                    }
                     Next::Stop => return Err(LineError::Stopped),
                 }
                 continue;
@@ -250,7 +260,7 @@ impl LineReceiver {
                         handler.line_received(line)
                     };
                     match next {
-                        Next::Continue | Next::Line => {}
+                        Next::Continue | Next::Line | Next::LineAfter(_) => {}
                         Next::Raw => self.raw = true,
                         Next::Stop => {
                             return Err(if line.len() > self.max_length {
