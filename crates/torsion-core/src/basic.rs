@@ -213,7 +213,11 @@ impl LineReceiver {
     }
 
     /// Feeds bytes; calls `handler` for each line (or raw chunk).
-    pub fn feed<H: LineHandler + ?Sized>(&mut self, data: &[u8], handler: &mut H) -> Result<(), LineError> {
+    pub fn feed<H: LineHandler + ?Sized>(
+        &mut self,
+        data: &[u8],
+        handler: &mut H,
+    ) -> Result<(), LineError> {
         // Fast path: nothing buffered, so lines can be handed out straight
         // from `data` without copying.
         let pending = std::mem::take(&mut self.buf);
@@ -432,7 +436,11 @@ impl NetstringReceiver {
     }
 
     /// Feeds bytes; `on_string` gets each complete string.
-    pub fn feed(&mut self, data: &[u8], mut on_string: impl FnMut(&[u8])) -> Result<(), FramingError> {
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        mut on_string: impl FnMut(&[u8]),
+    ) -> Result<(), FramingError> {
         let mut i = 0;
         while i < data.len() {
             match self.state {
@@ -468,7 +476,11 @@ impl NetstringReceiver {
                 NsState::Data => {
                     let want = self.len as usize - self.buf.len();
                     let take = want.min(data.len() - i);
-                    if self.buf.is_empty() && take == want && i + take < data.len() && data[i + take] == b',' {
+                    if self.buf.is_empty()
+                        && take == want
+                        && i + take < data.len()
+                        && data[i + take] == b','
+                    {
                         // Whole string in this chunk: hand it out without copying.
                         on_string(&data[i..i + take]);
                         i += take + 1;
@@ -592,7 +604,11 @@ impl PrefixedReceiver {
     }
 
     /// Feeds bytes; `on_string` gets each complete string.
-    pub fn feed(&mut self, data: &[u8], mut on_string: impl FnMut(&[u8])) -> Result<(), FramingError> {
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        mut on_string: impl FnMut(&[u8]),
+    ) -> Result<(), FramingError> {
         if self.failed {
             return Err(FramingError::Failed);
         }

@@ -168,7 +168,12 @@ impl EndpointArgs {
         // "stdio:" has one empty trailing part; drop a single empty last part.
         let n = rest.len();
         for (i, (p, eq)) in rest.into_iter().enumerate() {
-            if p.is_empty() && i + 1 == n && eq.is_none() && args.positional.is_empty() && args.keywords.is_empty() {
+            if p.is_empty()
+                && i + 1 == n
+                && eq.is_none()
+                && args.positional.is_empty()
+                && args.keywords.is_empty()
+            {
                 continue;
             }
             match eq {
@@ -382,7 +387,11 @@ impl ListeningHandle for StdioListening {
 /// A server endpoint type added from outside (e.g. TLS).
 pub trait CustomServerEndpoint: fmt::Debug + fmt::Display {
     /// Starts listening.
-    fn listen(&self, reactor: &Reactor, factory: Rc<dyn Factory>) -> Result<Box<dyn ListeningHandle>, ListenError>;
+    fn listen(
+        &self,
+        reactor: &Reactor,
+        factory: Rc<dyn Factory>,
+    ) -> Result<Box<dyn ListeningHandle>, ListenError>;
 }
 
 /// A client endpoint type added from outside (e.g. TLS).
@@ -394,14 +403,20 @@ pub trait CustomClientEndpoint: fmt::Debug + fmt::Display {
 /// Parses the arguments of one endpoint prefix into custom endpoints.
 pub trait EndpointParser: 'static {
     /// A server endpoint, or [`EndpointError::WrongSide`] when the type has none.
-    fn parse_server(&self, args: EndpointArgs) -> Result<Rc<dyn CustomServerEndpoint>, EndpointError> {
+    fn parse_server(
+        &self,
+        args: EndpointArgs,
+    ) -> Result<Rc<dyn CustomServerEndpoint>, EndpointError> {
         Err(EndpointError::WrongSide {
             kind: args.kind,
             side: "server",
         })
     }
     /// A client endpoint, or [`EndpointError::WrongSide`].
-    fn parse_client(&self, args: EndpointArgs) -> Result<Rc<dyn CustomClientEndpoint>, EndpointError> {
+    fn parse_client(
+        &self,
+        args: EndpointArgs,
+    ) -> Result<Rc<dyn CustomClientEndpoint>, EndpointError> {
         Err(EndpointError::WrongSide {
             kind: args.kind,
             side: "client",
@@ -422,7 +437,9 @@ impl fmt::Debug for EndpointRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut keys: Vec<&String> = self.parsers.keys().collect();
         keys.sort();
-        f.debug_struct("EndpointRegistry").field("prefixes", &keys).finish()
+        f.debug_struct("EndpointRegistry")
+            .field("prefixes", &keys)
+            .finish()
     }
 }
 
@@ -714,10 +731,12 @@ impl ServerEndpoint {
                 }
             }
             "systemd" => {
-                let d = args.take("domain", &mut pos).ok_or(EndpointError::Missing {
-                    kind: "systemd".into(),
-                    what: "a domain (INET, INET6 or UNIX)",
-                })?;
+                let d = args
+                    .take("domain", &mut pos)
+                    .ok_or(EndpointError::Missing {
+                        kind: "systemd".into(),
+                        what: "a domain (INET, INET6 or UNIX)",
+                    })?;
                 let domain = match d.as_str() {
                     "INET" => SystemdDomain::Inet,
                     "INET6" => SystemdDomain::Inet6,
@@ -747,7 +766,11 @@ impl ServerEndpoint {
     }
 
     /// Starts listening with `factory`.
-    pub fn listen(&self, reactor: &Reactor, factory: Rc<dyn Factory>) -> Result<Box<dyn ListeningHandle>, ListenError> {
+    pub fn listen(
+        &self,
+        reactor: &Reactor,
+        factory: Rc<dyn Factory>,
+    ) -> Result<Box<dyn ListeningHandle>, ListenError> {
         let endpoint = self.to_string();
         match self {
             ServerEndpoint::Tcp {
@@ -859,7 +882,11 @@ impl SystemdSockets {
     }
 
     /// Interprets the two variables for process `my_pid`.
-    pub fn from_vars(listen_pid: Option<&str>, listen_fds: Option<&str>, my_pid: u32) -> Result<SystemdSockets, SystemdError> {
+    pub fn from_vars(
+        listen_pid: Option<&str>,
+        listen_fds: Option<&str>,
+        my_pid: u32,
+    ) -> Result<SystemdSockets, SystemdError> {
         let (Some(pid), Some(fds)) = (listen_pid, listen_fds) else {
             return Err(SystemdError::NotActivated(my_pid));
         };
@@ -894,7 +921,8 @@ impl SystemdSockets {
             .into());
         }
         let fd = self.start + index as RawFd;
-        let actual = crate::sys::socket_domain(fd).map_err(|e| SystemdError::Adopt(e.to_string()))?;
+        let actual =
+            crate::sys::socket_domain(fd).map_err(|e| SystemdError::Adopt(e.to_string()))?;
         let expected = match domain {
             SystemdDomain::Inet => libc::AF_INET,
             SystemdDomain::Inet6 => libc::AF_INET6,
@@ -907,7 +935,8 @@ impl SystemdSockets {
             }
             .into());
         }
-        let dup = crate::sys::dup_cloexec_at_least(fd, 3).map_err(|e| SystemdError::Adopt(e.to_string()))?;
+        let dup = crate::sys::dup_cloexec_at_least(fd, 3)
+            .map_err(|e| SystemdError::Adopt(e.to_string()))?;
         reactor
             .adopt_listener(dup, factory)
             .map_err(|e| SystemdError::Adopt(e.to_string()).into())
@@ -917,7 +946,11 @@ impl SystemdSockets {
 impl Reactor {
     /// Serves an inherited listening socket (TCP or Unix, detected from the
     /// descriptor), as systemd socket activation or a supervisor passes them.
-    pub fn adopt_listener(&self, fd: OwnedFd, factory: Rc<dyn Factory>) -> io::Result<Box<dyn ListeningHandle>> {
+    pub fn adopt_listener(
+        &self,
+        fd: OwnedFd,
+        factory: Rc<dyn Factory>,
+    ) -> io::Result<Box<dyn ListeningHandle>> {
         let domain = crate::sys::socket_domain(fd.as_raw_fd())?;
         match domain {
             libc::AF_INET | libc::AF_INET6 => {
@@ -984,7 +1017,16 @@ impl PartialEq for ClientEndpoint {
                     bind_address: h,
                 },
             ) => a == e && b == f && c == g && d == h,
-            (Unix { path: a, timeout: b }, Unix { path: c, timeout: d }) => a == c && b == d,
+            (
+                Unix {
+                    path: a,
+                    timeout: b,
+                },
+                Unix {
+                    path: c,
+                    timeout: d,
+                },
+            ) => a == c && b == d,
             (Custom(a), Custom(b)) => a.to_string() == b.to_string(),
             _ => false,
         }
@@ -1116,7 +1158,9 @@ impl ClientEndpoint {
                 }
                 .connect(reactor, factory)
             }
-            ClientEndpoint::Unix { path, timeout } => reactor.connect_unix(path.clone(), factory, *timeout),
+            ClientEndpoint::Unix { path, timeout } => {
+                reactor.connect_unix(path.clone(), factory, *timeout)
+            }
             ClientEndpoint::Custom(c) => c.connect(reactor, factory),
         }
     }
@@ -1191,8 +1235,9 @@ pub fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     let Some(first) = addrs.first().copied() else {
         return addrs;
     };
-    let (mut a, mut b): (VecDeque<SocketAddr>, VecDeque<SocketAddr>) =
-        addrs.into_iter().partition(|x| x.is_ipv6() == first.is_ipv6());
+    let (mut a, mut b): (VecDeque<SocketAddr>, VecDeque<SocketAddr>) = addrs
+        .into_iter()
+        .partition(|x| x.is_ipv6() == first.is_ipv6());
     let mut out = Vec::with_capacity(a.len() + b.len());
     loop {
         match (a.pop_front(), b.pop_front()) {
@@ -1239,7 +1284,8 @@ struct Winner {
 
 impl Protocol for Winner {
     fn connection_made(&mut self, t: Transport) {
-        self.outer.set_state(ConnectorState::Connected, Some(t.clone()));
+        self.outer
+            .set_state(ConnectorState::Connected, Some(t.clone()));
         self.inner.connection_made(t)
     }
     fn data_received(&mut self, data: &[u8]) {
@@ -1280,7 +1326,9 @@ impl Race {
         self.pending.borrow_mut().clear();
         let others: Vec<Connector> = self.attempts.borrow().clone();
         for c in others {
-            let is_keep = keep.is_some_and(|k| k.destination() == c.destination() && c.state() != ConnectorState::Connecting);
+            let is_keep = keep.is_some_and(|k| {
+                k.destination() == c.destination() && c.state() != ConnectorState::Connecting
+            });
             if !is_keep && c.state() == ConnectorState::Connecting {
                 c.stop_connecting();
             }
@@ -1411,7 +1459,10 @@ impl ConnectorImpl for HappyConnector {
             ep: self.ep.clone(),
         });
         let user = self.factory.clone();
-        let d = self.ep.resolver.resolve(&reactor, &self.ep.host, self.ep.port);
+        let d = self
+            .ep
+            .resolver
+            .resolve(&reactor, &self.ep.host, self.ep.port);
         let race2 = race.clone();
         d.finally(move |r| {
             if race2.finished.get() {

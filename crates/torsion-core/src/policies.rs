@@ -256,7 +256,11 @@ impl TransportImpl for WrappedTransport {
     fn stop_producing(&self) {
         self.conn.transport.stop_producing()
     }
-    fn register_producer(&self, producer: Rc<dyn Producer>, streaming: bool) -> Result<(), ProducerError> {
+    fn register_producer(
+        &self,
+        producer: Rc<dyn Producer>,
+        streaming: bool,
+    ) -> Result<(), ProducerError> {
         self.conn.transport.register_producer(producer, streaming)
     }
     fn unregister_producer(&self) {
@@ -287,13 +291,16 @@ impl TransportImpl for WrappedTransport {
 
 // ---- idle timeout ----
 
+/// A connection's timer and whether it fired.
+type IdleTimer = (DelayedCall, Rc<Cell<bool>>);
+
 /// Aborts a connection idle (no bytes in or out) for `timeout`. Aborting
 /// rather than closing gracefully: an idle peer may also have stopped
 /// reading, and a graceful close would wait on it forever.
 pub struct IdleTimeout {
     clock: Rc<dyn Clock>,
     timeout: Duration,
-    timers: RefCell<HashMap<u64, (DelayedCall, Rc<Cell<bool>>)>>,
+    timers: RefCell<HashMap<u64, IdleTimer>>,
     fired: Cell<u64>,
 }
 
@@ -407,7 +414,12 @@ impl ConnectionPolicy for LimitConnections {
     fn allow(&self, peer: &Address) -> bool {
         let over_total = self.max_total.is_some_and(|m| self.total.get() >= m);
         let over_peer = self.max_per_peer.is_some_and(|m| {
-            self.per_peer.borrow().get(&peer_key(peer)).copied().unwrap_or(0) >= m
+            self.per_peer
+                .borrow()
+                .get(&peer_key(peer))
+                .copied()
+                .unwrap_or(0)
+                >= m
         });
         if over_total || over_peer {
             self.refused.set(self.refused.get() + 1);
@@ -417,7 +429,11 @@ impl ConnectionPolicy for LimitConnections {
     }
     fn connection_made(&self, conn: &PolicyConnection) {
         self.total.set(self.total.get() + 1);
-        *self.per_peer.borrow_mut().entry(peer_key(&conn.peer)).or_insert(0) += 1;
+        *self
+            .per_peer
+            .borrow_mut()
+            .entry(peer_key(&conn.peer))
+            .or_insert(0) += 1;
     }
     fn connection_lost(&self, conn: &PolicyConnection, _reason: &Failure) {
         self.total.set(self.total.get().saturating_sub(1));
@@ -458,7 +474,11 @@ pub struct Throttle {
 
 impl fmt::Debug for Throttle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Throttle(read {:?}/s, write {:?}/s)", self.read_limit, self.write_limit)
+        write!(
+            f,
+            "Throttle(read {:?}/s, write {:?}/s)",
+            self.read_limit, self.write_limit
+        )
     }
 }
 
@@ -466,7 +486,11 @@ const WINDOW: Duration = Duration::from_secs(1);
 
 impl Throttle {
     /// Bytes per second; `None` means unlimited.
-    pub fn new(clock: Rc<dyn Clock>, read_limit: Option<usize>, write_limit: Option<usize>) -> Self {
+    pub fn new(
+        clock: Rc<dyn Clock>,
+        read_limit: Option<usize>,
+        write_limit: Option<usize>,
+    ) -> Self {
         Throttle {
             clock,
             read_limit,
@@ -554,13 +578,17 @@ fn new_window(
 
 impl ConnectionPolicy for Throttle {
     fn connection_made(&self, conn: &PolicyConnection) {
-        self.state.borrow_mut().insert(conn.id, ThrottleState::default());
+        self.state
+            .borrow_mut()
+            .insert(conn.id, ThrottleState::default());
     }
     fn data_received(&self, conn: &PolicyConnection, data: &[u8]) {
         let Some(limit) = self.read_limit else { return };
         let pause = {
             let mut st = self.state.borrow_mut();
-            let Some(s) = st.get_mut(&conn.id) else { return };
+            let Some(s) = st.get_mut(&conn.id) else {
+                return;
+            };
             s.read += data.len();
             if s.read >= limit && !s.read_paused {
                 s.read_paused = true;

@@ -816,7 +816,13 @@ impl Reactor {
         // Child ends of extra descriptors, kept open until the child has forked.
         let mut keep: Vec<OwnedFd> = Vec::new();
         let mut placements: Vec<(RawFd, RawFd)> = Vec::new();
-        let max_target = opts.child_fds.iter().map(|(fd, _)| *fd).max().unwrap_or(2).max(2);
+        let max_target = opts
+            .child_fds
+            .iter()
+            .map(|(fd, _)| *fd)
+            .max()
+            .unwrap_or(2)
+            .max(2);
         let mut have = [false; 3];
 
         if opts.use_pty {
@@ -855,8 +861,9 @@ impl Reactor {
                 2 => cmd.stderr(Stdio::from(child_end)),
                 _ => {
                     // Move it above every target so placing one cannot clobber another.
-                    let high = crate::sys::dup_cloexec_at_least(child_end.as_raw_fd(), max_target + 1)
-                        .map_err(spawn_err)?;
+                    let high =
+                        crate::sys::dup_cloexec_at_least(child_end.as_raw_fd(), max_target + 1)
+                            .map_err(spawn_err)?;
                     placements.push((high.as_raw_fd(), target));
                     keep.push(high);
                     continue;

@@ -64,9 +64,11 @@ pub trait Resolver: 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ThreadResolver;
 
+/// Lookups in flight on this thread: (last id, id → Deferred).
+type Waiting = (u64, HashMap<u64, Deferred<Vec<SocketAddr>>>);
+
 thread_local! {
-    static WAITING: RefCell<(u64, HashMap<u64, Deferred<Vec<SocketAddr>>>)> =
-        RefCell::new((0, HashMap::new()));
+    static WAITING: RefCell<Waiting> = RefCell::new((0, HashMap::new()));
 }
 
 impl Resolver for ThreadResolver {

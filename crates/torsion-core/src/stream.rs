@@ -675,7 +675,10 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
     }
 
     fn extension(&self, type_id: std::any::TypeId) -> Option<Rc<dyn std::any::Any>> {
-        self.sock.borrow().as_ref().and_then(|s| s.extension(type_id))
+        self.sock
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.extension(type_id))
     }
 }
 

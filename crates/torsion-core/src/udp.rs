@@ -176,21 +176,25 @@ impl DatagramPort {
         let slot2 = slot.clone();
         let weak = reactor.downgrade();
         let raw = sock.raw();
-        let key = reactor.register_source(&mut mio::unix::SourceFd(&raw), Interest::READABLE, move |key| {
-            let p = Rc::new(DatagramPort {
-                reactor: weak,
-                token: Cell::new(key),
-                sock: RefCell::new(None),
-                protocol: RefCell::new(None),
-                max_packet: Cell::new(max_packet.max(1)),
-                connected: RefCell::new(None),
-                host,
-                udp,
-                path_to_remove: RefCell::new(remove_on_close),
-            });
-            *slot2.borrow_mut() = Some(p.clone());
-            p
-        })?;
+        let key = reactor.register_source(
+            &mut mio::unix::SourceFd(&raw),
+            Interest::READABLE,
+            move |key| {
+                let p = Rc::new(DatagramPort {
+                    reactor: weak,
+                    token: Cell::new(key),
+                    sock: RefCell::new(None),
+                    protocol: RefCell::new(None),
+                    max_packet: Cell::new(max_packet.max(1)),
+                    connected: RefCell::new(None),
+                    host,
+                    udp,
+                    path_to_remove: RefCell::new(remove_on_close),
+                });
+                *slot2.borrow_mut() = Some(p.clone());
+                p
+            },
+        )?;
         let port = slot
             .borrow_mut()
             .take()
@@ -406,22 +410,38 @@ impl DatagramTransport {
 
     /// Joins a multicast group. For IPv4 `interface` is the address of the
     /// interface (`None`: any); for IPv6 pass `interface_index` instead.
-    pub fn join_group(&self, group: IpAddr, interface: Option<Ipv4Addr>) -> Result<(), DatagramError> {
+    pub fn join_group(
+        &self,
+        group: IpAddr,
+        interface: Option<Ipv4Addr>,
+    ) -> Result<(), DatagramError> {
         self.membership(group, interface, 0, true)
     }
 
     /// Leaves a multicast group joined with `join_group`.
-    pub fn leave_group(&self, group: IpAddr, interface: Option<Ipv4Addr>) -> Result<(), DatagramError> {
+    pub fn leave_group(
+        &self,
+        group: IpAddr,
+        interface: Option<Ipv4Addr>,
+    ) -> Result<(), DatagramError> {
         self.membership(group, interface, 0, false)
     }
 
     /// Joins an IPv6 multicast group on the interface with this index (0: default).
-    pub fn join_group_v6(&self, group: std::net::Ipv6Addr, interface_index: u32) -> Result<(), DatagramError> {
+    pub fn join_group_v6(
+        &self,
+        group: std::net::Ipv6Addr,
+        interface_index: u32,
+    ) -> Result<(), DatagramError> {
         self.membership(IpAddr::V6(group), None, interface_index, true)
     }
 
     /// Leaves an IPv6 multicast group.
-    pub fn leave_group_v6(&self, group: std::net::Ipv6Addr, interface_index: u32) -> Result<(), DatagramError> {
+    pub fn leave_group_v6(
+        &self,
+        group: std::net::Ipv6Addr,
+        interface_index: u32,
+    ) -> Result<(), DatagramError> {
         self.membership(IpAddr::V6(group), None, interface_index, false)
     }
 

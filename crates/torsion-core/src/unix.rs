@@ -448,7 +448,14 @@ impl UnixPortInner {
                         Some(p) => Address::Unix(Some(p.to_path_buf())),
                         None => Address::Unix(None),
                     };
-                    start_unix_connection(reactor, &self.factory, stream, peer, self.path.address(), None);
+                    start_unix_connection(
+                        reactor,
+                        &self.factory,
+                        stream,
+                        peer,
+                        self.path.address(),
+                        None,
+                    );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -591,15 +598,19 @@ impl ConnectorImpl for UnixConnector {
             };
             let fail = |reason: ConnectionError| {
                 me2.set_state(ConnectorState::Disconnected, None);
-                if let Err(p) = catch(|| factory.client_connection_failed(&me2, Failure::new(reason))) {
+                if let Err(p) =
+                    catch(|| factory.client_connection_failed(&me2, Failure::new(reason)))
+                {
                     tracing::error!(failure = %p, "client_connection_failed panicked");
                 }
             };
             let stream = (|| -> Result<UnixStream, ConnectionError> {
-                let sa = path.sockaddr().map_err(|e| ConnectionError::ConnectFailed {
-                    addr: path.to_string(),
-                    source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
-                })?;
+                let sa = path
+                    .sockaddr()
+                    .map_err(|e| ConnectionError::ConnectFailed {
+                        addr: path.to_string(),
+                        source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+                    })?;
                 let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)
                     .map_err(|e| ConnectionError::from_connect_io(&path, e))?;
                 match s.connect(&sa) {
@@ -819,7 +830,8 @@ impl Reactor {
             None,
         )?;
         // Record the peer so `write` works; the socket is connected already.
-        t.connect(&path.address()).map_err(|e| UnixError::Io(io::Error::other(e.to_string())))?;
+        t.connect(&path.address())
+            .map_err(|e| UnixError::Io(io::Error::other(e.to_string())))?;
         Ok(t)
     }
 }

@@ -48,7 +48,12 @@ impl LineHandler for Mixed {
     }
 }
 
-fn feed_chunks(r: &mut LineReceiver, h: &mut Mixed, data: &[u8], cuts: &[usize]) -> Result<(), LineError> {
+fn feed_chunks(
+    r: &mut LineReceiver,
+    h: &mut Mixed,
+    data: &[u8],
+    cuts: &[usize],
+) -> Result<(), LineError> {
     let mut prev = 0;
     for &c in cuts {
         r.feed(&data[prev..c], h)?;
@@ -60,7 +65,12 @@ fn feed_chunks(r: &mut LineReceiver, h: &mut Mixed, data: &[u8], cuts: &[usize])
 #[test]
 fn lines_split_at_every_single_boundary() {
     let data = b"alpha\r\nbeta\r\n\r\ngamma delta\r\n";
-    let want: Vec<Vec<u8>> = vec![b"alpha".to_vec(), b"beta".to_vec(), b"".to_vec(), b"gamma delta".to_vec()];
+    let want: Vec<Vec<u8>> = vec![
+        b"alpha".to_vec(),
+        b"beta".to_vec(),
+        b"".to_vec(),
+        b"gamma delta".to_vec(),
+    ];
     for cut in 0..=data.len() {
         let mut r = LineReceiver::new();
         let mut h = Mixed::default();
@@ -182,9 +192,20 @@ fn raw_mode_switch_mid_buffer_delivers_the_rest_raw() {
         }
     }
     let mut r = LineReceiver::new();
-    let mut h = Http { lines: vec![], body: vec![] };
-    r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody\r\nbytes", &mut h).unwrap();
-    assert_eq!(h.lines, vec![b"GET / HTTP/1.1".to_vec(), b"Host: x".to_vec(), b"".to_vec()]);
+    let mut h = Http {
+        lines: vec![],
+        body: vec![],
+    };
+    r.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody\r\nbytes", &mut h)
+        .unwrap();
+    assert_eq!(
+        h.lines,
+        vec![
+            b"GET / HTTP/1.1".to_vec(),
+            b"Host: x".to_vec(),
+            b"".to_vec()
+        ]
+    );
     assert_eq!(h.body, b"body\r\nbytes");
     assert!(r.is_raw());
     r.feed(b"\r\nmore", &mut h).unwrap();
@@ -207,12 +228,18 @@ fn over_long_lines() {
     // Default reaction: stop with TooLong, whether the line ends or not.
     let mut r = LineReceiver::new().with_max_length(5);
     let mut h = Mixed::default();
-    assert_eq!(r.feed(b"123456\r\n", &mut h), Err(LineError::TooLong { length: 6, max: 5 }));
+    assert_eq!(
+        r.feed(b"123456\r\n", &mut h),
+        Err(LineError::TooLong { length: 6, max: 5 })
+    );
     let mut r = LineReceiver::new().with_max_length(5);
     let mut h = Mixed::default();
     let e = r.feed(b"1234567890", &mut h).unwrap_err();
     assert_eq!(e, LineError::TooLong { length: 10, max: 5 });
-    assert_eq!(e.to_string(), "line of 10 bytes or more exceeds the maximum of 5");
+    assert_eq!(
+        e.to_string(),
+        "line of 10 bytes or more exceeds the maximum of 5"
+    );
     // Exactly the limit is fine, in any split.
     let mut r = LineReceiver::new().with_max_length(5);
     let mut h = Mixed::default();
@@ -221,7 +248,10 @@ fn over_long_lines() {
     assert_eq!(h.lines, vec![b"12345".to_vec()]);
     // A handler that ignores the overflow: the long line is dropped, the next one arrives.
     let mut r = LineReceiver::new().with_max_length(5);
-    let mut h = Mixed { ignore_overflow: true, ..Mixed::default() };
+    let mut h = Mixed {
+        ignore_overflow: true,
+        ..Mixed::default()
+    };
     r.feed(b"ok\r\n", &mut h).unwrap();
     for chunk in [&b"0123456789"[..], b"0123456789", b"01\r", b"\nafter\r\n"] {
         r.feed(chunk, &mut h).unwrap();
@@ -239,7 +269,10 @@ fn line_only_receiver() {
     r.feed(b"ab\ncd", |l| got.push(l.to_vec())).unwrap();
     r.feed(b"\n", |l| got.push(l.to_vec())).unwrap();
     assert_eq!(got, vec![b"ab".to_vec(), b"cd".to_vec()]);
-    assert!(matches!(r.feed(b"toolong\n", |_| {}), Err(LineError::TooLong { .. })));
+    assert!(matches!(
+        r.feed(b"toolong\n", |_| {}),
+        Err(LineError::TooLong { .. })
+    ));
 }
 
 #[test]
@@ -249,19 +282,37 @@ fn malformed_netstrings() {
         (b":abc,", FramingError::BadLength(b':')),
         (b"05:hello,", FramingError::LeadingZero),
         (b"3:abc;", FramingError::MissingComma(b';')),
-        (b"1001:", FramingError::TooLong { length: 1001, max: 1000 }),
-        (b"99999999999999999999999:", FramingError::TooLong { length: 9999, max: 1000 }),
+        (
+            b"1001:",
+            FramingError::TooLong {
+                length: 1001,
+                max: 1000,
+            },
+        ),
+        (
+            b"99999999999999999999999:",
+            FramingError::TooLong {
+                length: 9999,
+                max: 1000,
+            },
+        ),
         (b"-1:", FramingError::BadLength(b'-')),
     ];
     for (input, want) in cases {
         let mut r = NetstringReceiver::new(1000);
-        let got = r.feed(input, |_| panic!("no string from bad input")).unwrap_err();
+        let got = r
+            .feed(input, |_| panic!("no string from bad input"))
+            .unwrap_err();
         assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
         // The receiver stays failed.
         assert_eq!(r.feed(b"1:a,", |_| {}), Err(FramingError::Failed));
     }
     assert_eq!(
-        FramingError::TooLong { length: 1001, max: 1000 }.to_string(),
+        FramingError::TooLong {
+            length: 1001,
+            max: 1000
+        }
+        .to_string(),
         "string of 1001 bytes exceeds the maximum of 1000"
     );
 }
@@ -270,9 +321,21 @@ fn malformed_netstrings() {
 fn oversized_prefixed_strings() {
     let mut r = PrefixedReceiver::new(PrefixWidth::U32, 1024);
     let e = r.feed(&[0xff, 0xff, 0xff, 0xff], |_| {}).unwrap_err();
-    assert_eq!(e, FramingError::TooLong { length: 0xffff_ffff, max: 1024 });
+    assert_eq!(
+        e,
+        FramingError::TooLong {
+            length: 0xffff_ffff,
+            max: 1024
+        }
+    );
     assert_eq!(r.feed(b"", |_| {}), Err(FramingError::Failed));
     assert!(PrefixedReceiver::encode(PrefixWidth::U8, &[0; 256]).is_err());
-    assert_eq!(PrefixedReceiver::encode(PrefixWidth::U8, &[9; 2]).unwrap(), vec![2, 9, 9]);
-    assert_eq!(PrefixedReceiver::encode(PrefixWidth::U32, b"a").unwrap(), vec![0, 0, 0, 1, b'a']);
+    assert_eq!(
+        PrefixedReceiver::encode(PrefixWidth::U8, &[9; 2]).unwrap(),
+        vec![2, 9, 9]
+    );
+    assert_eq!(
+        PrefixedReceiver::encode(PrefixWidth::U32, b"a").unwrap(),
+        vec![0, 0, 0, 1, b'a']
+    );
 }

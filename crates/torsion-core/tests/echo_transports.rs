@@ -66,7 +66,10 @@ fn echo_over_process_pipes_with_cat() {
     let reactor = Reactor::new().unwrap();
     let (pinger, log) = Pinger::new(PAYLOAD);
     let p = reactor
-        .spawn_process_stream(Box::new(pinger), ProcessOptions::new("cat", Vec::<String>::new()))
+        .spawn_process_stream(
+            Box::new(pinger),
+            ProcessOptions::new("cat", Vec::<String>::new()),
+        )
         .unwrap();
     // Pinger closes (our end of cat's stdin) once the echo is back; cat then exits 0.
     assert!(run_until(&reactor, LIMIT, || log.borrow().lost.is_some()));
@@ -87,7 +90,14 @@ fn stdio_echo_binary() -> PathBuf {
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "torsion-core", "--example", "stdio_echo"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "torsion-core",
+                "--example",
+                "stdio_echo",
+            ])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the stdio_echo example failed");
@@ -103,7 +113,9 @@ fn echo_over_stdio_of_a_child() {
     let (pinger, log) = Pinger::new(PAYLOAD);
     let mut opts = ProcessOptions::new(bin.as_os_str(), Vec::<String>::new());
     opts.env = Some(vec![("RUST_LOG".into(), "off".into())]);
-    let p = reactor.spawn_process_stream(Box::new(pinger), opts).unwrap();
+    let p = reactor
+        .spawn_process_stream(Box::new(pinger), opts)
+        .unwrap();
     assert!(run_until(&reactor, LIMIT, || log.borrow().lost.is_some()));
     assert_eq!(log.borrow().received, PAYLOAD);
     // The child's stdio transport saw end of input, flushed, and exited cleanly.

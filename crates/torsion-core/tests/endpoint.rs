@@ -17,7 +17,10 @@ use torsion_core::endpoint::*;
 use torsion_core::resolve::Resolver;
 use torsion_core::testing::AccumulatingProtocol;
 use torsion_core::unix::UnixPath;
-use torsion_core::{factory_fn, Address, ClientFactory, Connector, ConnectorState, Deferred, Factory, Failure, Protocol, Reactor};
+use torsion_core::{
+    factory_fn, Address, ClientFactory, Connector, ConnectorState, Deferred, Factory, Failure,
+    Protocol, Reactor,
+};
 
 fn tcp(port: u16, interface: Option<&str>, backlog: Option<i32>, ipv6: bool) -> ServerEndpoint {
     ServerEndpoint::Tcp {
@@ -204,7 +207,11 @@ fn bad_server_strings() {
             EndpointError::UnknownType("bogus".into()),
             "unknown endpoint type 'bogus'",
         ),
-        ("tcp:80\\", EndpointError::DanglingEscape, "endpoint string ends with a lone backslash"),
+        (
+            "tcp:80\\",
+            EndpointError::DanglingEscape,
+            "endpoint string ends with a lone backslash",
+        ),
         (
             "stdio:x=1",
             EndpointError::UnknownKey {
@@ -260,13 +267,28 @@ fn good_and_bad_client_strings() {
         assert_eq!(got.to_string(), printed);
     }
     let bad: Vec<(&str, &str)> = vec![
-        ("tcp:host=h:port=abc", "port must be a number from 0 to 65535, got 'abc'"),
+        (
+            "tcp:host=h:port=abc",
+            "port must be a number from 0 to 65535, got 'abc'",
+        ),
         ("tcp:port=80", "tcp endpoint needs a host"),
         ("tcp:host=h", "tcp endpoint needs a port"),
-        ("tcp:host=h:port=1:timeout=soon", "timeout must be a number of seconds, got 'soon'"),
-        ("tcp:host=h:port=1:timeout=1.", "timeout must be a number of seconds, got '1.'"),
-        ("tcp:host=h:port=1:bindAddress=nowhere", "bindAddress must be an IP address, got 'nowhere'"),
-        ("tcp:host=h:port=1:proxy=yes", "unknown key 'proxy' for a tcp endpoint"),
+        (
+            "tcp:host=h:port=1:timeout=soon",
+            "timeout must be a number of seconds, got 'soon'",
+        ),
+        (
+            "tcp:host=h:port=1:timeout=1.",
+            "timeout must be a number of seconds, got '1.'",
+        ),
+        (
+            "tcp:host=h:port=1:bindAddress=nowhere",
+            "bindAddress must be an IP address, got 'nowhere'",
+        ),
+        (
+            "tcp:host=h:port=1:proxy=yes",
+            "unknown key 'proxy' for a tcp endpoint",
+        ),
         ("unix:path=", "path must be a non-empty path, got ''"),
         ("stdio:", "'stdio' endpoints cannot be used as clients"),
         ("ssl:host=h:port=1", "unknown endpoint type 'ssl'"),
@@ -292,7 +314,10 @@ impl CustomClientEndpoint for Fake {
 }
 struct FakeParser;
 impl EndpointParser for FakeParser {
-    fn parse_client(&self, mut args: EndpointArgs) -> Result<Rc<dyn CustomClientEndpoint>, EndpointError> {
+    fn parse_client(
+        &self,
+        mut args: EndpointArgs,
+    ) -> Result<Rc<dyn CustomClientEndpoint>, EndpointError> {
         let v = args.take_key("name").ok_or(EndpointError::Missing {
             kind: args.kind.clone(),
             what: "a name",
@@ -315,7 +340,9 @@ fn registry_adds_prefixes_but_not_over_builtins() {
         "'fake' endpoints cannot be used as servers"
     );
     assert_eq!(
-        reg.parse_client("fake:name=x:other=1").unwrap_err().to_string(),
+        reg.parse_client("fake:name=x:other=1")
+            .unwrap_err()
+            .to_string(),
         "unknown key 'other' for a fake endpoint"
     );
     // The thread's default registry is separate until told.
@@ -333,22 +360,31 @@ fn arb_text() -> impl Strategy<Value = String> {
 
 fn arb_server() -> impl Strategy<Value = ServerEndpoint> {
     prop_oneof![
-        (any::<u16>(), proptest::option::of(any::<[u8; 4]>()), proptest::option::of(1..10000i32)).prop_map(
-            |(port, i, backlog)| ServerEndpoint::Tcp {
+        (
+            any::<u16>(),
+            proptest::option::of(any::<[u8; 4]>()),
+            proptest::option::of(1..10000i32)
+        )
+            .prop_map(|(port, i, backlog)| ServerEndpoint::Tcp {
                 port,
-                interface: i.map(|b| IpAddr::from(b)),
+                interface: i.map(IpAddr::from),
                 backlog,
                 ipv6: false
+            }),
+        (any::<u16>(), proptest::option::of(any::<[u8; 16]>())).prop_map(|(port, i)| {
+            ServerEndpoint::Tcp {
+                port,
+                interface: i.map(IpAddr::from),
+                backlog: None,
+                ipv6: true,
             }
-        ),
-        (any::<u16>(), proptest::option::of(any::<[u8; 16]>())).prop_map(|(port, i)| ServerEndpoint::Tcp {
-            port,
-            interface: i.map(|b| IpAddr::from(b)),
-            backlog: None,
-            ipv6: true
         }),
-        (arb_text(), proptest::option::of(0u32..0o7777), proptest::option::of(1..100i32)).prop_map(
-            |(p, mode, backlog)| ServerEndpoint::Unix {
+        (
+            arb_text(),
+            proptest::option::of(0u32..0o7777),
+            proptest::option::of(1..100i32)
+        )
+            .prop_map(|(p, mode, backlog)| ServerEndpoint::Unix {
                 path: if let Some(rest) = p.strip_prefix('@') {
                     UnixPath::Abstract(rest.as_bytes().to_vec())
                 } else {
@@ -356,25 +392,37 @@ fn arb_server() -> impl Strategy<Value = ServerEndpoint> {
                 },
                 mode,
                 backlog
-            }
-        ),
-        (0usize..1000, prop_oneof![Just(SystemdDomain::Inet), Just(SystemdDomain::Inet6), Just(SystemdDomain::Unix)])
+            }),
+        (
+            0usize..1000,
+            prop_oneof![
+                Just(SystemdDomain::Inet),
+                Just(SystemdDomain::Inet6),
+                Just(SystemdDomain::Unix)
+            ]
+        )
             .prop_map(|(index, domain)| ServerEndpoint::Systemd { domain, index }),
         Just(ServerEndpoint::Stdio),
     ]
 }
 
 fn arb_client() -> impl Strategy<Value = ClientEndpoint> {
-    let timeout = proptest::option::of((0u64..100_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)));
+    let timeout = proptest::option::of(
+        (0u64..100_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+    );
     prop_oneof![
-        (arb_text(), any::<u16>(), timeout.clone(), proptest::option::of(any::<[u8; 4]>())).prop_map(
-            |(host, port, timeout, b)| ClientEndpoint::Tcp {
+        (
+            arb_text(),
+            any::<u16>(),
+            timeout.clone(),
+            proptest::option::of(any::<[u8; 4]>())
+        )
+            .prop_map(|(host, port, timeout, b)| ClientEndpoint::Tcp {
                 host,
                 port,
                 timeout,
                 bind_address: b.map(IpAddr::from)
-            }
-        ),
+            }),
         (arb_text(), timeout).prop_map(|(p, timeout)| ClientEndpoint::Unix {
             path: if let Some(rest) = p.strip_prefix('@') {
                 UnixPath::Abstract(rest.as_bytes().to_vec())
@@ -423,22 +471,37 @@ fn tcp_and_unix_endpoints_listen_and_connect() {
     let proto = RefCell::new(Some(proto));
     client_from_string(&format!("tcp:host=127.0.0.1:port={port}:timeout=5"))
         .unwrap()
-        .connect(&reactor, factory_fn(move || proto.borrow_mut().take().unwrap()));
-    assert!(run_until(&reactor, Duration::from_secs(10), || log.transport().is_some()));
+        .connect(
+            &reactor,
+            factory_fn(move || proto.borrow_mut().take().unwrap()),
+        );
+    assert!(run_until(&reactor, Duration::from_secs(10), || log
+        .transport()
+        .is_some()));
     log.transport().unwrap().write(b"via endpoints");
-    assert!(run_until(&reactor, Duration::from_secs(10), || log.data() == b"via endpoints"));
+    assert!(run_until(&reactor, Duration::from_secs(10), || log.data()
+        == b"via endpoints"));
 
     let sock = dir.path("ep.sock");
     let desc = format!("unix:{}:mode=600", escape(&sock.to_string_lossy()));
-    let l2 = server_from_string(&desc).unwrap().listen(&reactor, factory_fn(Echo::default)).unwrap();
+    let l2 = server_from_string(&desc)
+        .unwrap()
+        .listen(&reactor, factory_fn(Echo::default))
+        .unwrap();
     let (proto, log) = AccumulatingProtocol::new();
     let proto = RefCell::new(Some(proto));
     client_from_string(&format!("unix:path={}", escape(&sock.to_string_lossy())))
         .unwrap()
-        .connect(&reactor, factory_fn(move || proto.borrow_mut().take().unwrap()));
-    assert!(run_until(&reactor, Duration::from_secs(10), || log.transport().is_some()));
+        .connect(
+            &reactor,
+            factory_fn(move || proto.borrow_mut().take().unwrap()),
+        );
+    assert!(run_until(&reactor, Duration::from_secs(10), || log
+        .transport()
+        .is_some()));
     log.transport().unwrap().write(b"unix too");
-    assert!(run_until(&reactor, Duration::from_secs(10), || log.data() == b"unix too"));
+    assert!(run_until(&reactor, Duration::from_secs(10), || log.data()
+        == b"unix too"));
     l.stop_listening();
     l2.stop_listening();
 }
@@ -450,23 +513,46 @@ fn systemd_variables_and_adoption() {
         SystemdSockets::from_vars(Some(&me.to_string()), Some("2"), me),
         Ok(SystemdSockets { start: 3, count: 2 })
     );
-    assert_eq!(SystemdSockets::from_vars(Some("1"), Some("2"), me), Err(SystemdError::NotActivated(me)));
-    assert_eq!(SystemdSockets::from_vars(None, None, me), Err(SystemdError::NotActivated(me)));
     assert_eq!(
-        SystemdSockets::from_vars(Some(&me.to_string()), Some("two"), me).unwrap_err().to_string(),
+        SystemdSockets::from_vars(Some("1"), Some("2"), me),
+        Err(SystemdError::NotActivated(me))
+    );
+    assert_eq!(
+        SystemdSockets::from_vars(None, None, me),
+        Err(SystemdError::NotActivated(me))
+    );
+    assert_eq!(
+        SystemdSockets::from_vars(Some(&me.to_string()), Some("two"), me)
+            .unwrap_err()
+            .to_string(),
         "LISTEN_FDS must be a number, got 'two'"
     );
     // A listening socket placed as "passed descriptor 0" of a fake activation.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let fd: OwnedFd = listener.into();
-    let sockets = SystemdSockets { start: fd.as_raw_fd(), count: 1 };
+    let sockets = SystemdSockets {
+        start: fd.as_raw_fd(),
+        count: 1,
+    };
     let reactor = Reactor::new().unwrap();
-    let err = sockets.listen(&reactor, 0, SystemdDomain::Unix, factory_fn(Echo::default)).unwrap_err();
-    assert_eq!(err.to_string(), "socket activation: passed socket 0 is not of domain UNIX");
-    let err = sockets.listen(&reactor, 1, SystemdDomain::Inet, factory_fn(Echo::default)).unwrap_err();
-    assert_eq!(err.to_string(), "socket activation: socket index 1 out of range: 1 sockets were passed");
-    let l = sockets.listen(&reactor, 0, SystemdDomain::Inet, factory_fn(Echo::default)).unwrap();
+    let err = sockets
+        .listen(&reactor, 0, SystemdDomain::Unix, factory_fn(Echo::default))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "socket activation: passed socket 0 is not of domain UNIX"
+    );
+    let err = sockets
+        .listen(&reactor, 1, SystemdDomain::Inet, factory_fn(Echo::default))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "socket activation: socket index 1 out of range: 1 sockets were passed"
+    );
+    let l = sockets
+        .listen(&reactor, 0, SystemdDomain::Inet, factory_fn(Echo::default))
+        .unwrap();
     assert_eq!(l.host(), Address::Tcp(addr));
     let peer = std::thread::spawn(move || {
         use std::io::{Read, Write};
@@ -512,7 +598,8 @@ impl ClientFactory for OutcomeFactory {
 /// A listener whose accept queue is full, so further connects hang (SYNs dropped).
 fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     s.listen(0).unwrap();
     let addr = s.local_addr().unwrap().as_socket().unwrap();
     let mut fill = Vec::new();
@@ -529,9 +616,14 @@ fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
 #[test]
 fn happy_eyeballs_second_address_wins_after_the_stagger() {
     let reactor = Reactor::new().unwrap();
-    let good = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), factory_fn(Echo::default)).unwrap();
+    let good = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), factory_fn(Echo::default))
+        .unwrap();
     let (_hole, _fill, hole) = black_hole();
-    let outcome = Rc::new(Outcome { peer: RefCell::new(None), failed: RefCell::new(None) });
+    let outcome = Rc::new(Outcome {
+        peer: RefCell::new(None),
+        failed: RefCell::new(None),
+    });
     let ep = HostnameEndpoint {
         host: "service.test".into(),
         port: 0,
@@ -542,34 +634,74 @@ fn happy_eyeballs_second_address_wins_after_the_stagger() {
     let start = Instant::now();
     let c = ep.connect(&reactor, Rc::new(OutcomeFactory(outcome.clone())));
     assert_eq!(c.state(), ConnectorState::Connecting);
-    assert!(run_until(&reactor, Duration::from_secs(10), || outcome.peer.borrow().is_some()));
+    assert!(run_until(&reactor, Duration::from_secs(10), || outcome
+        .peer
+        .borrow()
+        .is_some()));
     // Only a lower bound: the second attempt starts no earlier than the stagger.
-    assert!(start.elapsed() >= Duration::from_millis(290), "{:?}", start.elapsed());
-    assert_eq!(*outcome.peer.borrow(), Some(Address::Tcp(good.local_addr())));
-    assert!(run_until(&reactor, Duration::from_secs(5), || c.state() == ConnectorState::Connected));
+    assert!(
+        start.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        *outcome.peer.borrow(),
+        Some(Address::Tcp(good.local_addr()))
+    );
+    assert!(run_until(&reactor, Duration::from_secs(5), || c.state()
+        == ConnectorState::Connected));
     assert!(c.transport().is_some());
-    assert!(outcome.failed.borrow().is_none(), "the cancelled loser is not reported");
+    assert!(
+        outcome.failed.borrow().is_none(),
+        "the cancelled loser is not reported"
+    );
 }
 
 #[test]
 fn happy_eyeballs_refused_address_moves_on_at_once_and_all_refused_fails() {
     let reactor = Reactor::new().unwrap();
-    let good = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), factory_fn(Echo::default)).unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let outcome = Rc::new(Outcome { peer: RefCell::new(None), failed: RefCell::new(None) });
+    let good = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), factory_fn(Echo::default))
+        .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let outcome = Rc::new(Outcome {
+        peer: RefCell::new(None),
+        failed: RefCell::new(None),
+    });
     let mut ep = HostnameEndpoint::new("service.test", 0);
     ep.resolver = Rc::new(Fixed(vec![dead, good.local_addr()]));
     ep.stagger = Duration::from_secs(30); // a refusal must not wait for it
     ep.connect(&reactor, Rc::new(OutcomeFactory(outcome.clone())));
-    assert!(run_until(&reactor, Duration::from_secs(10), || outcome.peer.borrow().is_some()));
-    assert_eq!(*outcome.peer.borrow(), Some(Address::Tcp(good.local_addr())));
+    assert!(run_until(&reactor, Duration::from_secs(10), || outcome
+        .peer
+        .borrow()
+        .is_some()));
+    assert_eq!(
+        *outcome.peer.borrow(),
+        Some(Address::Tcp(good.local_addr()))
+    );
 
-    let outcome = Rc::new(Outcome { peer: RefCell::new(None), failed: RefCell::new(None) });
+    let outcome = Rc::new(Outcome {
+        peer: RefCell::new(None),
+        failed: RefCell::new(None),
+    });
     ep.resolver = Rc::new(Fixed(vec![dead, dead]));
     ep.connect(&reactor, Rc::new(OutcomeFactory(outcome.clone())));
-    assert!(run_until(&reactor, Duration::from_secs(10), || outcome.failed.borrow().is_some()));
+    assert!(run_until(&reactor, Duration::from_secs(10), || outcome
+        .failed
+        .borrow()
+        .is_some()));
     let f = outcome.failed.borrow().clone().unwrap();
-    assert!(matches!(f.downcast_ref::<torsion_core::ConnectionError>(), Some(torsion_core::ConnectionError::Refused(_))), "{f}");
+    assert!(
+        matches!(
+            f.downcast_ref::<torsion_core::ConnectionError>(),
+            Some(torsion_core::ConnectionError::Refused(_))
+        ),
+        "{f}"
+    );
 }
 
 #[test]

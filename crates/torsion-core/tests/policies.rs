@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::{run_until, Echo};
 use torsion_core::policies::*;
 use torsion_core::testing::{AccumulatingProtocol, Clock, LoopbackPump};
-use torsion_core::{factory_fn, Address, ConnectOptions, ConnectionError, Factory, Protocol, Reactor, Transport};
+use torsion_core::{
+    factory_fn, Address, ConnectOptions, ConnectionError, Factory, Protocol, Reactor, Transport,
+};
 
 fn server_from(factory: &WrappingFactory) -> Box<dyn Protocol> {
     factory
@@ -36,7 +38,13 @@ fn idle_timeout_resets_on_activity_then_aborts() {
     clock.advance(Duration::from_secs(3));
     pump.pump();
     let lost = log.lost().expect("timed out");
-    assert!(matches!(lost.downcast_ref::<ConnectionError>(), Some(ConnectionError::Reset)), "{lost}");
+    assert!(
+        matches!(
+            lost.downcast_ref::<ConnectionError>(),
+            Some(ConnectionError::Reset)
+        ),
+        "{lost}"
+    );
     assert_eq!(policy.timed_out(), 1);
 }
 
@@ -108,9 +116,18 @@ fn traffic_log_records_both_directions() {
     assert_eq!(
         ev[..3],
         [
-            TrafficEvent::Open { id: 0, peer: Address::Memory("client".into()) },
-            TrafficEvent::In { id: 0, data: b"hi".to_vec() },
-            TrafficEvent::Out { id: 0, data: b"hi".to_vec() },
+            TrafficEvent::Open {
+                id: 0,
+                peer: Address::Memory("client".into())
+            },
+            TrafficEvent::In {
+                id: 0,
+                data: b"hi".to_vec()
+            },
+            TrafficEvent::Out {
+                id: 0,
+                data: b"hi".to_vec()
+            },
         ]
     );
     assert!(matches!(&ev[3], TrafficEvent::Close { id: 0, .. }));
@@ -122,30 +139,49 @@ fn connection_limits_close_excess_connections_at_once() {
     let reactor = Reactor::new().unwrap();
     let limit = Rc::new(LimitConnections::new(Some(3), Some(2)));
     let factory = WrappingFactory::new(factory_fn(Echo::default)).with(limit.clone());
-    let port = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), Rc::new(factory)).unwrap();
+    let port = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), Rc::new(factory))
+        .unwrap();
     let mut logs = Vec::new();
     for _ in 0..3 {
         let (p, log) = AccumulatingProtocol::new();
         let p = RefCell::new(Some(p));
-        reactor.connect_tcp(port.local_addr(), factory_fn(move || p.borrow_mut().take().unwrap()), ConnectOptions::default());
+        reactor.connect_tcp(
+            port.local_addr(),
+            factory_fn(move || p.borrow_mut().take().unwrap()),
+            ConnectOptions::default(),
+        );
         logs.push(log);
     }
     // All three connect at the TCP level; the third is closed by the server
     // at once (per-peer limit 2: they all come from 127.0.0.1).
-    assert!(run_until(&reactor, Duration::from_secs(10), || logs[2].lost().is_some() && limit.open() == 2));
+    assert!(run_until(&reactor, Duration::from_secs(10), || logs[2]
+        .lost()
+        .is_some()
+        && limit.open() == 2));
     assert_eq!(limit.refused(), 1);
     for l in &logs[..2] {
         l.transport().unwrap().write(b"ok");
     }
-    assert!(run_until(&reactor, Duration::from_secs(10), || logs[..2].iter().all(|l| l.data() == b"ok")));
+    assert!(run_until(&reactor, Duration::from_secs(10), || logs[..2]
+        .iter()
+        .all(|l| l.data() == b"ok")));
     assert!(logs[0].lost().is_none() && logs[1].lost().is_none());
     // Closing one frees a slot.
     logs[0].transport().unwrap().lose_connection();
-    assert!(run_until(&reactor, Duration::from_secs(10), || limit.open() == 1));
+    assert!(run_until(&reactor, Duration::from_secs(10), || limit
+        .open()
+        == 1));
     let (p, log) = AccumulatingProtocol::new();
     let p = RefCell::new(Some(p));
-    reactor.connect_tcp(port.local_addr(), factory_fn(move || p.borrow_mut().take().unwrap()), ConnectOptions::default());
-    assert!(run_until(&reactor, Duration::from_secs(10), || limit.open() == 2));
+    reactor.connect_tcp(
+        port.local_addr(),
+        factory_fn(move || p.borrow_mut().take().unwrap()),
+        ConnectOptions::default(),
+    );
+    assert!(run_until(&reactor, Duration::from_secs(10), || limit
+        .open()
+        == 2));
     log.transport().unwrap().write(b"again");
     assert!(run_until(&reactor, Duration::from_secs(10), || log.data() == b"again"));
 }

@@ -69,7 +69,10 @@ impl ProcessProtocol for Recorder {
     }
     fn process_ended(&mut self, status: ExitStatus) {
         let mut s = self.seen.borrow_mut();
-        assert!(s.exited.is_some(), "process_exited comes before process_ended");
+        assert!(
+            s.exited.is_some(),
+            "process_exited comes before process_ended"
+        );
         s.ended = Some(status);
     }
 }
@@ -104,7 +107,10 @@ fn sh_exit_code_stdout_and_stderr() {
     let pid = p.pid().unwrap();
     // Reaped: no /proc entry (or at least not a zombie).
     assert_ne!(zombie_state(pid), Some('Z'), "child {pid} left a zombie");
-    assert!(matches!(p.signal(libc::SIGTERM), Err(ProcessError::AlreadyExited)));
+    assert!(matches!(
+        p.signal(libc::SIGTERM),
+        Err(ProcessError::AlreadyExited)
+    ));
 }
 
 #[test]
@@ -146,7 +152,10 @@ fn killed_by_signal() {
     p.signal(libc::SIGKILL).unwrap();
     wait_ended(&reactor, &seen);
     assert_eq!(seen.borrow().ended, Some(ExitStatus::Signal(libc::SIGKILL)));
-    assert_eq!(seen.borrow().exited, Some(ExitStatus::Signal(libc::SIGKILL)));
+    assert_eq!(
+        seen.borrow().exited,
+        Some(ExitStatus::Signal(libc::SIGKILL))
+    );
 }
 
 #[test]
@@ -165,7 +174,10 @@ fn extra_child_fds() {
     wait_ended(&reactor, &seen);
     assert_eq!(seen.borrow().fd3, b"fd3:hello four\n");
     assert_eq!(seen.borrow().out, b"done\n");
-    assert!(matches!(p.write_to_child(9, b"x"), Err(ProcessError::NoSuchFd(9))));
+    assert!(matches!(
+        p.write_to_child(9, b"x"),
+        Err(ProcessError::NoSuchFd(9))
+    ));
 }
 
 #[test]
@@ -186,7 +198,10 @@ fn pty_child_sees_a_terminal() {
     let (proto, seen) = Recorder::new(None);
     let mut opts = ProcessOptions::new(
         "/bin/sh",
-        ["-c", "if [ -t 0 ] && [ -t 1 ]; then echo tty; else echo notty; fi"],
+        [
+            "-c",
+            "if [ -t 0 ] && [ -t 1 ]; then echo tty; else echo notty; fi",
+        ],
     );
     opts.use_pty = true;
     reactor.spawn_process(proto, opts).unwrap();
@@ -200,7 +215,10 @@ fn missing_program_is_a_typed_error() {
     let reactor = Reactor::new().unwrap();
     let (proto, _seen) = Recorder::new(None);
     let err = reactor
-        .spawn_process(proto, ProcessOptions::new("/nonexistent/program", Vec::<String>::new()))
+        .spawn_process(
+            proto,
+            ProcessOptions::new("/nonexistent/program", Vec::<String>::new()),
+        )
         .unwrap_err();
     assert!(matches!(err, ProcessError::Spawn { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/program"));
@@ -245,7 +263,10 @@ fn flooding_child_is_held_back_by_flow_control() {
     run_until(&reactor, Duration::from_millis(300), || false);
     let later = *got.borrow();
     // At most what one read turn had already taken (16 reads of 64 KiB).
-    assert!(later - at_pause <= 16 * 64 * 1024, "kept reading while paused");
+    assert!(
+        later - at_pause <= 16 * 64 * 1024,
+        "kept reading while paused"
+    );
     assert_eq!(later, *got.borrow());
     run_until(&reactor, Duration::from_millis(100), || false);
     assert_eq!(later, *got.borrow(), "no reads while paused");

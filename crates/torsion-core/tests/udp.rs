@@ -64,7 +64,9 @@ fn proto(echo: bool) -> (Box<Proto>, Rc<RefCell<Log>>) {
 fn udp_echo_with_socat() {
     let reactor = Reactor::new().unwrap();
     let (p, log) = proto(true);
-    let port = reactor.listen_udp("127.0.0.1:0".parse().unwrap(), p).unwrap();
+    let port = reactor
+        .listen_udp("127.0.0.1:0".parse().unwrap(), p)
+        .unwrap();
     let addr = port.local_addr().unwrap();
     let peer = std::thread::spawn(move || {
         common::run_peer(
@@ -80,7 +82,10 @@ fn udp_echo_with_socat() {
     assert!(matches!(log.borrow().got[0].1, Address::Udp(a) if a.ip() == Ipv4Addr::LOCALHOST));
     port.stop_listening();
     assert!(log.borrow().stopped);
-    assert!(matches!(port.write_to_addr(b"x", addr), Err(DatagramError::Closed)));
+    assert!(matches!(
+        port.write_to_addr(b"x", addr),
+        Err(DatagramError::Closed)
+    ));
 }
 
 #[test]
@@ -92,7 +97,9 @@ fn connected_udp_reports_refusal() {
     };
     let reactor = Reactor::new().unwrap();
     let (p, log) = proto(false);
-    let t = reactor.listen_udp("127.0.0.1:0".parse().unwrap(), p).unwrap();
+    let t = reactor
+        .listen_udp("127.0.0.1:0".parse().unwrap(), p)
+        .unwrap();
     assert!(matches!(t.write(b"x"), Err(DatagramError::NotConnected)));
     t.connect(&Address::Udp(dead)).unwrap();
     assert_eq!(t.peer(), Some(Address::Udp(dead)));
@@ -130,7 +137,13 @@ fn oversized_datagrams_are_reported_and_refused() {
     assert_eq!(log.borrow().too_large, vec![500]);
     assert_eq!(log.borrow().got[0].0, vec![8u8; 100]);
     let err = t.write_to_addr(&[0u8; 101], addr).unwrap_err();
-    assert!(matches!(err, DatagramError::TooLarge { size: 101, max: 100 }));
+    assert!(matches!(
+        err,
+        DatagramError::TooLarge {
+            size: 101,
+            max: 100
+        }
+    ));
     t.set_max_packet_size(1000);
     assert_eq!(t.max_packet_size(), 1000);
     t.write_to_addr(&[0u8; 101], addr).unwrap();
@@ -140,7 +153,9 @@ fn oversized_datagrams_are_reported_and_refused() {
 fn socket_options() {
     let reactor = Reactor::new().unwrap();
     let (p, _log) = proto(false);
-    let t = reactor.listen_udp("127.0.0.1:0".parse().unwrap(), p).unwrap();
+    let t = reactor
+        .listen_udp("127.0.0.1:0".parse().unwrap(), p)
+        .unwrap();
     assert!(!t.broadcast_allowed().unwrap());
     t.set_broadcast_allowed(true).unwrap();
     assert!(t.broadcast_allowed().unwrap());
@@ -186,11 +201,16 @@ fn two_multicast_listeners_both_receive() {
     let (p2, log2) = proto(false);
     // Both bind the group address itself (so only group traffic arrives)
     // with SO_REUSEPORT on one port.
-    let a = reactor.listen_multiple(SocketAddr::new(GROUP.into(), 0), p1).unwrap();
+    let a = reactor
+        .listen_multiple(SocketAddr::new(GROUP.into(), 0), p1)
+        .unwrap();
     let port = a.local_addr().unwrap().port();
-    let b = reactor.listen_multiple(SocketAddr::new(GROUP.into(), port), p2).unwrap();
+    let b = reactor
+        .listen_multiple(SocketAddr::new(GROUP.into(), port), p2)
+        .unwrap();
     for t in [&a, &b] {
-        t.join_group(GROUP.into(), Some(Ipv4Addr::LOCALHOST)).unwrap();
+        t.join_group(GROUP.into(), Some(Ipv4Addr::LOCALHOST))
+            .unwrap();
     }
     // Python's socket module sends one datagram to the group via loopback.
     let script = format!(
@@ -201,7 +221,10 @@ fn two_multicast_listeners_both_receive() {
          s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)\n\
          s.sendto(b'to the group', ('{GROUP}', {port}))\n"
     );
-    let status = Command::new("python3").args(["-c", &script]).status().unwrap();
+    let status = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert!(run_until(&reactor, LIMIT, || {
         !log1.borrow().got.is_empty() && !log2.borrow().got.is_empty()
@@ -211,18 +234,25 @@ fn two_multicast_listeners_both_receive() {
 
     // Now we send to the group ourselves, with TTL 0, loopback on, out of lo.
     let (p3, _log3) = proto(false);
-    let sender = reactor.listen_udp("127.0.0.1:0".parse().unwrap(), p3).unwrap();
+    let sender = reactor
+        .listen_udp("127.0.0.1:0".parse().unwrap(), p3)
+        .unwrap();
     sender.set_outgoing_interface(Ipv4Addr::LOCALHOST).unwrap();
     sender.set_multicast_ttl(0).unwrap();
     sender.set_multicast_loopback(true).unwrap();
-    sender.write_to_addr(b"second", SocketAddr::new(GROUP.into(), port)).unwrap();
+    sender
+        .write_to_addr(b"second", SocketAddr::new(GROUP.into(), port))
+        .unwrap();
     assert!(run_until(&reactor, LIMIT, || {
         log1.borrow().got.len() == 2 && log2.borrow().got.len() == 2
     }));
 
     // After b leaves the group, only a hears the third datagram.
-    b.leave_group(GROUP.into(), Some(Ipv4Addr::LOCALHOST)).unwrap();
-    sender.write_to_addr(b"third", SocketAddr::new(GROUP.into(), port)).unwrap();
+    b.leave_group(GROUP.into(), Some(Ipv4Addr::LOCALHOST))
+        .unwrap();
+    sender
+        .write_to_addr(b"third", SocketAddr::new(GROUP.into(), port))
+        .unwrap();
     assert!(run_until(&reactor, LIMIT, || log1.borrow().got.len() == 3));
     run_until(&reactor, Duration::from_millis(200), || false);
     assert_eq!(log2.borrow().got.len(), 2, "b still received after leaving");

@@ -18,7 +18,9 @@ use torsion_core::udp::DatagramProtocol;
 use torsion_core::unix::{
     FdPassingError, UnixDatagramOptions, UnixError, UnixFdPassing, UnixListenOptions, UnixPath,
 };
-use torsion_core::{factory_fn, Address, ConnectOptions, ConnectionError, Protocol, Reactor, Transport};
+use torsion_core::{
+    factory_fn, Address, ConnectOptions, ConnectionError, Protocol, Reactor, Transport,
+};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -34,11 +36,19 @@ fn stale_socket_is_replaced_live_one_is_refused() {
     assert!(path.exists());
     let reactor = Reactor::new().unwrap();
     let port = reactor
-        .listen_unix(UnixPath::from(path.as_path()), factory_fn(Echo::default), UnixListenOptions::default())
+        .listen_unix(
+            UnixPath::from(path.as_path()),
+            factory_fn(Echo::default),
+            UnixListenOptions::default(),
+        )
         .expect("a stale socket is removed and replaced");
     // Now it is live: a second listener must not clobber it.
     let err = reactor
-        .listen_unix(UnixPath::from(path.as_path()), factory_fn(Echo::default), UnixListenOptions::default())
+        .listen_unix(
+            UnixPath::from(path.as_path()),
+            factory_fn(Echo::default),
+            UnixListenOptions::default(),
+        )
         .unwrap_err();
     assert!(matches!(&err, UnixError::InUse(p) if *p == path), "{err}");
     assert!(err.to_string().contains("another process is listening"));
@@ -52,7 +62,11 @@ fn a_regular_file_is_never_deleted() {
     std::fs::write(&path, b"precious").unwrap();
     let reactor = Reactor::new().unwrap();
     let err = reactor
-        .listen_unix(UnixPath::from(path.as_path()), factory_fn(Echo::default), UnixListenOptions::default())
+        .listen_unix(
+            UnixPath::from(path.as_path()),
+            factory_fn(Echo::default),
+            UnixListenOptions::default(),
+        )
         .unwrap_err();
     assert!(matches!(err, UnixError::NotASocket(_)), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
@@ -63,7 +77,11 @@ fn too_long_path_is_a_typed_error() {
     let long = format!("/tmp/{}", "x".repeat(200));
     let reactor = Reactor::new().unwrap();
     let err = reactor
-        .listen_unix(UnixPath::from(long.as_str()), factory_fn(Echo::default), UnixListenOptions::default())
+        .listen_unix(
+            UnixPath::from(long.as_str()),
+            factory_fn(Echo::default),
+            UnixListenOptions::default(),
+        )
         .unwrap_err();
     match err {
         UnixError::PathTooLong { len, max, .. } => {
@@ -85,9 +103,17 @@ fn too_long_path_is_a_typed_error() {
             *self.0.borrow_mut() = Some(r.to_string());
         }
     }
-    reactor.connect_unix(UnixPath::from(long.as_str()), Rc::new(F(failed.clone())), None);
+    reactor.connect_unix(
+        UnixPath::from(long.as_str()),
+        Rc::new(F(failed.clone())),
+        None,
+    );
     assert!(run_until(&reactor, LIMIT, || failed.borrow().is_some()));
-    assert!(failed.borrow().as_ref().unwrap().contains("107"), "{:?}", failed.borrow());
+    assert!(
+        failed.borrow().as_ref().unwrap().contains("107"),
+        "{:?}",
+        failed.borrow()
+    );
 }
 
 #[test]
@@ -106,10 +132,20 @@ fn connecting_to_a_missing_socket_is_refused() {
             *self.0.borrow_mut() = Some(r);
         }
     }
-    reactor.connect_unix(UnixPath::from(dir.path("nobody").as_path()), Rc::new(F(failed.clone())), None);
+    reactor.connect_unix(
+        UnixPath::from(dir.path("nobody").as_path()),
+        Rc::new(F(failed.clone())),
+        None,
+    );
     assert!(run_until(&reactor, LIMIT, || failed.borrow().is_some()));
     let f = failed.borrow().clone().unwrap();
-    assert!(matches!(f.downcast_ref::<ConnectionError>(), Some(ConnectionError::Refused(_))), "{f}");
+    assert!(
+        matches!(
+            f.downcast_ref::<ConnectionError>(),
+            Some(ConnectionError::Refused(_))
+        ),
+        "{f}"
+    );
 }
 
 #[test]
@@ -121,7 +157,10 @@ fn mode_is_applied() {
         .listen_unix(
             UnixPath::from(path.as_path()),
             factory_fn(Echo::default),
-            UnixListenOptions { mode: Some(0o600), backlog: 5 },
+            UnixListenOptions {
+                mode: Some(0o600),
+                backlog: 5,
+            },
         )
         .unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -162,7 +201,12 @@ fn abstract_namespace_echo_and_peer_credentials() {
     log.transport().unwrap().write(b"abstract");
     assert!(run_until(&reactor, LIMIT, || log.data() == b"abstract"));
     // SO_PEERCRED on both ends: the peer is this very process.
-    let creds = server_t.borrow().as_ref().unwrap().unix_credentials().unwrap();
+    let creds = server_t
+        .borrow()
+        .as_ref()
+        .unwrap()
+        .unix_credentials()
+        .unwrap();
     assert_eq!(creds.pid as u32, std::process::id());
     assert_eq!(creds.uid, unsafe { libc::getuid() });
     assert_eq!(creds.gid, unsafe { libc::getgid() });
@@ -176,16 +220,30 @@ fn abstract_namespace_echo_and_peer_credentials() {
 #[test]
 fn tcp_transport_has_no_credentials_or_fd_passing() {
     let reactor = Reactor::new().unwrap();
-    let port = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), factory_fn(Echo::default)).unwrap();
+    let port = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), factory_fn(Echo::default))
+        .unwrap();
     let (proto, log) = AccumulatingProtocol::new();
     let proto = RefCell::new(Some(proto));
-    reactor.connect_tcp(port.local_addr(), factory_fn(move || proto.borrow_mut().take().unwrap()), ConnectOptions::default());
+    reactor.connect_tcp(
+        port.local_addr(),
+        factory_fn(move || proto.borrow_mut().take().unwrap()),
+        ConnectOptions::default(),
+    );
     assert!(run_until(&reactor, LIMIT, || log.transport().is_some()));
     let t = log.transport().unwrap();
     let e = t.unix_credentials().unwrap_err();
-    assert_eq!(e.to_string(), "Unix peer credentials is not supported by this transport (TCP)");
-    let e = t.extension::<UnixFdPassing>("descriptor passing").unwrap_err();
-    assert_eq!(e.to_string(), "descriptor passing is not supported by this transport (TCP)");
+    assert_eq!(
+        e.to_string(),
+        "Unix peer credentials is not supported by this transport (TCP)"
+    );
+    let e = t
+        .extension::<UnixFdPassing>("descriptor passing")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "descriptor passing is not supported by this transport (TCP)"
+    );
 }
 
 /// Receives descriptors: collects them and the bytes they came with.
@@ -222,13 +280,20 @@ fn file_descriptors_travel_with_the_stream() {
     reactor
         .listen_unix(
             UnixPath::from(path.as_path()),
-            factory_fn(move || FdReceiver { t: None, got: g2.clone() }),
+            factory_fn(move || FdReceiver {
+                t: None,
+                got: g2.clone(),
+            }),
             UnixListenOptions::default(),
         )
         .unwrap();
     let (proto, log) = AccumulatingProtocol::new();
     let proto = RefCell::new(Some(proto));
-    reactor.connect_unix(UnixPath::from(path.as_path()), factory_fn(move || proto.borrow_mut().take().unwrap()), None);
+    reactor.connect_unix(
+        UnixPath::from(path.as_path()),
+        factory_fn(move || proto.borrow_mut().take().unwrap()),
+        None,
+    );
     assert!(run_until(&reactor, LIMIT, || log.transport().is_some()));
     let t = log.transport().unwrap();
     let passing = t.extension::<UnixFdPassing>("descriptor passing").unwrap();
@@ -237,10 +302,17 @@ fn file_descriptors_travel_with_the_stream() {
     file.write_all(b"contents via SCM_RIGHTS").unwrap();
     let file = std::fs::File::open(dir.path("payload")).unwrap();
     t.write(b"before-");
-    passing.send_fds(&t, b"F", vec![OwnedFd::from(file)]).unwrap();
+    passing
+        .send_fds(&t, b"F", vec![OwnedFd::from(file)])
+        .unwrap();
     t.write(b"-after");
-    assert!(matches!(passing.send_fds(&t, b"", vec![]), Err(FdPassingError::NoData)));
-    assert!(run_until(&reactor, LIMIT, || got.borrow().0 == b"before-F-after" && got.borrow().1.len() == 1));
+    assert!(matches!(
+        passing.send_fds(&t, b"", vec![]),
+        Err(FdPassingError::NoData)
+    ));
+    assert!(run_until(&reactor, LIMIT, || got.borrow().0
+        == b"before-F-after"
+        && got.borrow().1.len() == 1));
     let fd = got.borrow_mut().1.pop().unwrap();
     let mut f = std::fs::File::from(fd);
     f.rewind().unwrap();
@@ -287,7 +359,10 @@ fn unix_datagram_with_socat_peer_and_oversized_datagram() {
         .listen_unix_datagram(
             UnixPath::from(server.as_path()),
             Box::new(DgramEcho(log.clone())),
-            UnixDatagramOptions { mode: None, max_packet_size: 64 },
+            UnixDatagramOptions {
+                mode: None,
+                max_packet_size: 64,
+            },
         )
         .unwrap();
     let (s2, c2) = (server.clone(), client.clone());
@@ -311,13 +386,21 @@ fn unix_datagram_with_socat_peer_and_oversized_datagram() {
     // Bad input: a datagram larger than the port's maximum is reported, not cut short.
     let big = std::os::unix::net::UnixDatagram::unbound().unwrap();
     big.send_to(&[b'x'; 200], &server).unwrap();
-    assert!(run_until(&reactor, LIMIT, || !log.borrow().too_large.is_empty()));
+    assert!(run_until(&reactor, LIMIT, || !log
+        .borrow()
+        .too_large
+        .is_empty()));
     assert_eq!(log.borrow().too_large, vec![200]);
     assert_eq!(log.borrow().got.len(), 1);
     // Sending too much is refused with a typed error.
     let t = port.clone();
-    let err = t.write_to(&[0u8; 65], &Address::Unix(Some(client))).unwrap_err();
-    assert_eq!(err.to_string(), "datagram of 65 bytes exceeds the maximum packet size of 64 bytes");
+    let err = t
+        .write_to(&[0u8; 65], &Address::Unix(Some(client)))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "datagram of 65 bytes exceeds the maximum packet size of 64 bytes"
+    );
     port.stop_listening();
     assert!(!server.exists());
 }
@@ -342,7 +425,10 @@ fn connect_unix_datagram_sends_to_a_socat_listener() {
     }
     let reactor = Reactor::new().unwrap();
     let t = reactor
-        .connect_unix_datagram(UnixPath::from(server.as_path()), Box::new(DgramEcho(Rc::default())))
+        .connect_unix_datagram(
+            UnixPath::from(server.as_path()),
+            Box::new(DgramEcho(Rc::default())),
+        )
         .unwrap();
     t.write(b"to socat\n").unwrap();
     let out = peer.join().unwrap();

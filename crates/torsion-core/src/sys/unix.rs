@@ -287,7 +287,11 @@ const CMSG_SPACE_FDS: usize = 128;
 struct CmsgBuf([u8; CMSG_SPACE_FDS]);
 
 /// `sendmsg` with descriptors attached as `SCM_RIGHTS`.
-pub(crate) fn send_with_fds(sock: RawFd, bufs: &[io::IoSlice<'_>], fds: &[RawFd]) -> io::Result<usize> {
+pub(crate) fn send_with_fds(
+    sock: RawFd,
+    bufs: &[io::IoSlice<'_>],
+    fds: &[RawFd],
+) -> io::Result<usize> {
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -328,7 +332,11 @@ pub(crate) fn send_with_fds(sock: RawFd, bufs: &[io::IoSlice<'_>], fds: &[RawFd]
 }
 
 /// `recvmsg` that collects `SCM_RIGHTS` descriptors (close-on-exec) into `fds`.
-pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+pub(crate) fn recv_with_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
     let mut cbuf = CmsgBuf([0; CMSG_SPACE_FDS]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
@@ -355,8 +363,8 @@ pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>)
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c);
                 let header = libc::CMSG_LEN(0) as usize;
-                let count = ((*c).cmsg_len as usize).saturating_sub(header)
-                    / std::mem::size_of::<RawFd>();
+                let count =
+                    ((*c).cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<RawFd>();
                 for i in 0..count {
                     let mut fd: RawFd = 0;
                     std::ptr::copy_nonoverlapping(
