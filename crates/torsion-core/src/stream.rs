@@ -310,9 +310,9 @@ impl<S: StreamSocket> Connection<S> {
                             self.set(flag::READ_PENDING);
                             return;
                         }
-                        if n < buf.len() {
-                            return;
-                        }
+                        // No early return on a short read: data and the peer's
+                        // FIN can share one edge, and edge-triggered polling
+                        // would never report that end-of-file again.
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

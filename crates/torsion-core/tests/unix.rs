@@ -434,3 +434,27 @@ fn connect_unix_datagram_sends_to_a_socat_listener() {
     let out = peer.join().unwrap();
     assert_eq!(out, b"to socat\n");
 }
+
+#[test]
+fn data_and_close_arriving_together_are_both_seen() {
+    // The peer writes and closes before the server's first read: the data
+    // and the end-of-file share one readiness edge.
+    let dir = TempDir::new("eof");
+    let path = dir.path("eof.sock");
+    let reactor = Reactor::new().unwrap();
+    let (proto, log) = AccumulatingProtocol::new();
+    let proto = RefCell::new(Some(proto));
+    reactor
+        .listen_unix(
+            UnixPath::from(path.as_path()),
+            factory_fn(move || proto.borrow_mut().take().unwrap()),
+            UnixListenOptions::default(),
+        )
+        .unwrap();
+    {
+        let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        c.write_all(b"last words").unwrap();
+    }
+    assert!(run_until(&reactor, LIMIT, || log.lost().is_some()), "end of file never seen; got {:?}", log.data());
+    assert_eq!(log.data(), b"last words");
+}
