@@ -45,7 +45,7 @@ use crate::error::ConnectionError;
 use crate::failure::{catch, Failure};
 use crate::protocol::{ClientFactory, Factory, Protocol};
 use crate::reactor::{Inner, Reactor};
-use crate::resolve::{Resolver, ThreadResolver};
+use crate::resolve::Resolver;
 use crate::tcp::{ConnectOptions, ListeningPort, TcpListenOptions};
 use crate::time::DelayedCall;
 use crate::transport::Transport;
@@ -1122,9 +1122,10 @@ impl ClientEndpoint {
         Ok(ep)
     }
 
-    /// Connects with `factory`, resolving names with the default [`ThreadResolver`].
+    /// Connects with `factory`, resolving names with this thread's resolver
+    /// ([`crate::resolve::set_thread_resolver`]; default [`crate::resolve::ThreadResolver`]).
     pub fn connect(&self, reactor: &Reactor, factory: Rc<dyn ClientFactory>) -> Connector {
-        self.connect_with_resolver(reactor, factory, Rc::new(ThreadResolver))
+        self.connect_with_resolver(reactor, factory, crate::resolve::thread_resolver())
     }
 
     /// Connects with `factory`, resolving names with `resolver`.
@@ -1205,13 +1206,13 @@ impl fmt::Debug for HostnameEndpoint {
 }
 
 impl HostnameEndpoint {
-    /// With the default resolver, 30 s timeout and 300 ms stagger.
+    /// With this thread's resolver, 30 s timeout and 300 ms stagger.
     pub fn new(host: &str, port: u16) -> Self {
         HostnameEndpoint {
             host: host.to_string(),
             port,
             options: ConnectOptions::default(),
-            resolver: Rc::new(ThreadResolver),
+            resolver: crate::resolve::thread_resolver(),
             stagger: HAPPY_EYEBALLS_STAGGER,
         }
     }

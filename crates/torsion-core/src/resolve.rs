@@ -33,6 +33,7 @@ pub fn resolve_blocking(host: &str, port: u16) -> Result<Vec<SocketAddr>, String
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use crate::deferred::Deferred;
 use crate::error::ConnectionError;
@@ -57,6 +58,40 @@ pub trait Resolver: 'static {
     /// The addresses of `host` with `port`, in the resolver's preference
     /// order. Fails with [`ConnectionError::DnsLookup`] when there are none.
     fn resolve(&self, reactor: &Reactor, host: &str, port: u16) -> Deferred<Vec<SocketAddr>>;
+}
+
+thread_local! {
+    static THREAD_RESOLVER: RefCell<Option<Rc<dyn Resolver>>> = const { RefCell::new(None) };
+}
+
+/// Installs the resolver this thread's reactor uses for [`Reactor::resolve`]
+/// and for client endpoints (one reactor per thread, so per thread is per
+/// reactor). A thread-pool resolver is installed this way.
+pub fn set_thread_resolver(resolver: Rc<dyn Resolver>) {
+    THREAD_RESOLVER.with(|r| *r.borrow_mut() = Some(resolver));
+}
+
+/// The resolver installed with [`set_thread_resolver`], or [`ThreadResolver`].
+pub fn thread_resolver() -> Rc<dyn Resolver> {
+    THREAD_RESOLVER.with(|r| {
+        r.borrow()
+            .clone()
+            .unwrap_or_else(|| Rc::new(ThreadResolver))
+    })
+}
+
+impl Reactor {
+    /// Resolves `host` with this thread's resolver (see [`set_thread_resolver`]).
+    ///
+    /// ```
+    /// use torsion_core::Reactor;
+    /// let reactor = Reactor::new().unwrap();
+    /// let d = reactor.resolve("127.0.0.1", 80); // a literal answers at once
+    /// assert!(d.called());
+    /// ```
+    pub fn resolve(&self, host: &str, port: u16) -> Deferred<Vec<SocketAddr>> {
+        thread_resolver().resolve(self, host, port)
+    }
 }
 
 /// The default resolver: the system's `getaddrinfo`, on a short-lived

@@ -352,8 +352,10 @@ impl<S: StreamSocket> Connection<S> {
                 self.set(flag::ABORTING);
             }
         } else {
-            self.fail_later(Failure::new(ConnectionError::Done));
-            self.set(flag::ABORTING);
+            // Close after flushing what the protocol wrote in reply to the
+            // last data (which may have arrived with this end-of-file).
+            self.set(flag::DISCONNECTING);
+            self.mark_dirty();
         }
     }
 

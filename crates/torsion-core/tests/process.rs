@@ -276,3 +276,17 @@ fn flooding_child_is_held_back_by_flow_control() {
     p.signal(libc::SIGKILL).unwrap();
     assert!(run_until(&reactor, LIMIT, || p.status().is_some()));
 }
+
+#[test]
+fn pty_child_reads_what_we_write() {
+    let reactor = Reactor::new().unwrap();
+    let (proto, seen) = Recorder::new(None);
+    let mut opts = ProcessOptions::new("/bin/sh", ["-c", "read line; echo \"got:$line\""]);
+    opts.use_pty = true;
+    let p = reactor.spawn_process(proto, opts).unwrap();
+    p.write(b"typed\n").unwrap();
+    wait_ended(&reactor, &seen);
+    let out = String::from_utf8_lossy(&seen.borrow().out).into_owned();
+    // The terminal echoes our input, then the child's answer follows.
+    assert!(out.contains("got:typed"), "got {out:?}");
+}

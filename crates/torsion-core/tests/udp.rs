@@ -257,3 +257,25 @@ fn two_multicast_listeners_both_receive() {
     run_until(&reactor, Duration::from_millis(200), || false);
     assert_eq!(log2.borrow().got.len(), 2, "b still received after leaving");
 }
+
+#[test]
+fn udp_over_ipv6_loopback() {
+    let reactor = Reactor::new().unwrap();
+    let (p, log) = proto(true);
+    let t = match reactor.listen_udp("[::1]:0".parse().unwrap(), p) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("no IPv6 loopback here ({e}); skipping");
+            return;
+        }
+    };
+    let addr = t.local_addr().unwrap();
+    let c = UdpSocket::bind("[::1]:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.send_to(b"six", addr).unwrap();
+    assert!(run_until(&reactor, LIMIT, || !log.borrow().got.is_empty()));
+    let mut buf = [0u8; 16];
+    let (n, from) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"six");
+    assert_eq!(from, addr);
+}

@@ -455,6 +455,10 @@ fn data_and_close_arriving_together_are_both_seen() {
         let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
         c.write_all(b"last words").unwrap();
     }
-    assert!(run_until(&reactor, LIMIT, || log.lost().is_some()), "end of file never seen; got {:?}", log.data());
+    assert!(
+        run_until(&reactor, LIMIT, || log.lost().is_some()),
+        "end of file never seen; got {:?}",
+        log.data()
+    );
     assert_eq!(log.data(), b"last words");
 }
