@@ -945,7 +945,17 @@ impl Reactor {
         let input = crate::sys::dup_cloexec_at_least(0, 3)?;
         let output = crate::sys::dup_cloexec_at_least(1, 3)?;
         let proc_ = new_proc(self, None, Box::new(StreamAdapter::new(protocol)));
-        register_pipes(self, &proc_, vec![(0, input)], vec![(1, output)])?;
+        register_pipes(self, &proc_, vec![(0, input)], vec![(1, output)]).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EPERM) {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "stdin and stdout must be pipes, sockets or terminals for the stdio transport \
+                     (the poller cannot watch regular files)",
+                )
+            } else {
+                e
+            }
+        })?;
         let pt = start_proc(&proc_);
         Ok(Transport::new(Rc::new(ProcStream(pt.0))))
     }

@@ -161,3 +161,107 @@ fn unix_echo_server_with_socat_client() {
     assert!(!path.exists(), "socket file removed on stop_listening");
     let _ = Rc::new(());
 }
+
+#[test]
+fn systemd_socket_activation_of_a_child() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use torsion_core::process::{ChildFd, ExitStatus};
+    let bin = stdio_echo_binary();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // As systemd does: the socket at fd 3, LISTEN_PID naming the service itself.
+    let mut opts = ProcessOptions::new(
+        "/bin/sh",
+        vec![
+            "-c".to_string(),
+            "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" systemd:domain=INET:index=0".to_string(),
+            bin.to_string_lossy().into_owned(),
+        ],
+    );
+    opts.child_fds = vec![(3, ChildFd::Inherit(listener.as_raw_fd()))];
+    let reactor = Reactor::new().unwrap();
+    let (proto, status) = ExitRecorder::new();
+    let p = reactor.spawn_process(Box::new(proto), opts).unwrap();
+    drop(listener); // only the child holds the socket now
+    let client = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"socket activated").unwrap();
+        let mut buf = [0u8; 16];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    });
+    assert!(run_until(&reactor, LIMIT, || client.is_finished()));
+    assert_eq!(&client.join().unwrap(), b"socket activated");
+    p.signal(libc::SIGTERM).unwrap();
+    assert!(run_until(&reactor, LIMIT, || status.borrow().is_some()));
+    assert_eq!(
+        *status.borrow(),
+        Some(ExitStatus::Code(0)),
+        "graceful stop on SIGTERM"
+    );
+}
+
+struct ExitRecorder(Rc<std::cell::RefCell<Option<torsion_core::process::ExitStatus>>>);
+
+impl ExitRecorder {
+    fn new() -> (
+        Self,
+        Rc<std::cell::RefCell<Option<torsion_core::process::ExitStatus>>>,
+    ) {
+        let s = Rc::new(std::cell::RefCell::new(None));
+        (ExitRecorder(s.clone()), s)
+    }
+}
+
+impl torsion_core::process::ProcessProtocol for ExitRecorder {
+    fn child_data_received(&mut self, _fd: i32, _data: &[u8]) {}
+    fn process_ended(&mut self, status: torsion_core::process::ExitStatus) {
+        *self.0.borrow_mut() = Some(status);
+    }
+}
+
+#[test]
+fn stdio_on_a_regular_file_is_a_clear_error() {
+    use std::os::fd::AsRawFd;
+    use torsion_core::process::{ChildFd, ExitStatus, ProcessProtocol};
+    let bin = stdio_echo_binary();
+    let dir = TempDir::new("stdio-file");
+    std::fs::write(dir.path("in.txt"), b"data").unwrap();
+    let file = std::fs::File::open(dir.path("in.txt")).unwrap();
+    let mut opts = ProcessOptions::new(bin.as_os_str(), Vec::<String>::new());
+    opts.child_fds = vec![
+        (0, ChildFd::Inherit(file.as_raw_fd())),
+        (1, ChildFd::FromChild),
+        (2, ChildFd::FromChild),
+    ];
+    #[derive(Default)]
+    struct R(Rc<std::cell::RefCell<(Vec<u8>, Option<ExitStatus>)>>);
+    impl ProcessProtocol for R {
+        fn child_data_received(&mut self, fd: i32, data: &[u8]) {
+            if fd == 2 {
+                self.0.borrow_mut().0.extend_from_slice(data);
+            }
+        }
+        fn process_ended(&mut self, s: ExitStatus) {
+            self.0.borrow_mut().1 = Some(s);
+        }
+    }
+    let r = R::default();
+    let seen = r.0.clone();
+    let reactor = Reactor::new().unwrap();
+    let p = reactor.spawn_process(Box::new(r), opts).unwrap();
+    let ok = run_until(&reactor, LIMIT, || seen.borrow().1.is_some());
+    assert!(
+        ok,
+        "{:?} {:?} {}",
+        seen.borrow(),
+        p.status(),
+        String::from_utf8_lossy(&seen.borrow().0)
+    );
+    let (err, status) = seen.borrow().clone();
+    assert_eq!(status, Some(ExitStatus::Code(1)));
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("must be pipes, sockets or terminals"), "{err}");
+}

@@ -716,3 +716,52 @@ fn interleaving_alternates_families() {
     let fam: Vec<bool> = got.iter().map(|x| x.is_ipv6()).collect();
     assert_eq!(fam, vec![true, false, true, true]);
 }
+
+#[test]
+fn localhost_name_resolves_and_connects_with_the_system_resolver() {
+    // getaddrinfo("localhost") may give ::1 and 127.0.0.1; only the latter
+    // listens, so an IPv6 attempt is refused and the race moves on.
+    let reactor = Reactor::new().unwrap();
+    let port = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), factory_fn(Echo::default))
+        .unwrap();
+    let outcome = Rc::new(Outcome {
+        peer: RefCell::new(None),
+        failed: RefCell::new(None),
+    });
+    client_from_string(&format!(
+        "tcp:host=localhost:port={}",
+        port.local_addr().port()
+    ))
+    .unwrap()
+    .connect(&reactor, Rc::new(OutcomeFactory(outcome.clone())));
+    assert!(run_until(&reactor, Duration::from_secs(10), || {
+        outcome.peer.borrow().is_some() || outcome.failed.borrow().is_some()
+    }));
+    assert_eq!(
+        *outcome.peer.borrow(),
+        Some(Address::Tcp(port.local_addr())),
+        "{:?}",
+        outcome.failed.borrow()
+    );
+    // A name that cannot resolve is a DNS failure, not a hang.
+    let outcome = Rc::new(Outcome {
+        peer: RefCell::new(None),
+        failed: RefCell::new(None),
+    });
+    client_from_string("tcp:host=no-such-host.invalid:port=80")
+        .unwrap()
+        .connect(&reactor, Rc::new(OutcomeFactory(outcome.clone())));
+    assert!(run_until(&reactor, Duration::from_secs(20), || outcome
+        .failed
+        .borrow()
+        .is_some()));
+    let f = outcome.failed.borrow().clone().unwrap();
+    assert!(
+        matches!(
+            f.downcast_ref::<torsion_core::ConnectionError>(),
+            Some(torsion_core::ConnectionError::DnsLookup { .. })
+        ),
+        "{f}"
+    );
+}
