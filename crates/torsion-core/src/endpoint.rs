@@ -1266,12 +1266,13 @@ struct HappyConnector {
     reactor: Weak<Inner>,
     ep: HostnameEndpoint,
     factory: Rc<dyn ClientFactory>,
-    race: RefCell<Option<Rc<Race>>>,
+    /// Weak: the race is kept alive by its attempts, so nothing leaks once it ends.
+    race: RefCell<Option<Weak<Race>>>,
 }
 
 /// The factory each racing attempt uses.
 struct AttemptFactory {
-    race: Weak<Race>,
+    race: Rc<Race>,
     user: Rc<dyn ClientFactory>,
     reactor: Weak<Inner>,
     ep: HostnameEndpoint,
@@ -1314,23 +1315,23 @@ impl Race {
         if let Some(t) = self.timer.borrow_mut().take() {
             let _ = t.cancel();
         }
+        self.attempts.borrow_mut().clear();
         self.outer.set_state(ConnectorState::Disconnected, None);
         if let Err(p) = catch(|| user.client_connection_failed(&self.outer, reason)) {
             tracing::error!(failure = %p, "client_connection_failed panicked");
         }
     }
 
-    fn cancel_others(&self, keep: Option<&Connector>) {
+    /// Stops every attempt still connecting (the winner, if any, is past that).
+    fn cancel_others(&self) {
         if let Some(t) = self.timer.borrow_mut().take() {
             let _ = t.cancel();
         }
         self.pending.borrow_mut().clear();
-        let others: Vec<Connector> = self.attempts.borrow().clone();
+        // Taking the list also breaks the race -> attempt -> factory -> race cycle.
+        let others: Vec<Connector> = std::mem::take(&mut *self.attempts.borrow_mut());
         for c in others {
-            let is_keep = keep.is_some_and(|k| {
-                k.destination() == c.destination() && c.state() != ConnectorState::Connecting
-            });
-            if !is_keep && c.state() == ConnectorState::Connecting {
+            if c.state() == ConnectorState::Connecting {
                 c.stop_connecting();
             }
         }
@@ -1366,12 +1367,12 @@ fn start_next(race: &Rc<Race>, reactor: &Reactor, af: &Rc<AttemptFactory>) {
 
 impl Factory for AttemptFactory {
     fn build_protocol(&self, peer: &Address) -> Option<Box<dyn Protocol>> {
-        let race = self.race.upgrade()?;
+        let race = &self.race;
         if race.finished.replace(true) {
             return None; // a late loser: close it
         }
         tracing::debug!(peer = %peer, host = %self.ep.host, "happy eyeballs: connected");
-        race.cancel_others(None);
+        race.cancel_others();
         let p = self.user.build_protocol(peer)?;
         Some(Box::new(Winner {
             inner: p,
@@ -1382,9 +1383,7 @@ impl Factory for AttemptFactory {
 
 impl ClientFactory for AttemptFactory {
     fn client_connection_failed(&self, _connector: &Connector, reason: Failure) {
-        let Some(race) = self.race.upgrade() else {
-            return;
-        };
+        let race = self.race.clone();
         if race.finished.get() {
             return;
         }
@@ -1405,7 +1404,7 @@ impl ClientFactory for AttemptFactory {
             // Re-enter through call_soon: we are inside the failed attempt's callback.
             let weak = Rc::downgrade(&race);
             let af = Rc::new(AttemptFactory {
-                race: self.race.clone(),
+                race: race.clone(),
                 user: self.user.clone(),
                 reactor: self.reactor.clone(),
                 ep: self.ep.clone(),
@@ -1419,9 +1418,7 @@ impl ClientFactory for AttemptFactory {
     }
 
     fn client_connection_lost(&self, _connector: &Connector, reason: Failure) {
-        let Some(race) = self.race.upgrade() else {
-            return;
-        };
+        let race = &self.race;
         race.outer.set_state(ConnectorState::Disconnected, None);
         if let Err(p) = catch(|| self.user.client_connection_lost(&race.outer, reason)) {
             tracing::error!(failure = %p, "client_connection_lost panicked");
@@ -1452,9 +1449,9 @@ impl ConnectorImpl for HappyConnector {
             timer: RefCell::new(None),
             last_error: RefCell::new(None),
         });
-        *self.race.borrow_mut() = Some(race.clone());
+        *self.race.borrow_mut() = Some(Rc::downgrade(&race));
         let af = Rc::new(AttemptFactory {
-            race: Rc::downgrade(&race),
+            race: race.clone(),
             user: self.factory.clone(),
             reactor: self.reactor.clone(),
             ep: self.ep.clone(),
@@ -1487,13 +1484,13 @@ impl ConnectorImpl for HappyConnector {
     }
 
     fn stop_connecting(&self) {
-        let Some(race) = self.race.borrow().clone() else {
+        let Some(race) = self.race.borrow().as_ref().and_then(Weak::upgrade) else {
             return;
         };
         if race.finished.get() {
             return;
         }
-        race.cancel_others(None);
+        race.cancel_others();
         race.finish_failed(&self.factory, Failure::new(ConnectionError::Cancelled));
     }
 
