@@ -57,6 +57,8 @@ pub(crate) trait Source {
     fn is_connection(&self) -> bool {
         false
     }
+    /// Shutdown's grace period is over: close now, dropping unsent data.
+    fn force_close(self: Rc<Self>, _reactor: &Reactor) {}
 }
 
 /// Phases of a system event, as in Twisted.
@@ -133,6 +135,9 @@ pub(crate) struct Inner {
     pub(crate) executor: Executor,
     signals: RefCell<Option<crate::sys::SignalPipe>>,
     shutdown_grace: Cell<Duration>,
+    /// Whether the event being dispatched reported the peer's end closed
+    /// (EPOLLRDHUP/HUP): a short read then does not prove the socket drained.
+    event_read_closed: Cell<bool>,
 }
 
 /// A handle on the event loop of the current thread. Cheap to clone; `!Send`.
@@ -241,6 +246,7 @@ impl Reactor {
                 executor,
                 signals: RefCell::new(None),
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
+                event_read_closed: Cell::new(false),
             }),
         })
     }
@@ -447,6 +453,20 @@ impl Reactor {
         while self.connection_count() > 0 && self.now() < grace_end {
             self.turn(Some(Duration::from_millis(50)))?;
         }
+        // Whatever could not flush in time is aborted, so every protocol still
+        // hears connection_lost and no socket outlives the loop.
+        let stuck: Vec<Rc<dyn Source>> = self
+            .inner
+            .sources
+            .borrow()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
+        for s in stuck {
+            s.force_close(self);
+        }
+        self.flush_dirty();
+        self.retire();
         let w = self.fire_phase(SystemEvent::Shutdown, Phase::After);
         self.wait_all(w, limit)?;
         self.inner.state.set(RunState::Stopped);
@@ -563,7 +583,7 @@ impl Reactor {
             Err(e) => return Err(ReactorError::Io(e)),
         }
         // Copy the batch out so user callbacks never run under the events borrow.
-        let batch: Vec<(Token, Readiness)> = events
+        let batch: Vec<(Token, Readiness, bool)> = events
             .iter()
             .map(|e| {
                 (
@@ -572,19 +592,22 @@ impl Reactor {
                         readable: e.is_readable() || e.is_read_closed() || e.is_error(),
                         writable: e.is_writable() || e.is_write_closed(),
                     },
+                    e.is_read_closed() || e.is_error(),
                 )
             })
             .collect();
         drop(events);
 
-        for (token, readiness) in batch {
+        for (token, readiness, read_closed) in batch {
             match token {
                 WAKER_TOKEN => {}
                 SIGNAL_TOKEN => self.handle_signals(),
                 Token(key) => {
                     let source = self.inner.sources.borrow().get(key).cloned();
                     if let Some(source) = source {
+                        self.inner.event_read_closed.set(read_closed);
                         source.ready(self, readiness);
+                        self.inner.event_read_closed.set(false);
                         self.flush_dirty();
                     }
                 }
@@ -721,6 +744,12 @@ impl Reactor {
 
     pub(crate) fn mark_dirty(&self, source: Rc<dyn Source>) {
         self.inner.dirty.borrow_mut().push(source);
+    }
+
+    /// True while dispatching an event that reported the peer's sending side
+    /// closed: a reader must then read until EOF even after a short read.
+    pub(crate) fn event_read_closed(&self) -> bool {
+        self.inner.event_read_closed.get()
     }
 
     pub(crate) fn want_read_turn(&self, source: Rc<dyn Source>) {

@@ -134,6 +134,8 @@ mod flag {
     pub const DIRTY: u16 = 1 << 7;
     pub const READ_SHUT: u16 = 1 << 8;
     pub const STARTED: u16 = 1 << 9;
+    /// The poller reported the peer's sending side closed: read to EOF.
+    pub const PEER_HUP: u16 = 1 << 10;
 }
 
 type CloseHook = Box<dyn FnOnce(&Failure)>;
@@ -270,6 +272,11 @@ impl<S: StreamSocket> Connection<S> {
         if self.has(flag::CLOSED | flag::READ_SHUT) || self.error.borrow().is_some() {
             return;
         }
+        if reactor.event_read_closed() {
+            // Sticky: the EOF may only be reached on a later turn (paused
+            // reading, or MAX_READS_PER_TURN used up), and no new edge will come.
+            self.set(flag::PEER_HUP);
+        }
         if self.has(flag::READ_PAUSED) {
             self.set(flag::READ_PENDING);
             return;
@@ -306,7 +313,9 @@ impl<S: StreamSocket> Connection<S> {
                             self.set(flag::READ_PENDING);
                             return;
                         }
-                        if n < buf.len() {
+                        // A short read drained the socket, unless the peer also
+                        // closed: its FIN raised no edge of its own, so read on to EOF.
+                        if n < buf.len() && !self.has(flag::PEER_HUP) {
                             return;
                         }
                     }
@@ -348,8 +357,10 @@ impl<S: StreamSocket> Connection<S> {
                 self.set(flag::ABORTING);
             }
         } else {
-            self.fail_later(Failure::new(ConnectionError::Done));
-            self.set(flag::ABORTING);
+            // The peer stopped sending; it may still read. Flush what the
+            // protocol wrote (an echo of the last bytes, say), then close.
+            self.set(flag::DISCONNECTING);
+            self.mark_dirty();
         }
     }
 
@@ -512,6 +523,11 @@ impl<S: StreamSocket> Source for Connection<S> {
 
     fn shutdown(self: Rc<Self>, _reactor: &Reactor) {
         self.lose_connection();
+    }
+
+    fn force_close(self: Rc<Self>, reactor: &Reactor) {
+        self.abort_connection();
+        self.settle(reactor);
     }
 
     fn is_connection(&self) -> bool {
