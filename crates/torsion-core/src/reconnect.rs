@@ -132,7 +132,10 @@ where
         } else {
             grown
         };
-        let wait = Duration::from_secs_f64(jittered.max(0.0));
+        // Jitter spreads clients out, but never past the promised maximum.
+        let wait = Duration::from_secs_f64(
+            jittered.clamp(0.0, self.max_delay.get().as_secs_f64().max(0.0)),
+        );
         tracing::info!(destination = %connector.destination(), ?wait, "will retry");
         let c = connector.clone();
         let me = self.me.clone();
