@@ -504,14 +504,10 @@ impl Attempt {
     /// Completes the attempt once the socket is connected; returns the new
     /// connection, which took over the attempt's poller token.
     fn finish(self: &Rc<Self>, reactor: &Reactor) -> Option<Rc<Connection<TcpStream>>> {
-        let Some(addr) = self.addr.get() else {
-            return None;
-        };
+        let addr = self.addr.get()?;
         let err = {
             let sock = self.sock.borrow();
-            let Some(s) = sock.as_ref() else {
-                return None;
-            };
+            let s = sock.as_ref()?;
             match s.take_error() {
                 Ok(Some(e)) | Err(e) => Some(e),
                 Ok(None) => match s.peer_addr() {
@@ -531,9 +527,7 @@ impl Attempt {
         if let Some(c) = self.timeout.borrow_mut().take() {
             let _ = c.cancel();
         }
-        let Some(stream) = self.sock.borrow_mut().take() else {
-            return None;
-        };
+        let stream = self.sock.borrow_mut().take()?;
         let _ = stream.set_nodelay(true);
         let host = stream
             .local_addr()

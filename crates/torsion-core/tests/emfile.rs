@@ -90,7 +90,7 @@ fn accept_errors_back_off_and_nothing_is_lost() {
         .collect();
     // Phase 1: while the child is out of fds, the connections it accepted work.
     std::thread::sleep(Duration::from_millis(300));
-    let mut echoed = vec![false; N];
+    let mut echoed = [false; N];
     for (i, c) in conns.iter_mut().enumerate() {
         let s = c.as_mut().unwrap();
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();

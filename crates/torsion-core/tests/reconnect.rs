@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -238,5 +238,4 @@ fn reconnects_to_a_server_that_starts_listening_later() {
     // Shutdown closed the connection; a stopped factory does not try again.
     f.stop_trying();
     assert_eq!(connector.state(), ConnectorState::Disconnected);
-    let _ = RefCell::new(());
 }

@@ -1,7 +1,7 @@
 //! The public testing kit: StringTransport, MemoryReactor, LoopbackPump,
 //! AccumulatingProtocol.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 
 use torsion_core::testing::{
@@ -334,5 +334,4 @@ fn accumulating_protocol_records_everything() {
     assert_eq!(reason(&acc.lost), "Done");
     let (p2, _) = AccumulatingProtocol::new();
     assert!(!p2.half_closeable());
-    let _ = RefCell::new(());
 }

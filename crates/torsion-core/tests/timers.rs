@@ -14,7 +14,9 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn recorder() -> (Rc<RefCell<Vec<u32>>>, impl Fn(u32) -> Box<dyn FnOnce()>) {
+type Log = Rc<RefCell<Vec<u32>>>;
+
+fn recorder() -> (Log, impl Fn(u32) -> Box<dyn FnOnce()>) {
     let log = Rc::new(RefCell::new(Vec::new()));
     let l = log.clone();
     (log, move |id| {

@@ -225,9 +225,9 @@ impl LoopbackPump {
             moved = true;
             let producer = from.producer.borrow().clone();
             if let Some((p, streaming)) = producer {
-                if !streaming {
-                    p.resume_producing();
-                } else if from.producer_paused.replace(false) {
+                // Pull producers are asked for more after every delivery;
+                // push producers only if the buffer had paused them.
+                if !streaming || from.producer_paused.replace(false) {
                     p.resume_producing();
                 }
             }
