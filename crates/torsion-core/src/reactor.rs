@@ -59,6 +59,10 @@ pub(crate) trait Source {
     }
     /// Shutdown's grace period is over: close now, dropping unsent data.
     fn force_close(self: Rc<Self>, _reactor: &Reactor) {}
+    /// The reactor itself is being dropped without having shut down: release
+    /// the socket now (a protocol holding its own transport would otherwise
+    /// keep it alive in a cycle).
+    fn reactor_dropped(self: Rc<Self>) {}
 }
 
 /// Phases of a system event, as in Twisted.
@@ -138,6 +142,17 @@ pub(crate) struct Inner {
     /// Whether the event being dispatched reported the peer's end closed
     /// (EPOLLRDHUP/HUP): a short read then does not prove the socket drained.
     event_read_closed: Cell<bool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let sources: Vec<Rc<dyn Source>> = self.sources.get_mut().drain().collect();
+        self.dirty.get_mut().clear();
+        self.pending_io.get_mut().clear();
+        for s in sources {
+            s.reactor_dropped();
+        }
+    }
 }
 
 /// A handle on the event loop of the current thread. Cheap to clone; `!Send`.

@@ -530,6 +530,10 @@ impl<S: StreamSocket> Source for Connection<S> {
         self.settle(reactor);
     }
 
+    fn reactor_dropped(self: Rc<Self>) {
+        self.close_now(Failure::new(ConnectionError::ReactorShutdown));
+    }
+
     fn is_connection(&self) -> bool {
         true
     }

@@ -316,7 +316,8 @@ impl Reactor {
         factory: Rc<dyn ClientFactory>,
         opts: ConnectOptions,
     ) -> Connector {
-        let imp = Rc::new(TcpConnector {
+        let imp = Rc::new_cyclic(|me| TcpConnector {
+            me: me.clone(),
             reactor: self.downgrade(),
             target: Target::Addr(addr),
             factory,
@@ -337,7 +338,8 @@ impl Reactor {
         factory: Rc<dyn ClientFactory>,
         opts: ConnectOptions,
     ) -> Connector {
-        let imp = Rc::new(TcpConnector {
+        let imp = Rc::new_cyclic(|me| TcpConnector {
+            me: me.clone(),
             reactor: self.downgrade(),
             target: Target::Name(host.to_string(), port),
             factory,
@@ -384,6 +386,7 @@ impl fmt::Display for Target {
 }
 
 struct TcpConnector {
+    me: Weak<TcpConnector>,
     reactor: Weak<Inner>,
     target: Target,
     factory: Rc<dyn ClientFactory>,
@@ -393,6 +396,10 @@ struct TcpConnector {
 
 /// One connection attempt; the source registered while connecting.
 struct Attempt {
+    /// The connector's implementation, which holds this attempt while it
+    /// runs; the attempt lets go of it when done (the two would otherwise
+    /// keep each other, and the factory, alive forever).
+    owner: Weak<TcpConnector>,
     connector: Connector,
     factory: Rc<dyn ClientFactory>,
     reactor: Weak<Inner>,
@@ -408,10 +415,25 @@ struct Attempt {
 }
 
 impl Attempt {
+    fn release(&self) {
+        if let Some(owner) = self.owner.upgrade() {
+            let mine = owner
+                .attempt
+                .borrow()
+                .as_ref()
+                .is_some_and(|a| std::ptr::eq(Rc::as_ptr(a), self));
+            if mine {
+                let me = owner.attempt.borrow_mut().take();
+                drop(me);
+            }
+        }
+    }
+
     fn fail(&self, reason: ConnectionError) {
         if self.done.replace(true) {
             return;
         }
+        self.release();
         if let Some(c) = self.timeout.borrow_mut().take() {
             let _ = c.cancel();
         }
@@ -524,6 +546,7 @@ impl Attempt {
         if self.done.replace(true) {
             return None;
         }
+        self.release();
         if let Some(c) = self.timeout.borrow_mut().take() {
             let _ = c.cancel();
         }
@@ -577,6 +600,9 @@ impl Source for Attempt {
     fn shutdown(self: Rc<Self>, _reactor: &Reactor) {
         self.fail(ConnectionError::ReactorShutdown);
     }
+    fn reactor_dropped(self: Rc<Self>) {
+        self.fail(ConnectionError::ReactorShutdown);
+    }
 }
 
 impl ConnectorImpl for TcpConnector {
@@ -590,6 +616,7 @@ impl ConnectorImpl for TcpConnector {
         }
         me.set_state(ConnectorState::Connecting, None);
         let attempt = Rc::new(Attempt {
+            owner: self.me.clone(),
             connector: me.clone(),
             factory: self.factory.clone(),
             reactor: self.reactor.clone(),

@@ -1191,3 +1191,175 @@ impl torsion_core::Producer for NullProducer {
     fn resume_producing(&self) {}
     fn stop_producing(&self) {}
 }
+
+/// A client factory whose drop is observable.
+struct DropFlag(Rc<Cell<bool>>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+impl torsion_core::Factory for DropFlag {
+    fn build_protocol(&self, _: &torsion_core::Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(Echo::default()))
+    }
+}
+impl torsion_core::ClientFactory for DropFlag {}
+
+#[test]
+fn finished_connection_attempts_release_their_factory() {
+    let reactor = Reactor::new().unwrap();
+    let addr = echo_server(&reactor).local_addr();
+    let refused_addr = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ok_dropped = Rc::new(Cell::new(false));
+    let failed_dropped = Rc::new(Cell::new(false));
+    let c1 = reactor.connect_tcp(
+        addr,
+        Rc::new(DropFlag(ok_dropped.clone())),
+        ConnectOptions::default(),
+    );
+    let c2 = reactor.connect_tcp(
+        refused_addr,
+        Rc::new(DropFlag(failed_dropped.clone())),
+        ConnectOptions::default(),
+    );
+    let r = reactor.clone();
+    reactor.call_later(Duration::from_millis(100), move || r.stop().unwrap());
+    run_until_stopped(&reactor, LIMIT, "attempts");
+    assert!(
+        !ok_dropped.get() && !failed_dropped.get(),
+        "still referenced by the connectors"
+    );
+    drop((c1, c2));
+    assert!(ok_dropped.get(), "a connected attempt leaked its factory");
+    assert!(failed_dropped.get(), "a failed attempt leaked its factory");
+}
+
+#[test]
+fn dropping_a_reactor_that_never_shut_down_closes_its_sockets() {
+    let before = torsion_core::open_fd_count().unwrap();
+    {
+        let reactor = Reactor::new().unwrap();
+        // Echo keeps its transport: a cycle through the connection.
+        let addr = echo_server(&reactor).local_addr();
+        let peer = StdStream::connect(addr).unwrap();
+        for _ in 0..20 {
+            reactor.iterate(Some(Duration::from_millis(10))).unwrap();
+            if reactor.source_count() == 2 {
+                break;
+            }
+        }
+        assert_eq!(reactor.source_count(), 2);
+        drop(reactor);
+        drop(peer);
+    }
+    assert_eq!(torsion_core::open_fd_count().unwrap(), before);
+}
+
+/// Reading is paused while the peer's data and FIN arrive; on resume both are seen.
+#[test]
+fn eof_while_reading_is_paused_is_delivered_on_resume() {
+    // Small: data and FIN both arrive during the pause (one edge, already consumed).
+    paused_eof(100);
+    // Large: the peer blocks on full buffers until reading resumes.
+    paused_eof(3_000_000);
+}
+
+fn paused_eof(size: u32) {
+    let reactor = Reactor::new().unwrap();
+    let (p, log) = AccumulatingProtocol::new();
+    let slot = RefCell::new(Some(p));
+    struct PauseAtStart(AccumulatingProtocol);
+    impl Protocol for PauseAtStart {
+        fn connection_made(&mut self, t: Transport) {
+            t.pause_producing();
+            self.0.connection_made(t);
+        }
+        fn data_received(&mut self, d: &[u8]) {
+            self.0.data_received(d)
+        }
+        fn connection_lost(&mut self, r: Failure) {
+            self.0.connection_lost(r)
+        }
+    }
+    let addr = reactor
+        .listen_tcp(
+            any_local(),
+            factory_fn(move || PauseAtStart(slot.borrow_mut().take().unwrap())),
+        )
+        .unwrap()
+        .local_addr();
+    let mut peer = StdStream::connect(addr).unwrap();
+    let big: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+    let writer = {
+        let big = big.clone();
+        // Blocks once the kernel buffers are full, until the server reads again.
+        std::thread::spawn(move || {
+            peer.write_all(&big).unwrap();
+            peer.shutdown(std::net::Shutdown::Write).unwrap();
+            peer
+        })
+    };
+    let at_resume = Rc::new(Cell::new(usize::MAX));
+    let (l2, ar) = (log.clone(), at_resume.clone());
+    reactor.call_later(Duration::from_millis(200), move || {
+        ar.set(l2.data().len());
+        l2.transport().unwrap().resume_producing();
+    });
+    let done = log.clone();
+    stop_when(&reactor, move || done.lost().is_some());
+    run_until_stopped(&reactor, LIMIT, "paused EOF");
+    drop(writer.join().unwrap());
+    assert_eq!(at_resume.get(), 0, "data delivered while paused");
+    assert!(
+        log.data() == big,
+        "got {} of {} bytes",
+        log.data().len(),
+        big.len()
+    );
+    let f = log.lost().unwrap();
+    assert!(matches!(conn_err(&f), ConnectionError::Done), "{f}");
+}
+
+/// A large upload followed at once by the peer's FIN: the half-closeable
+/// server sees every byte and then read_connection_lost.
+#[test]
+fn large_upload_then_half_close_is_fully_read() {
+    let reactor = Reactor::new().unwrap();
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let ev = events.clone();
+    let addr = reactor
+        .listen_tcp(
+            any_local(),
+            factory_fn(move || Reverser {
+                t: None,
+                got: Vec::new(),
+                events: ev.clone(),
+            }),
+        )
+        .unwrap()
+        .local_addr();
+    let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    let expected: Vec<u8> = big.iter().rev().copied().chain(*b"|done").collect();
+    let peer = std::thread::spawn(move || {
+        let mut s = StdStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let reader = {
+            let mut s = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                s.read_to_end(&mut v).map(|_| v).map_err(|e| e.to_string())
+            })
+        };
+        s.write_all(&big).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        reader.join().unwrap()
+    });
+    let got = wait_thread(&reactor, peer).expect("read");
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "reply differs");
+    assert_eq!(events.borrow()[0], "read_connection_lost");
+}
