@@ -294,11 +294,16 @@ impl<S: StreamSocket> Connection<S> {
                         return;
                     }
                     Ok(n) => {
+                        // As in Twisted, a protocol that called lose_connection
+                        // hears no more data. The socket is still drained, so
+                        // the close sends a FIN rather than a reset that could
+                        // destroy the reply the peer has not read yet.
+                        let deliver = !self.has(flag::DISCONNECTING);
                         let res = {
                             let mut p = self.protocol.borrow_mut();
                             match p.as_mut() {
-                                Some(p) => catch(|| p.data_received(&buf[..n])),
-                                None => Ok(()),
+                                Some(p) if deliver => catch(|| p.data_received(&buf[..n])),
+                                _ => Ok(()),
                             }
                         };
                         if let Err(f) = res {

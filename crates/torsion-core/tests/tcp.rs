@@ -1363,3 +1363,69 @@ fn large_upload_then_half_close_is_fully_read() {
     assert!(got == expected, "reply differs");
     assert_eq!(events.borrow()[0], "read_connection_lost");
 }
+
+/// After lose_connection the protocol hears no more data; the connection
+/// still flushes everything and ends with a clean EOF for the peer.
+#[test]
+fn no_data_after_lose_connection_and_the_reply_still_arrives_whole() {
+    let reactor = Reactor::new().unwrap();
+    let calls = Rc::new(RefCell::new(Vec::<Vec<u8>>::new()));
+    struct ReplyAndClose(Option<Transport>, Rc<RefCell<Vec<Vec<u8>>>>);
+    impl Protocol for ReplyAndClose {
+        fn connection_made(&mut self, t: Transport) {
+            self.0 = Some(t);
+        }
+        fn data_received(&mut self, d: &[u8]) {
+            self.1.borrow_mut().push(d.to_vec());
+            let t = self.0.as_ref().unwrap();
+            // Far more than the socket buffers: still flushing when "second" arrives.
+            t.write(&vec![b'r'; 8 << 20]);
+            t.lose_connection();
+        }
+    }
+    let c = calls.clone();
+    let addr = reactor
+        .listen_tcp(
+            any_local(),
+            factory_fn(move || ReplyAndClose(None, c.clone())),
+        )
+        .unwrap()
+        .local_addr();
+    let peer = std::thread::spawn(move || {
+        let mut s = StdStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"first").unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        s.write_all(b"second").unwrap();
+        let mut v = Vec::new();
+        s.read_to_end(&mut v)
+            .map(|_| v.len())
+            .map_err(|e| e.to_string())
+    });
+    let got = wait_thread(&reactor, peer);
+    assert_eq!(got, Ok(8 << 20), "the reply was cut short");
+    assert_eq!(*calls.borrow(), vec![b"first".to_vec()]);
+}
+
+#[test]
+fn listening_on_a_busy_port_is_an_error_not_a_panic() {
+    let reactor = Reactor::new().unwrap();
+    let addr = echo_server(&reactor).local_addr();
+    let e = reactor
+        .listen_tcp(addr, factory_fn(Echo::default))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    // Backlog and SO_REUSEPORT options: two listeners may share a port.
+    let opts = torsion_core::TcpListenOptions {
+        backlog: 16,
+        reuse_port: true,
+        ipv6_only: true,
+    };
+    let a = reactor
+        .listen_tcp_with(any_local(), factory_fn(Echo::default), opts.clone())
+        .unwrap();
+    let b = reactor
+        .listen_tcp_with(a.local_addr(), factory_fn(Echo::default), opts)
+        .unwrap();
+    assert_eq!(a.local_addr(), b.local_addr());
+}
