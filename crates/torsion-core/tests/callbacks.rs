@@ -222,8 +222,11 @@ fn panic_in_client_callbacks_is_contained() {
     reactor.connect_tcp(closed, Rc::new(BadFactory), ConnectOptions::default());
     let server = echo_server(&reactor).local_addr();
     let c = reactor.connect_tcp(server, Rc::new(BadFactory), ConnectOptions::default());
-    let r = reactor.clone();
-    reactor.call_later(Duration::from_millis(200), move || r.stop().unwrap());
+    let l = logs.clone();
+    stop_when(&reactor, move || {
+        let t = l.text();
+        t.contains("client_connection_failed panicked") && t.contains("build_protocol panicked")
+    });
     run_until_stopped(&reactor, LIMIT, "client panics");
     assert_eq!(c.state(), torsion_core::ConnectorState::Disconnected);
     let text = logs.text();

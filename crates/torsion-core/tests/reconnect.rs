@@ -225,9 +225,8 @@ fn reconnects_to_a_server_that_starts_listening_later() {
     });
     run_until_stopped(&reactor, Duration::from_secs(20), "reconnect");
     assert!(
-        failures_seen.get() >= 2,
-        "only {} retries",
-        failures_seen.get()
+        failures_seen.get() >= 1,
+        "no retry before the server listened"
     );
     assert_eq!(made.get(), 101, "connected once, echo received");
     assert_eq!(

@@ -318,11 +318,12 @@ fn bind_address_and_addresses_are_reported() {
     let c2 = c.clone();
     let connected = Rc::new(Cell::new(false));
     let cn = connected.clone();
-    reactor.call_later(Duration::from_millis(100), move || {
+    stop_when(&reactor, move || {
         cn.set(c2.state() == ConnectorState::Connected && c2.transport().is_some());
-        let _ = r.stop();
+        cn.get()
     });
-    run_bounded(&reactor, LIMIT);
+    drop(r);
+    run_until_stopped(&reactor, LIMIT, "connect with bind_address");
     assert!(connected.get());
     // Shutdown closed it.
     assert_eq!(c.state(), ConnectorState::Disconnected);
@@ -1065,6 +1066,7 @@ fn reactor_shutdown_closes_connections_gracefully() {
         }
         fn data_received(&mut self, _d: &[u8]) {
             self.0.as_ref().unwrap().write(b"last words");
+            self.1.borrow_mut().push("served".into());
         }
         fn connection_lost(&mut self, r: Failure) {
             self.1.borrow_mut().push(format!("{r}"));
@@ -1081,7 +1083,6 @@ fn reactor_shutdown_closes_connections_gracefully() {
             s
         })
         .collect();
-    let r = reactor.clone();
     let mut ps = peers;
     for p in &mut ps {
         p.write_all(b"hi").unwrap();
@@ -1096,12 +1097,12 @@ fn reactor_shutdown_closes_connections_gracefully() {
     });
     // Stop while the three connections are open: shutdown must close each
     // cleanly (connection_lost with Done, the peer sees EOF, not a reset).
-    reactor.call_later(Duration::from_millis(200), move || r.stop().unwrap());
+    let sl = server_lost.clone();
+    stop_when(&reactor, move || sl.borrow().len() == 3);
     run_until_stopped(&reactor, LIMIT, "shutdown");
-    assert_eq!(
-        *server_lost.borrow(),
-        vec![ConnectionError::Done.to_string(); 3]
-    );
+    let mut expected = vec!["served".to_string(); 3];
+    expected.extend(vec![ConnectionError::Done.to_string(); 3]);
+    assert_eq!(*server_lost.borrow(), expected);
     for got in readers.join().unwrap() {
         assert_eq!(got.as_deref(), Ok(&b"last words"[..]));
     }
