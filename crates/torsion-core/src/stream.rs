@@ -372,6 +372,10 @@ impl<S: StreamSocket> Connection<S> {
     /// Writes as much of the buffer as the kernel takes.
     fn flush(&self) {
         loop {
+            // A producer callback run from after_drain may have panicked.
+            if self.has(flag::ABORTING) {
+                return;
+            }
             let mut wbuf = self.wbuf.borrow_mut();
             if wbuf.len == 0 {
                 return;

@@ -361,3 +361,55 @@ fn wait_thread<T: 'static>(reactor: &Reactor, h: std::thread::JoinHandle<T>) -> 
     let h = h.borrow_mut().take().unwrap();
     h.join().unwrap()
 }
+
+/// A producer whose pause_producing panics: logged with the peer, the
+/// connection is aborted, the producer told to stop.
+#[test]
+fn panic_in_a_producer_aborts_its_connection() {
+    let (logs, _guard) = capture_logs();
+    let reactor = Reactor::new().unwrap();
+    struct BadProducer(Rc<Cell<bool>>);
+    impl torsion_core::Producer for BadProducer {
+        fn pause_producing(&self) {
+            panic!("pause_producing exploded");
+        }
+        fn resume_producing(&self) {}
+        fn stop_producing(&self) {
+            self.0.set(true);
+        }
+    }
+    struct Flood(Rc<Cell<bool>>, Rc<RefCell<Option<Failure>>>);
+    impl Protocol for Flood {
+        fn connection_made(&mut self, t: Transport) {
+            t.register_producer(Rc::new(BadProducer(self.0.clone())), true)
+                .unwrap();
+            // Past the high-water mark at once: the transport pauses the producer.
+            t.write(&vec![0u8; 4 << 20]);
+        }
+        fn data_received(&mut self, _: &[u8]) {}
+        fn connection_lost(&mut self, r: Failure) {
+            *self.1.borrow_mut() = Some(r);
+        }
+    }
+    let stopped = Rc::new(Cell::new(false));
+    let lost = Rc::new(RefCell::new(None));
+    let (s, l) = (stopped.clone(), lost.clone());
+    let addr = reactor
+        .listen_tcp(any_local(), factory_fn(move || Flood(s.clone(), l.clone())))
+        .unwrap()
+        .local_addr();
+    let peer = StdStream::connect(addr).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let l = lost.clone();
+    stop_when(&reactor, move || l.borrow().is_some());
+    run_until_stopped(&reactor, LIMIT, "producer panic");
+    let f = lost.borrow().clone().unwrap();
+    assert!(f.to_string().contains("pause_producing exploded"), "{f}");
+    assert!(stopped.get());
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("pause_producing panicked"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&peer_addr.to_string()), "{line}");
+}

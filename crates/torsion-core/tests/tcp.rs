@@ -1430,3 +1430,40 @@ fn listening_on_a_busy_port_is_an_error_not_a_panic() {
         .unwrap();
     assert_eq!(a.local_addr(), b.local_addr());
 }
+
+#[test]
+fn connector_disconnect_closes_an_established_connection() {
+    let reactor = Reactor::new().unwrap();
+    let addr = echo_server(&reactor).local_addr();
+    let (p, log) = AccumulatingProtocol::new();
+    let slot = RefCell::new(Some(p));
+    let (f, outcome) = recording(
+        move || slot.borrow_mut().take().unwrap(),
+        Some(reactor.clone()),
+    );
+    let c = reactor.connect_tcp(addr, f, ConnectOptions::default());
+    let c2 = c.clone();
+    let l2 = log.clone();
+    stop_when(&reactor, move || {
+        if c2.state() == ConnectorState::Connected {
+            // Not connecting any more: a no-op.
+            c2.stop_connecting();
+            c2.disconnect();
+        }
+        false
+    });
+    run_until_stopped(&reactor, LIMIT, "disconnect");
+    let lost = outcome
+        .lost
+        .borrow()
+        .clone()
+        .expect("client_connection_lost");
+    assert!(matches!(conn_err(&lost), ConnectionError::Done), "{lost}");
+    assert!(outcome.failed.borrow().is_none());
+    assert!(matches!(
+        conn_err(&l2.lost().unwrap()),
+        ConnectionError::Done
+    ));
+    assert_eq!(c.state(), ConnectorState::Disconnected);
+    assert!(c.transport().is_none());
+}
