@@ -101,7 +101,7 @@ impl Connection {
     pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
         match &mut self.backend {
             Backend::Sqlite(c) => {
-                let mut stmt = c.prepare(sql).map_err(sqlite_error)?;
+                let mut stmt = c.prepare_cached(sql).map_err(sqlite_error)?;
                 check_param_count(stmt.parameter_count(), params.len())?;
                 stmt.execute(rusqlite::params_from_iter(params.iter()))
                     .map(|n| n as u64)
@@ -118,7 +118,7 @@ impl Connection {
     pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
         match &mut self.backend {
             Backend::Sqlite(c) => {
-                let mut stmt = c.prepare(sql).map_err(sqlite_error)?;
+                let mut stmt = c.prepare_cached(sql).map_err(sqlite_error)?;
                 check_param_count(stmt.parameter_count(), params.len())?;
                 let columns: Arc<[String]> = stmt
                     .column_names()
