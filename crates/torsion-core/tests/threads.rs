@@ -394,3 +394,47 @@ fn hostname_connects_resolve_on_the_pool() {
     let (_peer, addr) = listener.accept().unwrap();
     assert!(addr.ip().is_loopback());
 }
+
+#[test]
+fn submissions_from_many_threads_while_resizing_all_run() {
+    let reactor = Reactor::new().unwrap();
+    watchdog(&reactor, Duration::from_secs(30));
+    let pool = ThreadPool::new(&reactor, "stress", 1, 4);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let submitters: Vec<_> = (0..4)
+        .map(|k| {
+            let (pool, ran) = (pool.clone(), ran.clone());
+            std::thread::spawn(move || {
+                for i in 0..2_500 {
+                    let ran = ran.clone();
+                    pool.call_in_thread(move || {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    });
+                    if k == 0 && i % 500 == 0 {
+                        // Shrink and grow while work flows.
+                        pool.adjust_size(0, 1 + (i / 500) % 4);
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ran.load(Ordering::SeqCst) < 10_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} ran",
+            ran.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(pool.thread_count() <= 4);
+    // Shutdown joins whatever threads are left.
+    let r = reactor.clone();
+    reactor.call_when_running(move || r.stop().unwrap());
+    reactor.run().unwrap();
+    assert_eq!(pool.thread_count(), 0);
+    assert_eq!(ran.load(Ordering::SeqCst), 10_000);
+}
