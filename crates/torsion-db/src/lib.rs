@@ -289,12 +289,44 @@ impl ConnectionPool {
     }
 
     /// Runs a query; fires with its rows.
+    ///
+    /// ```
+    /// use torsion_core::Reactor;
+    /// use torsion_db::{params, ConnectionPool, Target};
+    /// let reactor = Reactor::new().unwrap();
+    /// let db = ConnectionPool::new(&reactor, Target::SqliteMemory, Default::default());
+    /// let r = reactor.clone();
+    /// db.run_query("SELECT $1 + 1 AS n, $2 AS who", params![41, "me"]).finally(move |rows| {
+    ///     let rows = rows.unwrap();
+    ///     assert_eq!(rows[0].get::<i64, _>("n").unwrap(), 42);
+    ///     assert_eq!(rows[0].get::<String, _>(1).unwrap(), "me");
+    ///     r.stop().unwrap();
+    /// });
+    /// reactor.run().unwrap();
+    /// ```
     pub fn run_query(&self, sql: impl Into<String>, params: Vec<Value>) -> Deferred<Vec<Row>> {
         let sql = sql.into();
         self.run(move |c| Ok(c.query(&sql, &params)?))
     }
 
     /// Runs a statement; fires with the number of rows it changed.
+    ///
+    /// ```
+    /// use torsion_core::Reactor;
+    /// use torsion_db::{params, ConnectionPool, Target};
+    /// let reactor = Reactor::new().unwrap();
+    /// let db = ConnectionPool::new(&reactor, Target::SqliteMemory, Default::default());
+    /// let (r, db2) = (reactor.clone(), db.clone());
+    /// db.run_operation("CREATE TABLE t (x INTEGER)", params![])
+    ///     .add_callback_deferred(move |_| {
+    ///         db2.run_operation("INSERT INTO t VALUES ($1), ($2)", params![1, 2])
+    ///     })
+    ///     .finally(move |n| {
+    ///         assert_eq!(n.unwrap(), 2);
+    ///         r.stop().unwrap();
+    ///     });
+    /// reactor.run().unwrap();
+    /// ```
     pub fn run_operation(&self, sql: impl Into<String>, params: Vec<Value>) -> Deferred<u64> {
         let sql = sql.into();
         self.run(move |c| Ok(c.execute(&sql, &params)?))
@@ -303,6 +335,29 @@ impl ConnectionPool {
     /// Runs `f` in a transaction on a pool thread: commits when it returns
     /// `Ok`, rolls back when it returns `Err` or panics (the panic becomes
     /// the Deferred's failure).
+    ///
+    /// ```
+    /// use torsion_core::{Failure, Reactor};
+    /// use torsion_db::{params, ConnectionPool, Target};
+    /// let reactor = Reactor::new().unwrap();
+    /// let db = ConnectionPool::new(&reactor, Target::SqliteMemory, Default::default());
+    /// let (r, db2) = (reactor.clone(), db.clone());
+    /// db.run_interaction(|txn| {
+    ///     txn.execute("CREATE TABLE t (x INTEGER)", &[])?;
+    ///     Ok(())
+    /// })
+    /// .add_callback_deferred(move |()| {
+    ///     db2.run_interaction(|txn| -> Result<(), Failure> {
+    ///         txn.execute("INSERT INTO t VALUES ($1)", &params![1])?;
+    ///         Err(Failure::msg("undo"))
+    ///     })
+    /// })
+    /// .finally(move |res| {
+    ///     assert_eq!(res.unwrap_err().to_string(), "undo"); // and the insert was rolled back
+    ///     r.stop().unwrap();
+    /// });
+    /// reactor.run().unwrap();
+    /// ```
     pub fn run_interaction<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, Failure> + Send + 'static,
@@ -335,6 +390,24 @@ impl ConnectionPool {
     }
 
     /// Runs `f` with a pool thread's connection, outside any transaction.
+    ///
+    /// ```
+    /// use torsion_core::Reactor;
+    /// use torsion_db::{ConnectionPool, Target};
+    /// let reactor = Reactor::new().unwrap();
+    /// let db = ConnectionPool::new(&reactor, Target::SqliteMemory, Default::default());
+    /// let r = reactor.clone();
+    /// db.run_with_connection(|conn| {
+    ///     // The native handle is there for what this API does not cover.
+    ///     let sqlite = conn.as_sqlite().expect("an SQLite pool");
+    ///     Ok(sqlite.is_autocommit())
+    /// })
+    /// .finally(move |autocommit| {
+    ///     assert!(autocommit.unwrap());
+    ///     r.stop().unwrap();
+    /// });
+    /// reactor.run().unwrap();
+    /// ```
     pub fn run_with_connection<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
