@@ -214,6 +214,15 @@ impl Connection {
         self.batch_execute("COMMIT")
     }
 
+    /// Fails when PostgreSQL has aborted the current transaction (SQLSTATE
+    /// 25P02), in which case `COMMIT` would roll back without an error.
+    pub(crate) fn check_not_aborted(&mut self) -> Result<(), DbError> {
+        match self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(_) => self.batch_execute("SELECT 1"),
+        }
+    }
+
     pub(crate) fn rollback(&mut self) -> Result<(), DbError> {
         self.batch_execute("ROLLBACK")
     }
@@ -239,20 +248,32 @@ impl Connection {
 /// transaction commits when the closure returns `Ok`, rolls back otherwise.
 pub struct Transaction<'a> {
     pub(crate) conn: &'a mut Connection,
+    /// A statement failed (or the raw connection was handed out): PostgreSQL
+    /// may have aborted the transaction, and its `COMMIT` would then quietly
+    /// roll back, so the pool checks before reporting success.
+    pub(crate) suspect: bool,
 }
 
 impl Transaction<'_> {
+    fn note<T>(&mut self, r: Result<T, DbError>) -> Result<T, DbError> {
+        if r.is_err() {
+            self.suspect = true;
+        }
+        r
+    }
     /// Runs a statement; returns the number of rows it changed.
     pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        self.conn.execute(sql, params)
+        let r = self.conn.execute(sql, params);
+        self.note(r)
     }
     /// Runs a query and collects its rows.
     pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
-        self.conn.query(sql, params)
+        let r = self.conn.query(sql, params);
+        self.note(r)
     }
     /// Runs a query expected to return exactly one row.
     pub fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Row, DbError> {
-        let mut rows = self.conn.query(sql, params)?;
+        let mut rows = self.query(sql, params)?;
         match rows.len() {
             1 => Ok(rows.remove(0)),
             n => Err(DbError::Sql {
@@ -263,6 +284,7 @@ impl Transaction<'_> {
     }
     /// The underlying connection.
     pub fn connection(&mut self) -> &mut Connection {
+        self.suspect = true;
         self.conn
     }
 }

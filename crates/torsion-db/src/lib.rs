@@ -364,11 +364,24 @@ impl ConnectionPool {
     ) -> Deferred<T> {
         self.run(move |conn| {
             conn.begin()?;
+            let mut suspect = false;
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                f(&mut Transaction { conn: &mut *conn })
+                let mut txn = Transaction {
+                    conn: &mut *conn,
+                    suspect: false,
+                };
+                let r = f(&mut txn);
+                suspect = txn.suspect;
+                r
             }));
             match outcome {
-                Ok(Ok(v)) => match conn.commit() {
+                Ok(Ok(v)) => match (if suspect {
+                    conn.check_not_aborted()
+                } else {
+                    Ok(())
+                })
+                .and_then(|()| conn.commit())
+                {
                     Ok(()) => Ok(v),
                     Err(e) => {
                         let _ = conn.rollback();

@@ -213,3 +213,49 @@ fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// An interaction that swallows a failed statement and returns `Ok`: PostgreSQL
+/// has aborted the transaction, so success must not be reported (a `COMMIT`
+/// would silently roll back).
+#[test]
+fn an_aborted_transaction_is_not_reported_as_committed() {
+    let reactor = Reactor::new().unwrap();
+    let db = ConnectionPool::new(&reactor, pg(), PoolOptions::default());
+    let t = table("aborted");
+    create(&reactor, &db, &t);
+    let t1 = t.clone();
+    let err = wait(
+        &reactor,
+        db.run_interaction(move |txn| {
+            txn.execute(&format!("INSERT INTO {t1} (id, name) VALUES (1, 'a')"), &[])?;
+            let _ignored = txn.execute("SELECT * FROM no_such_table_at_all", &[]);
+            Ok(())
+        }),
+    )
+    .unwrap_err();
+    match db_error(&err) {
+        DbError::Sql { code, .. } => assert_eq!(code.as_deref(), Some("25P02"), "{err}"),
+        other => panic!("expected the aborted-transaction error, got {other:?}"),
+    }
+    // A transaction that recovered through a savepoint does commit.
+    let t2 = t.clone();
+    wait(
+        &reactor,
+        db.run_interaction(move |txn| {
+            txn.execute(&format!("INSERT INTO {t2} (id, name) VALUES (2, 'b')"), &[])?;
+            txn.execute("SAVEPOINT s", &[])?;
+            let _ignored = txn.execute("SELECT * FROM no_such_table_at_all", &[]);
+            txn.execute("ROLLBACK TO SAVEPOINT s", &[])?;
+            Ok(())
+        }),
+    )
+    .unwrap();
+    let rows = wait(
+        &reactor,
+        db.run_query(format!("SELECT id FROM {t} ORDER BY id"), params![]),
+    )
+    .unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0).unwrap()).collect();
+    assert_eq!(ids, vec![2]);
+    drop_table(&reactor, &db, &t);
+}
