@@ -180,7 +180,15 @@ impl Shared {
         let lost = pooled.conn.as_ref().is_none_or(|c| c.is_broken())
             || matches!(&result, Err(f) if matches!(f.downcast_ref::<DbError>(), Some(DbError::ConnectionLost { .. })));
         if lost {
-            self.generation.fetch_add(1, Ordering::SeqCst);
+            // Only the first thread to notice moves the generation on, so
+            // connections opened since then are not thrown away again.
+            let seen = pooled.generation;
+            let _ = self.generation.compare_exchange(
+                seen,
+                seen + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
             tracing::warn!("database connection lost; it will be replaced on the next call");
             drop(pooled);
             return match result {
