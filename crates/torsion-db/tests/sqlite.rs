@@ -180,3 +180,39 @@ fn a_failing_on_open_hook_fails_the_call() {
         other => panic!("expected an open error, got {other:?}"),
     }
 }
+
+#[test]
+fn min_connections_open_at_start_and_max_bounds_them() {
+    let dir = TempDir::new("minmax");
+    let reactor = Reactor::new().unwrap();
+    let db = ConnectionPool::new(
+        &reactor,
+        file_target(&dir),
+        PoolOptions::default().connections(2, 3),
+    );
+    assert_eq!(
+        db.open_connections(),
+        0,
+        "nothing opens before the pool starts"
+    );
+    db.thread_pool().start();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while db.open_connections() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "min connections never opened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Many slow-ish queries at once: never more than max connections.
+    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000) \
+                SELECT count(*) FROM c";
+    let ds: Vec<_> = (0..30).map(|_| db.run_query(slow, params![])).collect();
+    for d in ds {
+        let rows = wait(&reactor, d).unwrap();
+        assert_eq!(rows[0].get::<i64, _>(0).unwrap(), 20000);
+        assert!(db.open_connections() <= 3);
+    }
+    assert!(db.thread_pool().thread_count() <= 3);
+    assert!(db.open_connections() >= 2);
+}
