@@ -1,7 +1,7 @@
 //! A small line-protocol record store backed by the connection pool.
 //!
 //! ```text
-//! cargo run -p torsion-db --example record_store -- [DB_FILE] [PORT]
+//! cargo run -p torsion-db --example record_store -- [DB_FILE | :memory: | POSTGRES_URL] [PORT]
 //! printf 'PUT greeting hello world\nGET greeting\nLIST\nDEL greeting\nQUIT\n' | nc 127.0.0.1 PORT
 //! ```
 //!
@@ -131,9 +131,13 @@ impl Protocol for RecordProtocol {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
     let target = match args.next() {
+        Some(url) if url.starts_with("postgres") || url.contains("host=") => Target::Postgres(url),
         Some(path) if path != ":memory:" => Target::SqliteFile(path.into()),
         _ => Target::SqliteMemory,
     };
@@ -141,9 +145,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let reactor = Reactor::new()?;
     let opts = PoolOptions::default().on_open(|c| {
+        if c.as_sqlite().is_some() {
+            c.batch_execute("PRAGMA journal_mode = WAL")?;
+        }
         c.batch_execute(
-            "PRAGMA journal_mode = WAL; \
-             CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         )
     });
     let db = ConnectionPool::new(&reactor, target, opts);
