@@ -133,6 +133,8 @@ pub(crate) struct Inner {
     pub(crate) executor: Executor,
     signals: RefCell<Option<crate::sys::SignalPipe>>,
     shutdown_grace: Cell<Duration>,
+    /// The default thread pool, created on first use (see `threads.rs`).
+    pub(crate) thread_pool: RefCell<Option<crate::threads::ThreadPool>>,
 }
 
 /// A handle on the event loop of the current thread. Cheap to clone; `!Send`.
@@ -241,6 +243,7 @@ impl Reactor {
                 executor,
                 signals: RefCell::new(None),
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
+                thread_pool: RefCell::new(None),
             }),
         })
     }
