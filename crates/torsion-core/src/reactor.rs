@@ -142,6 +142,8 @@ pub(crate) struct Inner {
     /// Whether the event being dispatched reported the peer's end closed
     /// (EPOLLRDHUP/HUP): a short read then does not prove the socket drained.
     event_read_closed: Cell<bool>,
+    /// The default thread pool, created on first use (see `threads.rs`).
+    pub(crate) thread_pool: RefCell<Option<crate::threads::ThreadPool>>,
 }
 
 impl Drop for Inner {
@@ -262,6 +264,7 @@ impl Reactor {
                 signals: RefCell::new(None),
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
                 event_read_closed: Cell::new(false),
+                thread_pool: RefCell::new(None),
             }),
         })
     }

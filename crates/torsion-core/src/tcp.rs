@@ -653,7 +653,7 @@ impl ConnectorImpl for TcpConnector {
                 // The attempt is !Send: park it in a thread-local table keyed by
                 // an id that the resolver thread hands back.
                 let id = pending::park(attempt.clone());
-                crate::resolve::resolve_in_background(host.clone(), port, move |result| {
+                reactor.resolve_in_background(host.clone(), port, move |result| {
                     handle.call_from_thread(move || {
                         let Some(attempt) = pending::take(id) else {
                             return;
