@@ -589,9 +589,9 @@ impl Reactor {
             if d.is_zero() {
                 d
             } else {
-                Duration::from_millis(
-                    d.as_millis().max(1) as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0),
-                )
+                // Capped: the poller takes an i32 of milliseconds anyway.
+                let ms = d.as_millis().clamp(1, i32::MAX as u128) as u64;
+                Duration::from_millis(ms + u64::from(d.subsec_nanos() % 1_000_000 != 0))
             }
         });
         let mut events = self.inner.events.borrow_mut();

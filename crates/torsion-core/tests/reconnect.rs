@@ -238,3 +238,25 @@ fn reconnects_to_a_server_that_starts_listening_later() {
     f.stop_trying();
     assert_eq!(connector.state(), ConnectorState::Disconnected);
 }
+
+#[test]
+fn extreme_settings_do_not_panic() {
+    let mr = MemoryReactor::new();
+    let clock = Rc::new(testing::Clock::new());
+    let f = ReconnectingClientFactory::new(clock.clone(), || Quiet);
+    f.max_delay.set(Duration::MAX);
+    f.factor.set(f64::INFINITY);
+    let c = mr.connect_tcp(
+        "127.0.0.1:1".parse().unwrap(),
+        f.clone(),
+        ConnectOptions::default(),
+    );
+    c.set_state(ConnectorState::Disconnected, None);
+    f.client_connection_failed(&c, refused());
+    assert_eq!(f.delay(), Duration::MAX);
+    f.factor.set(f64::NAN);
+    f.max_delay.set(Duration::from_secs(5));
+    f.client_connection_failed(&c, refused());
+    assert!(f.delay() <= Duration::from_secs(5));
+    f.stop_trying();
+}

@@ -251,3 +251,25 @@ fn timers_of_a_dropped_reactor_fail_softly() {
     assert!(c.reset(ms(1)).is_err());
     assert_eq!(c.time(), None);
 }
+
+#[test]
+fn huge_delays_do_not_overflow() {
+    let reactor = Reactor::new().unwrap();
+    let c = reactor.call_later(Duration::MAX, || panic!("must never run"));
+    assert!(c.active());
+    assert!(reactor.next_timeout().unwrap() > Duration::from_secs(1 << 40));
+    reactor.iterate(Some(Duration::ZERO)).unwrap();
+    c.delay(Duration::MAX).unwrap();
+    c.reset(Duration::MAX).unwrap();
+    assert!(c.active());
+    c.cancel().unwrap();
+
+    let clock = testing::Clock::new();
+    let hit = Rc::new(Cell::new(0));
+    let h = hit.clone();
+    clock.call_later(Duration::MAX, Box::new(move || h.set(h.get() + 1)));
+    clock.advance(Duration::from_secs(10));
+    clock.advance(Duration::MAX);
+    clock.advance(Duration::MAX);
+    assert_eq!(hit.get(), 1);
+}
