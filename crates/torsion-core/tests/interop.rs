@@ -139,3 +139,75 @@ fn netcat_sends_lines_and_gets_them_back() {
     );
     assert!(out.stdout == input, "nc got different bytes back");
 }
+
+const PY_ECHO_SERVER: &str = r#"
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+srv.settimeout(20)
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+conn.settimeout(20)
+total = 0
+while True:
+    b = conn.recv(65536)
+    if not b:
+        break
+    total += len(b)
+    conn.sendall(b)
+conn.close()
+print(total, flush=True)
+"#;
+
+/// The other direction: a Torsion client talks to Python's socket server.
+#[test]
+fn torsion_client_talks_to_a_python_server() {
+    use std::io::{BufRead, BufReader};
+    use torsion_core::testing::AccumulatingProtocol;
+    use torsion_core::ConnectOptions;
+    assert!(
+        have("python3"),
+        "python3 is required (scripts/apt.d/core.txt)"
+    );
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(PY_ECHO_SERVER)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let reactor = Reactor::new().unwrap();
+    let (p, log) = AccumulatingProtocol::half_closeable();
+    let slot = RefCell::new(Some(p));
+    let (f, outcome) = recording(move || slot.borrow_mut().take().unwrap(), None);
+    reactor.connect_tcp(([127, 0, 0, 1], port).into(), f, ConnectOptions::default());
+    let data = blob();
+    let (l2, d2) = (log.clone(), data.clone());
+    let sent = Rc::new(std::cell::Cell::new(false));
+    stop_when(&reactor, move || {
+        if let Some(t) = l2.transport() {
+            if !sent.replace(true) {
+                t.write(&d2);
+                t.lose_write_connection();
+            }
+        }
+        l2.lost().is_some()
+    });
+    run_until_stopped(&reactor, Duration::from_secs(60), "python server");
+    assert!(outcome.failed.borrow().is_none());
+    assert!(
+        log.data() == data,
+        "got {} of {} bytes back",
+        log.data().len(),
+        data.len()
+    );
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), data.len().to_string());
+    assert!(child.wait().unwrap().success());
+}
