@@ -32,10 +32,19 @@ struct EchoCheck {
 
 impl Protocol for EchoCheck {
     fn connection_made(&mut self, t: Transport) {
-        // Two writes per connection: both must come back in order.
-        let mid = self.payload.len() / 2;
-        t.write(&self.payload[..mid]);
-        t.write(&self.payload[mid..]);
+        // Several writes per connection (plain or vectored, by payload
+        // length): all must come back in order.
+        let (a, b) = (self.payload.len() / 3, 2 * self.payload.len() / 3);
+        if self.payload.len() % 2 == 0 {
+            t.write(&self.payload[..a]);
+            t.write(&self.payload[a..]);
+        } else {
+            t.write_vectored(&[
+                std::io::IoSlice::new(&self.payload[..a]),
+                std::io::IoSlice::new(&self.payload[a..b]),
+                std::io::IoSlice::new(&self.payload[b..]),
+            ]);
+        }
         self.t = Some(t);
     }
     fn data_received(&mut self, data: &[u8]) {
