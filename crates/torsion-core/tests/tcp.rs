@@ -35,7 +35,7 @@ impl Protocol for EchoCheck {
         // Several writes per connection (plain or vectored, by payload
         // length): all must come back in order.
         let (a, b) = (self.payload.len() / 3, 2 * self.payload.len() / 3);
-        if self.payload.len() % 2 == 0 {
+        if self.payload.len().is_multiple_of(2) {
             t.write(&self.payload[..a]);
             t.write(&self.payload[a..]);
         } else {
