@@ -51,6 +51,9 @@ pub(crate) trait StreamSocket: Read + Write + mio::event::Source + 'static {
             transport: Self::kind(),
         })
     }
+    /// Makes the coming close reset the connection (TCP: `SO_LINGER` 0), so
+    /// the peer can tell an abort from a complete, clean close.
+    fn reset_on_close(&self) {}
     fn credentials(&self) -> Result<UnixCredentials, NotSupportedError> {
         Err(NotSupportedError {
             what: "Unix peer credentials",
@@ -136,6 +139,8 @@ mod flag {
     pub const STARTED: u16 = 1 << 9;
     /// The poller reported the peer's sending side closed: read to EOF.
     pub const PEER_HUP: u16 = 1 << 10;
+    /// This side aborted (or its protocol panicked): close with a reset.
+    pub const RESET: u16 = 1 << 11;
 }
 
 type CloseHook = Box<dyn FnOnce(&Failure)>;
@@ -255,7 +260,7 @@ impl<S: StreamSocket> Connection<S> {
         log_callback_failure(what, &self.peer, &f);
         let reason = Failure::new(ConnectionError::ProtocolPanicked(f.to_string()));
         self.fail_later(reason);
-        self.set(flag::ABORTING);
+        self.set(flag::ABORTING | flag::RESET);
     }
 
     fn fail_later(&self, f: Failure) {
@@ -442,6 +447,9 @@ impl<S: StreamSocket> Connection<S> {
                 let _ = r.registry().deregister(&mut sock);
                 r.retire_source(self.token.get());
             }
+            if self.has(flag::RESET) {
+                sock.reset_on_close();
+            }
             drop(sock);
         }
         if let Some(p) = self.producer.borrow_mut().take() {
@@ -590,7 +598,7 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
         if self.has(flag::CLOSED) {
             return;
         }
-        self.set(flag::ABORTING);
+        self.set(flag::ABORTING | flag::RESET);
         self.mark_dirty();
     }
 

@@ -37,6 +37,9 @@ impl StreamSocket for TcpStream {
             transport: "TCP (closed)",
         })
     }
+    fn reset_on_close(&self) {
+        let _ = SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
     fn set_keepalive(&self, on: bool) -> Result<(), NotSupportedError> {
         SockRef::from(self)
             .set_keepalive(on)

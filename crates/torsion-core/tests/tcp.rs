@@ -1476,3 +1476,109 @@ fn connector_disconnect_closes_an_established_connection() {
     assert_eq!(c.state(), ConnectorState::Disconnected);
     assert!(c.transport().is_none());
 }
+
+#[test]
+fn server_abort_reaches_a_torsion_client_as_reset() {
+    let reactor = Reactor::new().unwrap();
+    struct AbortOnData(Option<Transport>);
+    impl Protocol for AbortOnData {
+        fn connection_made(&mut self, t: Transport) {
+            self.0 = Some(t);
+        }
+        fn data_received(&mut self, _: &[u8]) {
+            let t = self.0.as_ref().unwrap();
+            t.write(b"never sent");
+            t.abort_connection();
+        }
+    }
+    let addr = reactor
+        .listen_tcp(any_local(), factory_fn(|| AbortOnData(None)))
+        .unwrap()
+        .local_addr();
+    let (p, log) = AccumulatingProtocol::new();
+    let slot = RefCell::new(Some(p));
+    let (f, outcome) = recording(
+        move || slot.borrow_mut().take().unwrap(),
+        Some(reactor.clone()),
+    );
+    reactor.connect_tcp(addr, f, ConnectOptions::default());
+    let l2 = log.clone();
+    let sent = Cell::new(false);
+    stop_when(&reactor, move || {
+        if let Some(t) = l2.transport() {
+            if !sent.replace(true) {
+                t.write(b"hello");
+            }
+        }
+        false
+    });
+    run_until_stopped(&reactor, LIMIT, "server abort");
+    let lost = outcome
+        .lost
+        .borrow()
+        .clone()
+        .expect("client_connection_lost");
+    assert!(
+        matches!(
+            conn_err(&lost),
+            ConnectionError::Reset | ConnectionError::Lost(_)
+        ),
+        "{lost}"
+    );
+    assert!(
+        log.data().is_empty(),
+        "data written before the abort was sent"
+    );
+}
+
+/// One peer floods the server while another plays ping-pong: the flood's
+/// reads yield after a bounded number per turn, so the other keeps going.
+#[test]
+fn a_flooding_connection_does_not_starve_others() {
+    let reactor = Reactor::new().unwrap();
+    struct Sink;
+    impl Protocol for Sink {
+        fn data_received(&mut self, _: &[u8]) {}
+    }
+    let sink = reactor
+        .listen_tcp(any_local(), factory_fn(|| Sink))
+        .unwrap()
+        .local_addr();
+    let echo = echo_server(&reactor).local_addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let mut s = StdStream::connect(sink).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        let mut sent = 0u64;
+        while !st.load(std::sync::atomic::Ordering::Relaxed) && sent < (4u64 << 30) {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let st = stop.clone();
+    let pinger = std::thread::spawn(move || {
+        // Give the flood a head start.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut s = StdStream::connect(echo).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 4];
+        let mut n = 0;
+        for i in 0..200u32 {
+            s.write_all(&i.to_le_bytes()).unwrap();
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(u32::from_le_bytes(b), i);
+            n += 1;
+        }
+        st.store(true, std::sync::atomic::Ordering::Relaxed);
+        n
+    });
+    let rounds = wait_thread(&reactor, pinger);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(rounds, 200);
+    let sent = flood.join().unwrap();
+    assert!(sent > 1 << 20, "the flood barely ran ({sent} bytes)");
+}
