@@ -3,6 +3,7 @@
 //! example), and the in-memory loopback. The protocol types are the same in
 //! every case; only the transport differs.
 
+#[path = "transports_common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! errors, a Display/parse round-trip property, the extension registry,
 //! socket activation, and the happy-eyeballs hostname endpoint.
 
+#[path = "transports_common/mod.rs"]
 mod common;
 
 use std::cell::RefCell;

@@ -2,6 +2,7 @@
 //! traffic logging. Driven in memory with a manual clock where time matters,
 //! and over real TCP for the connection limits.
 
+#[path = "transports_common/mod.rs"]
 mod common;
 
 use std::cell::RefCell;

@@ -1,6 +1,7 @@
 //! Child processes: /bin/sh, cat, sort, signals, extra descriptors, PTY,
 //! flow control against a flooding child, and reaping (no zombies).
 
+#[path = "transports_common/mod.rs"]
 mod common;
 
 use std::cell::RefCell;

@@ -2,6 +2,7 @@
 //! oversized datagrams, socket options, and multicast received by two
 //! listeners at once (sent by Python's `socket` and by us) on loopback.
 
+#[path = "transports_common/mod.rs"]
 mod common;
 
 use std::cell::RefCell;

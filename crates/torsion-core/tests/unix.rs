@@ -2,6 +2,7 @@
 //! credentials, descriptor passing, datagrams (with socat as the peer), and
 //! bad input (too-long paths).
 
+#[path = "transports_common/mod.rs"]
 mod common;
 
 use std::cell::RefCell;

@@ -1,26 +1,48 @@
-//! Shared helpers: a bounded loop driver and the echo protocols every
-//! transport test uses.
+//! Helpers shared by the integration tests: bounded runs, an echo protocol,
+//! a recording client factory, and a tracing capture.
 #![allow(dead_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use torsion_core::{Failure, Protocol, Reactor, Transport};
+use torsion_core::{
+    factory_fn, Address, ClientFactory, ConnectionError, Connector, Factory, Failure,
+    ListeningPort, Protocol, Reactor, Transport,
+};
 
-/// Turns the reactor until `done()` or `limit` passes; returns whether `done()` held.
-pub fn run_until(reactor: &Reactor, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if done() {
-            return true;
-        }
-        reactor.iterate(Some(Duration::from_millis(10))).unwrap();
-    }
-    done()
+/// Runs `reactor` until it stops by itself or `limit` passes; true when it
+/// stopped by itself (the test's own condition), false on the watchdog.
+pub fn run_bounded(reactor: &Reactor, limit: Duration) -> bool {
+    let timed_out = Rc::new(Cell::new(false));
+    let t = timed_out.clone();
+    let r = reactor.clone();
+    let dog = reactor.call_later(limit, move || {
+        t.set(true);
+        let _ = r.stop();
+    });
+    reactor.run().expect("reactor run");
+    let _ = dog.cancel();
+    !timed_out.get()
 }
 
-/// The echo server protocol: every transport in these tests runs this same type.
+/// Asserts the reactor stopped by itself within `limit`.
+pub fn run_until_stopped(reactor: &Reactor, limit: Duration, what: &str) {
+    assert!(
+        run_bounded(reactor, limit),
+        "{what}: did not finish within {limit:?}"
+    );
+}
+
+/// A local address with an ephemeral port.
+pub fn any_local() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Sends back every byte.
 #[derive(Default)]
 pub struct Echo(pub Option<Transport>);
 
@@ -35,109 +57,188 @@ impl Protocol for Echo {
     }
 }
 
-/// What a [`Pinger`] saw.
-#[derive(Default, Debug)]
-pub struct PingLog {
-    pub received: Vec<u8>,
-    pub kind: Option<&'static str>,
-    pub lost: Option<String>,
-    pub transport: Option<Transport>,
+/// Starts an echo server on 127.0.0.1:0.
+pub fn echo_server(reactor: &Reactor) -> ListeningPort {
+    reactor
+        .listen_tcp(any_local(), factory_fn(Echo::default))
+        .expect("listen")
 }
 
-/// The echo client: sends `payload`, collects the echo, closes once it is all back.
-pub struct Pinger {
-    pub payload: Vec<u8>,
-    pub log: Rc<RefCell<PingLog>>,
-}
-
-impl Pinger {
-    pub fn new(payload: &[u8]) -> (Pinger, Rc<RefCell<PingLog>>) {
-        let log = Rc::new(RefCell::new(PingLog::default()));
-        (
-            Pinger {
-                payload: payload.to_vec(),
-                log: log.clone(),
-            },
-            log,
-        )
-    }
-}
-
-impl Protocol for Pinger {
-    fn connection_made(&mut self, t: Transport) {
-        // Send in a few pieces to exercise buffering.
-        for chunk in self.payload.chunks(7) {
-            t.write(chunk);
+/// Raises the soft fd limit to at least `want` (bounded by the hard limit);
+/// returns the soft limit now in force.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return 0;
         }
-        let mut l = self.log.borrow_mut();
-        l.kind = Some(t.kind());
-        l.transport = Some(t);
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        let mut l = self.log.borrow_mut();
-        l.received.extend_from_slice(data);
-        if l.received.len() >= self.payload.len() {
-            if let Some(t) = &l.transport {
-                t.lose_connection();
-            }
+        if l.rlim_cur < want {
+            l.rlim_cur = want.min(l.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
         }
-    }
-    fn connection_lost(&mut self, reason: Failure) {
-        self.log.borrow_mut().lost = Some(reason.to_string());
+        l.rlim_cur
     }
 }
 
-/// A temporary directory removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
+/// What a client connection attempt came to.
+#[derive(Default)]
+pub struct Outcome {
+    pub failed: RefCell<Option<Failure>>,
+    pub lost: RefCell<Option<Failure>>,
+    pub started: Cell<u32>,
+}
 
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "torsion-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self, name: &str) -> std::path::PathBuf {
-        self.0.join(name)
+impl Outcome {
+    pub fn failed_error(&self) -> Option<String> {
+        self.failed.borrow().as_ref().map(|f| f.to_string())
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// A client factory that records failure/loss and can stop the reactor on either.
+pub struct RecordingFactory<F> {
+    pub build: F,
+    pub outcome: Rc<Outcome>,
+    pub stop_on_end: Option<Reactor>,
+}
+
+impl<F, P> Factory for RecordingFactory<F>
+where
+    F: Fn() -> P + 'static,
+    P: Protocol,
+{
+    fn build_protocol(&self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new((self.build)()))
     }
 }
 
-/// Runs a command with a time limit, feeding `input`; returns its stdout.
-pub fn run_peer(cmd: &mut std::process::Command, input: &[u8], limit: Duration) -> Vec<u8> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("peer starts");
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input).unwrap();
+impl<F, P> ClientFactory for RecordingFactory<F>
+where
+    F: Fn() -> P + 'static,
+    P: Protocol,
+{
+    fn started_connecting(&self, _c: &Connector) {
+        self.outcome.started.set(self.outcome.started.get() + 1);
     }
-    let end = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
+    fn client_connection_failed(&self, _c: &Connector, reason: Failure) {
+        *self.outcome.failed.borrow_mut() = Some(reason);
+        if let Some(r) = &self.stop_on_end {
+            let _ = r.stop();
         }
-        if Instant::now() > end {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
-    let out = child.wait_with_output().unwrap();
-    out.stdout
+    fn client_connection_lost(&self, _c: &Connector, reason: Failure) {
+        *self.outcome.lost.borrow_mut() = Some(reason);
+        if let Some(r) = &self.stop_on_end {
+            let _ = r.stop();
+        }
+    }
+}
+
+pub fn recording<F, P>(build: F, stop: Option<Reactor>) -> (Rc<RecordingFactory<F>>, Rc<Outcome>)
+where
+    F: Fn() -> P + 'static,
+    P: Protocol,
+{
+    let outcome = Rc::new(Outcome::default());
+    (
+        Rc::new(RecordingFactory {
+            build,
+            outcome: outcome.clone(),
+            stop_on_end: stop,
+        }),
+        outcome,
+    )
+}
+
+/// The `ConnectionError` inside a failure, or a panic naming what it was.
+pub fn conn_err(f: &Failure) -> &ConnectionError {
+    f.downcast_ref::<ConnectionError>()
+        .unwrap_or_else(|| panic!("not a ConnectionError: {f}"))
+}
+
+/// A writer into a shared buffer, for capturing tracing output.
+#[derive(Clone, Default)]
+pub struct LogBuffer(pub Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Captures this thread's tracing output into a buffer while the guard lives.
+pub fn capture_logs() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+    let buf = LogBuffer::default();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(buf.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let guard = tracing::subscriber::set_default(sub);
+    (buf, guard)
+}
+
+/// A cheap order-sensitive checksum (FNV-1a, 64-bit), updated incrementally.
+#[derive(Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Byte `i` of the deterministic test stream.
+pub fn stream_byte(i: u64) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 9)) as u8
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Stops the reactor (once it runs) as soon as `cond` holds; checks every 2 ms.
+pub fn stop_when(reactor: &Reactor, cond: impl Fn() -> bool + 'static) {
+    fn check(r: Reactor, cond: Rc<dyn Fn() -> bool>) {
+        if cond() {
+            let _ = r.stop();
+        } else {
+            let r2 = r.clone();
+            r.call_later(Duration::from_millis(2), move || check(r2, cond));
+        }
+    }
+    let r = reactor.clone();
+    let cond: Rc<dyn Fn() -> bool> = Rc::new(cond);
+    reactor.call_later(Duration::ZERO, move || check(r, cond));
 }
