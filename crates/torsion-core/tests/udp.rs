@@ -280,3 +280,84 @@ fn udp_over_ipv6_loopback() {
     assert_eq!(&buf[..n], b"six");
     assert_eq!(from, addr);
 }
+
+/// IPv6 multicast does not route over `lo`, so this test re-runs itself in a
+/// private network namespace (`unshare -n`, as root) with a veth pair; no
+/// outside interface or address is touched.
+#[test]
+fn ipv6_multicast_in_a_private_network_namespace() {
+    if std::env::var_os("TORSION_NETNS_INNER").is_some() {
+        return ipv6_multicast_inner();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let setup = "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad; \
+                 echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad; \
+                 ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up && \
+                 ip -6 addr add fd00::1/64 dev v0 nodad && \
+                 exec \"$0\" --exact ipv6_multicast_in_a_private_network_namespace --test-threads 1 --nocapture";
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", setup])
+        .arg(&exe)
+        .env("TORSION_NETNS_INNER", "1")
+        .output()
+        .expect("unshare (util-linux) runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "inner run failed (needs root for unshare -n and iproute2):\n{text}"
+    );
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+fn ipv6_multicast_inner() {
+    use std::net::SocketAddrV6;
+    let idx = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
+    assert!(idx > 0, "veth v0 missing");
+    let group: Ipv6Addr = "ff12::4242".parse().unwrap();
+    let reactor = Reactor::new().unwrap();
+    let (p1, log1) = proto(false);
+    let (p2, log2) = proto(false);
+    let a = reactor
+        .listen_multiple(SocketAddr::V6(SocketAddrV6::new(group, 0, 0, idx)), p1)
+        .unwrap();
+    let port = a.local_addr().unwrap().port();
+    let b = reactor
+        .listen_multiple(SocketAddr::V6(SocketAddrV6::new(group, port, 0, idx)), p2)
+        .unwrap();
+    a.join_group_v6(group, idx).unwrap();
+    b.join_group_v6(group, idx).unwrap();
+    // Python's socket module sends the first datagram.
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, {idx})\n\
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)\n\
+         s.sendto(b'six', ('{group}', {port}, 0, {idx}))\n"
+    );
+    assert!(Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success());
+    assert!(run_until(&reactor, LIMIT, || {
+        !log1.borrow().got.is_empty() && !log2.borrow().got.is_empty()
+    }));
+    assert_eq!(log1.borrow().got[0].0, b"six");
+    assert_eq!(log2.borrow().got[0].0, b"six");
+    // Our own sender: hop limit, loopback, outgoing interface by index.
+    let (p3, _l3) = proto(false);
+    let sender = reactor.listen_udp("[::]:0".parse().unwrap(), p3).unwrap();
+    sender.set_outgoing_interface_v6(idx).unwrap();
+    sender.set_multicast_ttl(1).unwrap();
+    sender.set_multicast_loopback(true).unwrap();
+    let to = SocketAddr::V6(SocketAddrV6::new(group, port, 0, idx));
+    b.leave_group_v6(group, idx).unwrap();
+    sender.write_to_addr(b"after leave", to).unwrap();
+    assert!(run_until(&reactor, LIMIT, || log1.borrow().got.len() == 2));
+    run_until(&reactor, Duration::from_millis(200), || false);
+    assert_eq!(log2.borrow().got.len(), 1, "b still received after leaving");
+}
