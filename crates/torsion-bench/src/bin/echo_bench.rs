@@ -1,0 +1,327 @@
+//! `cargo run --release -p torsion-bench --bin echo_bench [-- --quick]`
+//!
+//! Runs the Torsion, tokio and raw-epoll echo servers one after another, each
+//! in a child process (this binary re-executed with `--server KIND`) pinned to
+//! CPU 0, while this process generates load from CPU 1, and prints a table of
+//! round trips/s, server CPU µs per round trip, ratios, and RSS per idle
+//! connection.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use torsion_bench::load::{self, Sample, Window};
+use torsion_bench::servers::{self, ServerKind};
+use torsion_bench::sys;
+
+const SERVER_CPU: usize = 0;
+const CLIENT_CPU: usize = 1;
+
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    PingPong50,
+    PingPong1,
+    InFlight50x16,
+    ConnectRate,
+}
+
+impl Workload {
+    const ALL: [Workload; 4] = [
+        Workload::PingPong50,
+        Workload::PingPong1,
+        Workload::InFlight50x16,
+        Workload::ConnectRate,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Workload::PingPong50 => "50 conns ping-pong 64 B",
+            Workload::PingPong1 => "1 conn ping-pong 64 B",
+            Workload::InFlight50x16 => "50 conns x 16 in flight",
+            Workload::ConnectRate => "connect+echo+close",
+        }
+    }
+
+    fn run(self, addr: SocketAddr, pid: u32, w: Window) -> io::Result<Sample> {
+        match self {
+            Workload::PingPong50 => load::echo(addr, 50, 1, pid, w),
+            Workload::PingPong1 => load::echo(addr, 1, 1, pid, w),
+            Workload::InFlight50x16 => load::echo(addr, 50, 16, pid, w),
+            Workload::ConnectRate => load::connect_rate(addr, 32, pid, w),
+        }
+    }
+}
+
+struct Options {
+    window: Window,
+    repeat: usize,
+    idle: usize,
+    kinds: Vec<ServerKind>,
+    workloads: Vec<usize>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: echo_bench [--quick] [--seconds S] [--repeat N] [--idle N] [--only torsion,tokio,raw] [--workloads 1,2,3,4,5]\n       echo_bench --server torsion|tokio|raw"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Options {
+    let mut o = Options {
+        window: Window {
+            warmup: Duration::from_millis(300),
+            measure: Duration::from_secs(2),
+        },
+        repeat: 3,
+        idle: 10_000,
+        kinds: ServerKind::ALL.to_vec(),
+        workloads: vec![1, 2, 3, 4, 5],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--quick" => {
+                o.window = Window {
+                    warmup: Duration::from_millis(50),
+                    measure: Duration::from_millis(250),
+                };
+                o.repeat = 1;
+                o.idle = 1_000;
+            }
+            "--seconds" => {
+                let s: f64 = value().parse().unwrap_or_else(|_| usage());
+                o.window.measure = Duration::from_secs_f64(s);
+            }
+            "--repeat" => o.repeat = value().parse().unwrap_or_else(|_| usage()),
+            "--idle" => o.idle = value().parse().unwrap_or_else(|_| usage()),
+            "--only" => {
+                o.kinds = value()
+                    .split(',')
+                    .map(|k| ServerKind::parse(k).unwrap_or_else(|| usage()))
+                    .collect()
+            }
+            "--workloads" => {
+                o.workloads = value()
+                    .split(',')
+                    .map(|w| w.parse().unwrap_or_else(|_| usage()))
+                    .collect()
+            }
+            _ => usage(),
+        }
+    }
+    o.repeat = o.repeat.max(1);
+    o
+}
+
+/// A server child process; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn spawn(kind: ServerKind) -> io::Result<Server> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["--server", kind.name()])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port: u16 = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| {
+                let _ = child.kill();
+                io::Error::other(format!("{} server did not start: {line:?}", kind.name()))
+            })?;
+        Ok(Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(kind: ServerKind) -> io::Result<()> {
+    sys::die_with_parent();
+    sys::pin_to_cpu(SERVER_CPU)?;
+    sys::raise_nofile()?;
+    servers::run(kind, |port| {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "PORT {port}");
+        let _ = out.flush();
+    })
+}
+
+/// The sample with the median CPU per round trip.
+fn median(mut v: Vec<Sample>) -> Sample {
+    v.sort_by(|a, b| a.cpu_us_per_rt().total_cmp(&b.cpu_us_per_rt()));
+    v[v.len() / 2]
+}
+
+fn find(kinds: &[ServerKind], row: &[Sample], k: ServerKind) -> Option<Sample> {
+    kinds.iter().position(|x| *x == k).map(|i| row[i])
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn main() {
+    let mut raw_args = std::env::args().skip(1);
+    if raw_args.next().as_deref() == Some("--server") {
+        let kind = raw_args
+            .next()
+            .and_then(|k| ServerKind::parse(&k))
+            .unwrap_or_else(|| usage());
+        if let Err(e) = serve(kind) {
+            eprintln!("server {}: {e}", kind.name());
+            std::process::exit(1);
+        }
+        return;
+    }
+    let opts = parse_args();
+    if let Err(e) = bench(&opts) {
+        eprintln!("echo_bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn bench(o: &Options) -> io::Result<()> {
+    let started = Instant::now();
+    let nofile = sys::raise_nofile()?;
+    let pinned = sys::pin_to_cpu(CLIENT_CPU)?;
+    if !pinned {
+        eprintln!("note: fewer than 2 CPUs; server and load generator are not pinned apart");
+    }
+    let idle = o.idle.min((nofile as usize).saturating_sub(100));
+    eprintln!(
+        "echo_bench: servers on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}; warm-up {:?}, window {:?}, {} repeat(s), median of CPU/rt",
+        o.window.warmup, o.window.measure, o.repeat
+    );
+
+    let mut rows: Vec<(Workload, Vec<Sample>)> = Vec::new();
+    for (n, w) in Workload::ALL.into_iter().enumerate() {
+        if !o.workloads.contains(&(n + 1)) {
+            continue;
+        }
+        let mut per_kind: Vec<Vec<Sample>> = vec![Vec::new(); o.kinds.len()];
+        // Interleave the servers so drifting background load hits all alike.
+        for _ in 0..o.repeat {
+            for (i, &k) in o.kinds.iter().enumerate() {
+                let server = Server::spawn(k)?;
+                let s = w
+                    .run(server.addr, server.pid(), o.window)
+                    .map_err(|e| io::Error::other(format!("{} / {}: {e}", w.label(), k.name())))?;
+                eprintln!(
+                    "  {:<26} {:<8} {:>10.0} rt/s {:>7.2} µs/rt",
+                    w.label(),
+                    k.name(),
+                    s.rate(),
+                    s.cpu_us_per_rt()
+                );
+                per_kind[i].push(s);
+            }
+        }
+        rows.push((w, per_kind.into_iter().map(median).collect()));
+    }
+
+    let mut idle_kib = Vec::new();
+    for &k in &o.kinds {
+        if !o.workloads.contains(&5) {
+            break;
+        }
+        let server = Server::spawn(k)?;
+        let kib = load::idle_rss(server.addr, idle, server.pid())
+            .map_err(|e| io::Error::other(format!("idle / {}: {e}", k.name())))?;
+        eprintln!(
+            "  {idle} idle conns        {:<8} {kib:.2} KiB/conn",
+            k.name()
+        );
+        idle_kib.push(kib);
+    }
+
+    // The table (Markdown).
+    let names: Vec<&str> = o.kinds.iter().map(|k| k.name()).collect();
+    let mut head = String::from("| workload |");
+    let mut sep = String::from("|---|");
+    for n in &names {
+        head += &format!(" {n} rt/s |");
+        sep += "---:|";
+    }
+    for n in &names {
+        head += &format!(" {n} µs/rt |");
+        sep += "---:|";
+    }
+    head += " torsion/tokio | torsion/raw |";
+    sep += "---:|---:|";
+    println!("{head}\n{sep}");
+    for (w, row) in &rows {
+        let mut line = format!("| {} |", w.label());
+        for s in row {
+            line += &format!(" {:.0} |", s.rate());
+        }
+        for s in row {
+            line += &format!(" {:.2} |", s.cpu_us_per_rt());
+        }
+        let cpu = |k| find(&o.kinds, row, k).map(|s| s.cpu_us_per_rt());
+        line += &format!(
+            " {} | {} |",
+            ratio(cpu(ServerKind::Torsion), cpu(ServerKind::Tokio)),
+            ratio(cpu(ServerKind::Torsion), cpu(ServerKind::Raw))
+        );
+        println!("{line}");
+    }
+    if !idle_kib.is_empty() {
+        let mut line = format!("| RSS KiB per idle conn ({idle} conns) |");
+        for _ in &names {
+            line += " |";
+        }
+        for kib in &idle_kib {
+            line += &format!(" {kib:.2} |");
+        }
+        let kib_of = |k| {
+            o.kinds
+                .iter()
+                .position(|x| *x == k)
+                .map(|i| idle_kib[i].max(0.001))
+        };
+        line += &format!(
+            " {} | {} |",
+            ratio(kib_of(ServerKind::Torsion), kib_of(ServerKind::Tokio)),
+            ratio(kib_of(ServerKind::Torsion), kib_of(ServerKind::Raw))
+        );
+        println!("{line}");
+    }
+    println!(
+        "\nrt/s: round trips per second seen by the load generator; µs/rt: server process CPU time \
+         (user+system) per round trip (median of {} run(s), {:?} each); ratios compare µs/rt \
+         (last row: KiB/conn). Total time {:.0} s.",
+        o.repeat,
+        o.window.measure,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
