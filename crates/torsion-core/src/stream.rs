@@ -313,7 +313,7 @@ impl<S: StreamSocket> Connection<S> {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        self.fail_later(Failure::new(ConnectionError::from_io(e)));
+                        self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
                         self.set(flag::ABORTING);
                         return;
                     }
@@ -344,11 +344,11 @@ impl<S: StreamSocket> Connection<S> {
                 self.on_panic("read_connection_lost", f);
             }
             if self.has(flag::WRITE_SHUT) {
-                self.fail_later(Failure::new(ConnectionError::Done));
+                self.fail_later(Failure::without_backtrace(ConnectionError::Done));
                 self.set(flag::ABORTING);
             }
         } else {
-            self.fail_later(Failure::new(ConnectionError::Done));
+            self.fail_later(Failure::without_backtrace(ConnectionError::Done));
             self.set(flag::ABORTING);
         }
     }
@@ -383,7 +383,7 @@ impl<S: StreamSocket> Connection<S> {
                 Err(e) => {
                     wbuf.clear();
                     drop(wbuf);
-                    self.fail_later(Failure::new(ConnectionError::from_io(e)));
+                    self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
                     self.set(flag::ABORTING);
                     return;
                 }
@@ -484,7 +484,7 @@ impl<S: StreamSocket> Source for Connection<S> {
         }
         let empty = self.wbuf.borrow().len == 0;
         if empty && self.has(flag::DISCONNECTING) {
-            self.close_now(Failure::new(ConnectionError::Done));
+            self.close_now(Failure::without_backtrace(ConnectionError::Done));
             return;
         }
         if empty && self.has(flag::WRITE_SHUT_PENDING) && !self.has(flag::WRITE_SHUT) {
@@ -505,7 +505,7 @@ impl<S: StreamSocket> Source for Connection<S> {
                 return;
             }
             if self.has(flag::READ_SHUT) {
-                self.close_now(Failure::new(ConnectionError::Done));
+                self.close_now(Failure::without_backtrace(ConnectionError::Done));
             }
         }
     }
