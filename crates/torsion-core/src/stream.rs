@@ -417,11 +417,15 @@ impl<S: StreamSocket> Connection<S> {
         }
         self.set(flag::CLOSED);
         self.wbuf.borrow_mut().clear();
-        if let Some(mut sock) = self.sock.borrow_mut().take() {
+        if let Some(sock) = self.sock.borrow_mut().take() {
             if let Some(r) = self.reactor() {
-                let _ = r.registry().deregister(&mut sock);
                 r.retire_source(self.token.get());
             }
+            // No explicit deregister: the socket owns its fd (never dup'ed), and
+            // closing the last fd of a socket removes it from the epoll set, which
+            // saves an epoll_ctl per connection. A stale event that slips through
+            // (a fork holding the fd for an instant) is at worst a spurious
+            // readiness, which every source tolerates.
             drop(sock);
         }
         if let Some(p) = self.producer.borrow_mut().take() {
