@@ -123,6 +123,9 @@ pub(crate) struct Inner {
     pub(crate) remote: Arc<Remote>,
     read_buf: RefCell<Vec<u8>>,
     dirty: RefCell<Vec<Rc<dyn Source>>>,
+    /// The other half of `dirty`: swapped in while a batch settles, so neither
+    /// list loses its allocation.
+    dirty_spare: RefCell<Vec<Rc<dyn Source>>>,
     pending_io: RefCell<VecDeque<Rc<dyn Source>>>,
     state: Cell<RunState>,
     stop_requested: Cell<bool>,
@@ -231,6 +234,7 @@ impl Reactor {
                 remote,
                 read_buf: RefCell::new(vec![0; READ_BUFFER_SIZE]),
                 dirty: RefCell::new(Vec::new()),
+                dirty_spare: RefCell::new(Vec::new()),
                 pending_io: RefCell::new(VecDeque::new()),
                 state: Cell::new(RunState::Idle),
                 stop_requested: Cell::new(false),
@@ -593,18 +597,21 @@ impl Reactor {
         self.retire();
 
         // Sources that stopped reading to be fair to others, or were resumed.
-        let pending: Vec<Rc<dyn Source>> = self.inner.pending_io.borrow_mut().drain(..).collect();
-        for s in pending {
-            s.ready(
-                self,
-                Readiness {
-                    readable: true,
-                    writable: false,
-                },
-            );
-            self.flush_dirty();
+        if !self.inner.pending_io.borrow().is_empty() {
+            let pending: Vec<Rc<dyn Source>> =
+                self.inner.pending_io.borrow_mut().drain(..).collect();
+            for s in pending {
+                s.ready(
+                    self,
+                    Readiness {
+                        readable: true,
+                        writable: false,
+                    },
+                );
+                self.flush_dirty();
+            }
+            self.retire();
         }
-        self.retire();
 
         self.run_remote();
         self.run_timers();
@@ -650,6 +657,10 @@ impl Reactor {
     }
 
     fn run_timers(&self) {
+        // No clock read on turns without timers.
+        if self.inner.timers.borrow_mut().next_deadline().is_none() {
+            return;
+        }
         let now = self.now();
         loop {
             let due = self.inner.timers.borrow_mut().pop_due(now);
@@ -703,13 +714,13 @@ impl Reactor {
     }
 
     fn retire(&self) {
-        let keys: Vec<usize> = std::mem::take(&mut *self.inner.retired.borrow_mut());
-        if keys.is_empty() {
+        if self.inner.retired.borrow().is_empty() {
             return;
         }
+        let keys: Vec<usize> = std::mem::take(&mut *self.inner.retired.borrow_mut());
         let mut sources = self.inner.sources.borrow_mut();
         let mut dropped = Vec::with_capacity(keys.len());
-        for k in keys {
+        for &k in &keys {
             if sources.contains(k) {
                 dropped.push(sources.remove(k));
             }
@@ -717,6 +728,13 @@ impl Reactor {
         drop(sources);
         // Sources may run destructors that touch the reactor: drop them unborrowed.
         drop(dropped);
+        // Hand the key list back (with its allocation) unless a destructor queued more.
+        let mut retired = self.inner.retired.borrow_mut();
+        if retired.is_empty() {
+            let mut keys = keys;
+            keys.clear();
+            *retired = keys;
+        }
     }
 
     pub(crate) fn mark_dirty(&self, source: Rc<dyn Source>) {
@@ -729,13 +747,17 @@ impl Reactor {
 
     pub(crate) fn flush_dirty(&self) {
         loop {
-            let batch: Vec<Rc<dyn Source>> = std::mem::take(&mut *self.inner.dirty.borrow_mut());
-            if batch.is_empty() {
+            if self.inner.dirty.borrow().is_empty() {
                 return;
             }
-            for s in batch {
+            // Swap in the (empty) spare list so settling sources can mark
+            // themselves or others dirty again; both lists keep their capacity.
+            let spare = std::mem::take(&mut *self.inner.dirty_spare.borrow_mut());
+            let mut batch = std::mem::replace(&mut *self.inner.dirty.borrow_mut(), spare);
+            for s in batch.drain(..) {
                 s.settle(self);
             }
+            *self.inner.dirty_spare.borrow_mut() = batch;
         }
     }
 

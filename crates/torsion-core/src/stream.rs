@@ -489,7 +489,11 @@ impl<S: StreamSocket> Source for Connection<S> {
         if readiness.readable {
             self.do_read(reactor);
         }
-        self.clone().settle(reactor);
+        // Queued already (a callback wrote or asked to close): the reactor
+        // settles dirty sources right after this returns; settle only once.
+        if !self.has(flag::DIRTY) {
+            self.settle(reactor);
+        }
     }
 
     fn settle(self: Rc<Self>, _reactor: &Reactor) {
