@@ -122,10 +122,7 @@ pub(crate) struct Inner {
     soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     pub(crate) remote: Arc<Remote>,
     read_buf: RefCell<Vec<u8>>,
-    dirty: RefCell<Vec<Rc<dyn Source>>>,
-    /// The other half of `dirty`: swapped in while a batch settles, so neither
-    /// list loses its allocation.
-    dirty_spare: RefCell<Vec<Rc<dyn Source>>>,
+    dirty: RefCell<VecDeque<Rc<dyn Source>>>,
     pending_io: RefCell<VecDeque<Rc<dyn Source>>>,
     state: Cell<RunState>,
     stop_requested: Cell<bool>,
@@ -233,8 +230,7 @@ impl Reactor {
                 soon: RefCell::new(VecDeque::new()),
                 remote,
                 read_buf: RefCell::new(vec![0; READ_BUFFER_SIZE]),
-                dirty: RefCell::new(Vec::new()),
-                dirty_spare: RefCell::new(Vec::new()),
+                dirty: RefCell::new(VecDeque::new()),
                 pending_io: RefCell::new(VecDeque::new()),
                 state: Cell::new(RunState::Idle),
                 stop_requested: Cell::new(false),
@@ -738,7 +734,7 @@ impl Reactor {
     }
 
     pub(crate) fn mark_dirty(&self, source: Rc<dyn Source>) {
-        self.inner.dirty.borrow_mut().push(source);
+        self.inner.dirty.borrow_mut().push_back(source);
     }
 
     pub(crate) fn want_read_turn(&self, source: Rc<dyn Source>) {
@@ -746,18 +742,12 @@ impl Reactor {
     }
 
     pub(crate) fn flush_dirty(&self) {
+        // One at a time, in the order they were marked; sources marked while
+        // settling join the back of the queue. The queue keeps its allocation.
         loop {
-            if self.inner.dirty.borrow().is_empty() {
-                return;
-            }
-            // Swap in the (empty) spare list so settling sources can mark
-            // themselves or others dirty again; both lists keep their capacity.
-            let spare = std::mem::take(&mut *self.inner.dirty_spare.borrow_mut());
-            let mut batch = std::mem::replace(&mut *self.inner.dirty.borrow_mut(), spare);
-            for s in batch.drain(..) {
-                s.settle(self);
-            }
-            *self.inner.dirty_spare.borrow_mut() = batch;
+            let next = self.inner.dirty.borrow_mut().pop_front();
+            let Some(s) = next else { return };
+            s.settle(self);
         }
     }
 
@@ -765,13 +755,11 @@ impl Reactor {
     /// A nested use (a source read from inside another's callback) gets a
     /// temporary buffer instead of failing.
     pub(crate) fn with_read_buffer<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let mut buf = std::mem::take(&mut *self.inner.read_buf.borrow_mut());
-        if buf.len() < READ_BUFFER_SIZE {
-            buf = vec![0; READ_BUFFER_SIZE];
+        // The borrow is held while `f` runs; only a nested use finds it taken.
+        match self.inner.read_buf.try_borrow_mut() {
+            Ok(mut buf) => f(&mut buf),
+            Err(_) => f(&mut vec![0; READ_BUFFER_SIZE]),
         }
-        let r = f(&mut buf);
-        *self.inner.read_buf.borrow_mut() = buf;
-        r
     }
 
     pub(crate) fn registry(&self) -> &Registry {
