@@ -21,6 +21,8 @@ pub struct Sample {
     pub elapsed: Duration,
     /// Server CPU time (user + system) spent in the window.
     pub server_cpu: Duration,
+    /// Round trips including the warm-up (for instruction counts under valgrind).
+    pub total_round_trips: u64,
 }
 
 impl Sample {
@@ -80,15 +82,20 @@ impl Phases {
                     round_trips: count - c0,
                     elapsed: now - t0,
                     server_cpu: cpu1.saturating_sub(cpu0),
+                    total_round_trips: count,
                 }))
             }
         }
     }
 }
 
-/// `conns` connections, each keeping `in_flight` 64-byte messages
-/// outstanding: a new message goes out for every one that comes back.
-/// `in_flight == 1` is plain ping-pong.
+/// `conns` connections, each sending `in_flight` 64-byte messages back to
+/// back (one write) and sending the next batch once all of them came back:
+/// a pipeline of depth `in_flight`. `in_flight == 1` is plain ping-pong.
+///
+/// Batches rather than a sliding window keep the bytes per read and write
+/// the same for every server; with a sliding window, a slower server would
+/// find more messages coalesced per read and look cheaper per message.
 pub fn echo(
     addr: SocketAddr,
     conns: usize,
@@ -107,7 +114,7 @@ pub fn echo(
         write_all_nb(&mut s, &burst)?;
         streams.push(s);
     }
-    // Bytes of a partly received message, per connection.
+    // Bytes of the current batch received so far, per connection.
     let mut partial = vec![0usize; conns];
     let mut events = event_buffer(256);
     let mut buf = vec![0u8; 64 * 1024];
@@ -133,12 +140,12 @@ pub fn echo(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            let got = partial[i] + r;
-            let done = got / MSG;
-            partial[i] = got % MSG;
-            count += done as u64;
-            if done > 0 {
-                write_all_nb(s, &burst[..done * MSG])?;
+            partial[i] += r;
+            if partial[i] >= burst.len() {
+                // The whole batch is back: count its messages, send the next.
+                partial[i] -= burst.len();
+                count += in_flight as u64;
+                write_all_nb(s, &burst)?;
             }
         }
         if let Some(sample) = phases.tick(count)? {

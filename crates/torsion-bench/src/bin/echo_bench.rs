@@ -38,7 +38,7 @@ impl Workload {
         match self {
             Workload::PingPong50 => "50 conns ping-pong 64 B",
             Workload::PingPong1 => "1 conn ping-pong 64 B",
-            Workload::InFlight50x16 => "50 conns x 16 in flight",
+            Workload::InFlight50x16 => "50 conns x 16 pipelined",
             Workload::ConnectRate => "connect+echo+close",
         }
     }
@@ -59,11 +59,13 @@ struct Options {
     idle: usize,
     kinds: Vec<ServerKind>,
     workloads: Vec<usize>,
+    /// A command the servers run under (e.g. valgrind), split on spaces.
+    wrap: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: echo_bench [--quick] [--seconds S] [--repeat N] [--idle N] [--only torsion,tokio,raw] [--workloads 1,2,3,4,5]\n       echo_bench --server torsion|tokio|raw"
+        "usage: echo_bench [--quick] [--seconds S] [--repeat N] [--idle N] [--only torsion,tokio,raw] [--workloads 1,2,3,4,5] [--wrap CMD]\n       echo_bench --server torsion|tokio|raw"
     );
     std::process::exit(2)
 }
@@ -72,12 +74,13 @@ fn parse_args() -> Options {
     let mut o = Options {
         window: Window {
             warmup: Duration::from_millis(300),
-            measure: Duration::from_secs(2),
+            measure: Duration::from_secs(1),
         },
-        repeat: 3,
+        repeat: 5,
         idle: 10_000,
         kinds: ServerKind::ALL.to_vec(),
         workloads: vec![1, 2, 3, 4, 5],
+        wrap: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -103,6 +106,7 @@ fn parse_args() -> Options {
                     .map(|k| ServerKind::parse(k).unwrap_or_else(|| usage()))
                     .collect()
             }
+            "--wrap" => o.wrap = value().split_whitespace().map(String::from).collect(),
             "--workloads" => {
                 o.workloads = value()
                     .split(',')
@@ -123,8 +127,17 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(kind: ServerKind) -> io::Result<Server> {
-        let mut child = Command::new(std::env::current_exe()?)
+    fn spawn(kind: ServerKind, wrap: &[String]) -> io::Result<Server> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = match wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .args(["--server", kind.name()])
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
@@ -156,6 +169,18 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SIGTERM first, so a wrapper (valgrind) can write its results.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -172,10 +197,14 @@ fn serve(kind: ServerKind) -> io::Result<()> {
     })
 }
 
-/// The sample with the median CPU per round trip.
-fn median(mut v: Vec<Sample>) -> Sample {
-    v.sort_by(|a, b| a.cpu_us_per_rt().total_cmp(&b.cpu_us_per_rt()));
-    v[v.len() / 2]
+/// The run with the lowest CPU per round trip. Interference from other
+/// processes on a shared machine only ever adds cost (cache pollution, extra
+/// wake-ups), so the best of several interleaved runs is the steadiest
+/// estimate of what a server itself needs.
+fn best(v: Vec<Sample>) -> Sample {
+    v.into_iter()
+        .min_by(|a, b| a.cpu_us_per_rt().total_cmp(&b.cpu_us_per_rt()))
+        .expect("at least one run")
 }
 
 fn find(kinds: &[ServerKind], row: &[Sample], k: ServerKind) -> Option<Sample> {
@@ -218,7 +247,7 @@ fn bench(o: &Options) -> io::Result<()> {
     }
     let idle = o.idle.min((nofile as usize).saturating_sub(100));
     eprintln!(
-        "echo_bench: servers on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}; warm-up {:?}, window {:?}, {} repeat(s), median of CPU/rt",
+        "echo_bench: servers on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}; warm-up {:?}, window {:?}, {} run(s) each, best CPU/rt kept",
         o.window.warmup, o.window.measure, o.repeat
     );
 
@@ -231,21 +260,22 @@ fn bench(o: &Options) -> io::Result<()> {
         // Interleave the servers so drifting background load hits all alike.
         for _ in 0..o.repeat {
             for (i, &k) in o.kinds.iter().enumerate() {
-                let server = Server::spawn(k)?;
+                let server = Server::spawn(k, &o.wrap)?;
                 let s = w
                     .run(server.addr, server.pid(), o.window)
                     .map_err(|e| io::Error::other(format!("{} / {}: {e}", w.label(), k.name())))?;
                 eprintln!(
-                    "  {:<26} {:<8} {:>10.0} rt/s {:>7.2} µs/rt",
+                    "  {:<26} {:<8} {:>10.0} rt/s {:>7.2} µs/rt ({} round trips in all)",
                     w.label(),
                     k.name(),
                     s.rate(),
-                    s.cpu_us_per_rt()
+                    s.cpu_us_per_rt(),
+                    s.total_round_trips
                 );
                 per_kind[i].push(s);
             }
         }
-        rows.push((w, per_kind.into_iter().map(median).collect()));
+        rows.push((w, per_kind.into_iter().map(best).collect()));
     }
 
     let mut idle_kib = Vec::new();
@@ -253,7 +283,7 @@ fn bench(o: &Options) -> io::Result<()> {
         if !o.workloads.contains(&5) {
             break;
         }
-        let server = Server::spawn(k)?;
+        let server = Server::spawn(k, &o.wrap)?;
         let kib = load::idle_rss(server.addr, idle, server.pid())
             .map_err(|e| io::Error::other(format!("idle / {}: {e}", k.name())))?;
         eprintln!(
@@ -295,30 +325,20 @@ fn bench(o: &Options) -> io::Result<()> {
         println!("{line}");
     }
     if !idle_kib.is_empty() {
-        let mut line = format!("| RSS KiB per idle conn ({idle} conns) |");
-        for _ in &names {
-            line += " |";
-        }
-        for kib in &idle_kib {
+        let mut head = String::from("\n| RSS per idle connection |");
+        let mut sep = String::from("|---|");
+        let mut line = format!("| KiB, {idle} idle conns |");
+        for (n, kib) in names.iter().zip(&idle_kib) {
+            head += &format!(" {n} |");
+            sep += "---:|";
             line += &format!(" {kib:.2} |");
         }
-        let kib_of = |k| {
-            o.kinds
-                .iter()
-                .position(|x| *x == k)
-                .map(|i| idle_kib[i].max(0.001))
-        };
-        line += &format!(
-            " {} | {} |",
-            ratio(kib_of(ServerKind::Torsion), kib_of(ServerKind::Tokio)),
-            ratio(kib_of(ServerKind::Torsion), kib_of(ServerKind::Raw))
-        );
-        println!("{line}");
+        println!("{head}\n{sep}\n{line}");
     }
     println!(
-        "\nrt/s: round trips per second seen by the load generator; µs/rt: server process CPU time \
-         (user+system) per round trip (median of {} run(s), {:?} each); ratios compare µs/rt \
-         (last row: KiB/conn). Total time {:.0} s.",
+        "\nrt/s: round trips per second seen by the load generator. µs/rt: server process CPU \
+         time (user+system) per round trip, best of {} interleaved run(s) of {:?}; ratios compare µs/rt. RSS: growth of the server's \
+         VmRSS per connection. Total time {:.0} s.",
         o.repeat,
         o.window.measure,
         started.elapsed().as_secs_f64()
