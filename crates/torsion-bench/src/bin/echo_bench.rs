@@ -61,11 +61,13 @@ struct Options {
     workloads: Vec<usize>,
     /// A command the servers run under (e.g. valgrind), split on spaces.
     wrap: Vec<String>,
+    /// Count user-mode instructions per round trip under callgrind instead of timing.
+    callgrind: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: echo_bench [--quick] [--seconds S] [--repeat N] [--idle N] [--only torsion,tokio,raw] [--workloads 1,2,3,4,5] [--wrap CMD]\n       echo_bench --server torsion|tokio|raw"
+        "usage: echo_bench [--quick] [--seconds S] [--repeat N] [--idle N] [--only torsion,tokio,raw] [--workloads 1,2,3,4,5] [--wrap CMD] [--callgrind]\n       echo_bench --server torsion|tokio|raw"
     );
     std::process::exit(2)
 }
@@ -81,6 +83,7 @@ fn parse_args() -> Options {
         kinds: ServerKind::ALL.to_vec(),
         workloads: vec![1, 2, 3, 4, 5],
         wrap: Vec::new(),
+        callgrind: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -106,6 +109,7 @@ fn parse_args() -> Options {
                     .map(|k| ServerKind::parse(k).unwrap_or_else(|| usage()))
                     .collect()
             }
+            "--callgrind" => o.callgrind = true,
             "--wrap" => o.wrap = value().split_whitespace().map(String::from).collect(),
             "--workloads" => {
                 o.workloads = value()
@@ -232,7 +236,12 @@ fn main() {
         return;
     }
     let opts = parse_args();
-    if let Err(e) = bench(&opts) {
+    let result = if opts.callgrind {
+        instructions(&opts)
+    } else {
+        bench(&opts)
+    };
+    if let Err(e) = result {
         eprintln!("echo_bench: {e}");
         std::process::exit(1);
     }
@@ -342,6 +351,107 @@ fn bench(o: &Options) -> io::Result<()> {
         o.repeat,
         o.window.measure,
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The `Ir` total callgrind wrote to `path` (its `summary:`/`totals:` line).
+fn callgrind_total(path: &std::path::Path) -> io::Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no totals in {}", path.display())))
+}
+
+/// `--callgrind`: user-mode instructions per round trip, free of timing noise.
+/// Each server runs twice under callgrind, with a short and a long window;
+/// the difference of the totals over the difference of round trips cancels
+/// start-up and shutdown.
+fn instructions(o: &Options) -> io::Result<()> {
+    sys::raise_nofile()?;
+    sys::pin_to_cpu(CLIENT_CPU)?;
+    let dir = std::env::temp_dir().join(format!("echo_bench_callgrind.{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let windows = [
+        Window {
+            warmup: Duration::from_millis(200),
+            measure: o.window.measure / 4,
+        },
+        Window {
+            warmup: Duration::from_millis(200),
+            measure: o.window.measure * 5 / 4,
+        },
+    ];
+    eprintln!(
+        "echo_bench --callgrind: servers under valgrind, windows {:?} and {:?}",
+        windows[0].measure, windows[1].measure
+    );
+    let mut rows = Vec::new();
+    for (n, w) in Workload::ALL.into_iter().enumerate() {
+        if !o.workloads.contains(&(n + 1)) {
+            continue;
+        }
+        let mut per_kind = Vec::new();
+        for &k in &o.kinds {
+            let mut points = Vec::new();
+            for (j, win) in windows.iter().enumerate() {
+                let out = dir.join(format!("{}.{}.{j}.out", k.name(), n + 1));
+                let wrap: Vec<String> = vec![
+                    "valgrind".into(),
+                    "-q".into(),
+                    "--tool=callgrind".into(),
+                    format!("--callgrind-out-file={}", out.display()),
+                ];
+                let server = Server::spawn(k, &wrap)?;
+                let s = w
+                    .run(server.addr, server.pid(), *win)
+                    .map_err(|e| io::Error::other(format!("{} / {}: {e}", w.label(), k.name())))?;
+                drop(server); // SIGTERM: callgrind writes its totals
+                points.push((s.total_round_trips, callgrind_total(&out)?));
+            }
+            let (rt0, ir0) = points[0];
+            let (rt1, ir1) = points[1];
+            let per = ir1.saturating_sub(ir0) as f64 / (rt1.saturating_sub(rt0).max(1)) as f64;
+            eprintln!(
+                "  {:<26} {:<8} {per:>8.0} instructions/rt",
+                w.label(),
+                k.name()
+            );
+            per_kind.push(per);
+        }
+        rows.push((w, per_kind));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut head = String::from("| workload |");
+    let mut sep = String::from("|---|");
+    for k in &o.kinds {
+        head += &format!(" {} instr/rt |", k.name());
+        sep += "---:|";
+    }
+    head += " torsion/tokio | torsion/raw |";
+    sep += "---:|---:|";
+    println!("{head}\n{sep}");
+    for (w, per) in &rows {
+        let mut line = format!("| {} |", w.label());
+        for v in per {
+            line += &format!(" {v:.0} |");
+        }
+        let of = |k| o.kinds.iter().position(|x| *x == k).map(|i| per[i]);
+        line += &format!(
+            " {} | {} |",
+            ratio(of(ServerKind::Torsion), of(ServerKind::Tokio)),
+            ratio(of(ServerKind::Torsion), of(ServerKind::Raw))
+        );
+        println!("{line}");
+    }
+    println!(
+        "\ninstr/rt: user-mode instructions the server executes per round trip (callgrind; \
+         system calls count only their libc wrappers, the kernel's work is not included)."
     );
     Ok(())
 }
