@@ -373,6 +373,11 @@ fn callgrind_total(path: &std::path::Path) -> io::Result<u64> {
 /// the difference of the totals over the difference of round trips cancels
 /// start-up and shutdown.
 fn instructions(o: &Options) -> io::Result<()> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        return Err(io::Error::other(
+            "--callgrind needs valgrind on PATH (apt-get install valgrind)",
+        ));
+    }
     sys::raise_nofile()?;
     sys::pin_to_cpu(CLIENT_CPU)?;
     let dir = std::env::temp_dir().join(format!("echo_bench_callgrind.{}", std::process::id()));
