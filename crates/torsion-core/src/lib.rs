@@ -39,6 +39,7 @@ mod sys;
 pub mod task;
 pub mod tcp;
 pub mod testing;
+pub mod threads;
 pub mod time;
 pub mod transport;
 
@@ -52,6 +53,10 @@ pub use reactor::{Phase, Reactor, ReactorHandle, SystemEvent, TriggerId};
 pub use reconnect::ReconnectingClientFactory;
 pub use stream::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
 pub use tcp::{ConnectOptions, ListeningPort, TcpListenOptions};
+pub use threads::{
+    blocking_call_from_thread, call_in_thread, defer_to_thread, defer_to_thread_pool,
+    suggest_thread_pool_size, ThreadPool, ThreadPoolError,
+};
 pub use time::{Clock, DelayedCall, DelayedCallError};
 pub use transport::{Transport, TransportImpl, UnixCredentials};
 

@@ -1,22 +1,29 @@
 //! Name resolution off the reactor thread.
 //!
-//! `getaddrinfo` blocks, so it runs on another thread and its answer comes
-//! back through `call_from_thread`.
+//! `getaddrinfo` blocks, so it runs on the reactor's thread pool and its
+//! answer comes back through `call_from_thread`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-/// Resolves `host:port` on a background thread and hands the result to `done`
-/// (on that thread; callers bounce it to the reactor with `call_from_thread`).
-pub(crate) fn resolve_in_background(
-    host: String,
-    port: u16,
-    done: impl FnOnce(Result<Vec<SocketAddr>, String>) + Send + 'static,
-) {
-    let spawned = std::thread::Builder::new()
-        .name("torsion-resolver".into())
-        .spawn(move || done(resolve_blocking(&host, port)));
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "could not start a resolver thread");
+use crate::reactor::Reactor;
+use crate::threads::Job;
+
+impl Reactor {
+    /// Resolves `host:port` on the reactor's thread pool and hands the result
+    /// to `done` (on the pool thread; callers bounce it to the reactor with
+    /// `call_from_thread`). If the pool stops before the lookup runs, `done`
+    /// gets an error rather than never being called.
+    pub(crate) fn resolve_in_background(
+        &self,
+        host: String,
+        port: u16,
+        done: impl FnOnce(Result<Vec<SocketAddr>, String>) + Send + 'static,
+    ) {
+        self.thread_pool()
+            .submit(Job::new(move |stopped| match stopped {
+                None => done(resolve_blocking(&host, port)),
+                Some(failure) => done(Err(failure.to_string())),
+            }));
     }
 }
 
