@@ -123,6 +123,8 @@ pub(crate) struct Inner {
     events: RefCell<Events>,
     sources: RefCell<Slab<Rc<dyn Source>>>,
     retired: RefCell<Vec<usize>>,
+    /// Reused each turn for the copied-out batch of poller events.
+    batch: RefCell<Vec<(Token, Readiness, bool)>>,
     timers: SharedTimers,
     now_fn: Rc<dyn Fn() -> Duration>,
     soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
@@ -247,6 +249,7 @@ impl Reactor {
                 events: RefCell::new(Events::with_capacity(1024)),
                 sources: RefCell::new(Slab::new()),
                 retired: RefCell::new(Vec::new()),
+                batch: RefCell::new(Vec::new()),
                 timers: Rc::new(RefCell::new(TimerQueue::default())),
                 now_fn,
                 soon: RefCell::new(VecDeque::new()),
@@ -600,23 +603,23 @@ impl Reactor {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(ReactorError::Io(e)),
         }
-        // Copy the batch out so user callbacks never run under the events borrow.
-        let batch: Vec<(Token, Readiness, bool)> = events
-            .iter()
-            .map(|e| {
-                (
-                    e.token(),
-                    Readiness {
-                        readable: e.is_readable() || e.is_read_closed() || e.is_error(),
-                        writable: e.is_writable() || e.is_write_closed(),
-                    },
-                    e.is_read_closed() || e.is_error(),
-                )
-            })
-            .collect();
+        // Copy the batch out so user callbacks never run under the events
+        // borrow, into a Vec the reactor keeps from turn to turn (turns do
+        // not nest: `in_iterate` guards that), so a turn allocates nothing.
+        let mut batch = std::mem::take(&mut *self.inner.batch.borrow_mut());
+        batch.extend(events.iter().map(|e| {
+            (
+                e.token(),
+                Readiness {
+                    readable: e.is_readable() || e.is_read_closed() || e.is_error(),
+                    writable: e.is_writable() || e.is_write_closed(),
+                },
+                e.is_read_closed() || e.is_error(),
+            )
+        }));
         drop(events);
 
-        for (token, readiness, read_closed) in batch {
+        for &(token, readiness, read_closed) in &batch {
             match token {
                 WAKER_TOKEN => {}
                 SIGNAL_TOKEN => self.handle_signals(),
@@ -631,6 +634,8 @@ impl Reactor {
                 }
             }
         }
+        batch.clear();
+        *self.inner.batch.borrow_mut() = batch;
         self.retire();
 
         // Sources that stopped reading to be fair to others, or were resumed.
