@@ -76,9 +76,9 @@ fn parse_args() -> Options {
     let mut o = Options {
         window: Window {
             warmup: Duration::from_millis(300),
-            measure: Duration::from_secs(1),
+            measure: Duration::from_millis(700),
         },
-        repeat: 5,
+        repeat: 7,
         idle: 10_000,
         kinds: ServerKind::ALL.to_vec(),
         workloads: vec![1, 2, 3, 4, 5],
@@ -201,14 +201,14 @@ fn serve(kind: ServerKind) -> io::Result<()> {
     })
 }
 
-/// The run with the lowest CPU per round trip. Interference from other
-/// processes on a shared machine only ever adds cost (cache pollution, extra
-/// wake-ups), so the best of several interleaved runs is the steadiest
-/// estimate of what a server itself needs.
-fn best(v: Vec<Sample>) -> Sample {
-    v.into_iter()
-        .min_by(|a, b| a.cpu_us_per_rt().total_cmp(&b.cpu_us_per_rt()))
-        .expect("at least one run")
+/// The run with the median CPU per round trip. On a shared machine the cost
+/// per round trip shifts between levels for seconds at a time (other jobs,
+/// the host), for every server alike; the median of interleaved runs reports
+/// the typical level, where the best run would reward whichever server
+/// happened to run during a quiet spell.
+fn median(mut v: Vec<Sample>) -> Sample {
+    v.sort_by(|a, b| a.cpu_us_per_rt().total_cmp(&b.cpu_us_per_rt()));
+    v[v.len() / 2]
 }
 
 fn find(kinds: &[ServerKind], row: &[Sample], k: ServerKind) -> Option<Sample> {
@@ -256,7 +256,7 @@ fn bench(o: &Options) -> io::Result<()> {
     }
     let idle = o.idle.min((nofile as usize).saturating_sub(100));
     eprintln!(
-        "echo_bench: servers on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}; warm-up {:?}, window {:?}, {} run(s) each, best CPU/rt kept",
+        "echo_bench: servers on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}; warm-up {:?}, window {:?}, {} run(s) each, median CPU/rt kept",
         o.window.warmup, o.window.measure, o.repeat
     );
 
@@ -284,7 +284,7 @@ fn bench(o: &Options) -> io::Result<()> {
                 per_kind[i].push(s);
             }
         }
-        rows.push((w, per_kind.into_iter().map(best).collect()));
+        rows.push((w, per_kind.into_iter().map(median).collect()));
     }
 
     let mut idle_kib = Vec::new();
@@ -346,7 +346,7 @@ fn bench(o: &Options) -> io::Result<()> {
     }
     println!(
         "\nrt/s: round trips per second seen by the load generator. µs/rt: server process CPU \
-         time (user+system) per round trip, best of {} interleaved run(s) of {:?}; ratios compare µs/rt. RSS: growth of the server's \
+         time (user+system) per round trip, median of {} interleaved run(s) of {:?}; ratios compare µs/rt. RSS: growth of the server's \
          VmRSS per connection. Total time {:.0} s.",
         o.repeat,
         o.window.measure,
