@@ -181,7 +181,13 @@ impl TcpPort {
 
     fn start_connection(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let host = stream.local_addr().unwrap_or(self.host);
+        // A port bound to one address accepts only on that address: skip the
+        // getsockname(2) unless it listens on a wildcard address.
+        let host = if self.host.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(self.host)
+        } else {
+            self.host
+        };
         let peer_addr = Address::Tcp(peer);
         let protocol = match catch(|| self.factory.build_protocol(&peer_addr)) {
             Ok(Some(p)) => p,
