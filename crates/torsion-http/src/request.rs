@@ -163,6 +163,11 @@ impl RequestBody {
         Deferred::from_future(reactor, self.bytes(limit))
     }
 
+    /// Bytes received and waiting here unread (bounded by the server's `body_buffer` plus one read).
+    pub fn buffered(&self) -> usize {
+        self.shared.borrow().buffered
+    }
+
     /// True when every byte was received (some may still be unread here).
     pub fn is_complete(&self) -> bool {
         self.shared.borrow().done
