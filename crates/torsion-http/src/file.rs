@@ -189,7 +189,7 @@ impl File {
         if !meta.is_file() {
             return Response::error(StatusCode::FORBIDDEN);
         }
-        if req.path().ends_with('/') {
+        if req.path().ends_with('/') && path != self.root {
             return Response::error(StatusCode::NOT_FOUND);
         }
         self.serve_file(req, &path, &meta)
