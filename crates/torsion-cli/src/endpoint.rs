@@ -63,8 +63,8 @@ fn split_escaped(s: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
-                if let Some(n) = chars.next() {
-                    out.last_mut().map(|l| l.push(n));
+                if let (Some(n), Some(l)) = (chars.next(), out.last_mut()) {
+                    l.push(n);
                 }
             }
             ':' => out.push(String::new()),

@@ -68,6 +68,8 @@ impl RequestHead {
 
 /// What the machine found in the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Heads are the common event; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// A request head; body events for it follow.
     Head(RequestHead),
@@ -232,6 +234,21 @@ impl ServerConn {
             self.pos = 0;
         }
         self.inbuf.extend_from_slice(data);
+    }
+
+    /// Releases input-buffer memory once everything in it was parsed (call
+    /// when idle: an idle connection then holds no buffer).
+    pub fn compact(&mut self) {
+        if self.pos == self.inbuf.len() {
+            self.inbuf.clear();
+            self.pos = 0;
+            if self.inbuf.capacity() > 4096 {
+                self.inbuf = Vec::new();
+            }
+        }
+        if self.out.is_empty() && self.out.capacity() > 4096 {
+            self.out = Vec::new();
+        }
     }
 
     /// Unparsed input held.
@@ -544,35 +561,32 @@ impl ServerConn {
     /// Work the machine does on its own for the front request: `100
     /// Continue`, error responses, and noticing that everything is done.
     fn advance(&mut self) {
-        loop {
-            let Some(front) = self.pending.front_mut() else {
-                if self.close_after
-                    && !matches!(
-                        self.read,
-                        ReadState::Length { .. } | ReadState::Chunked { .. }
-                    )
-                {
-                    self.closed = true;
-                }
-                return;
-            };
-            if let (Some(status), None) = (front.error, front.framing) {
-                // An error response is always the connection's last.
-                self.pending.clear();
-                write_error_response(&mut self.out, status, &self.date, &self.cfg);
-                self.read = ReadState::Stopped;
-                self.closed = true;
-                return;
-            }
-            if front.expect_continue
-                && !front.continue_sent
-                && front.framing.is_none()
-                && !front.body_done
+        let Some(front) = self.pending.front_mut() else {
+            if self.close_after
+                && !matches!(
+                    self.read,
+                    ReadState::Length { .. } | ReadState::Chunked { .. }
+                )
             {
-                front.continue_sent = true;
-                self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                self.closed = true;
             }
             return;
+        };
+        if let (Some(status), None) = (front.error, front.framing) {
+            // An error response is always the connection's last.
+            self.pending.clear();
+            write_error_response(&mut self.out, status, &self.date, &self.cfg);
+            self.read = ReadState::Stopped;
+            self.closed = true;
+            return;
+        }
+        if front.expect_continue
+            && !front.continue_sent
+            && front.framing.is_none()
+            && !front.body_done
+        {
+            front.continue_sent = true;
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
     }
 

@@ -59,6 +59,13 @@ pub(crate) fn push_body(b: &SharedBody, data: Vec<u8>) {
     }
 }
 
+pub(crate) fn discard_body(b: &SharedBody) {
+    let mut s = b.borrow_mut();
+    s.discard = true;
+    s.chunks.clear();
+    s.buffered = 0;
+}
+
 pub(crate) fn end_body(b: &SharedBody, error: Option<String>) {
     let waker = {
         let mut s = b.borrow_mut();
@@ -248,6 +255,7 @@ impl Request {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         method: Method,
         uri: Uri,

@@ -378,11 +378,16 @@ impl Conn {
         }
         // 6. Timers.
         self.update_timer();
+        self.machine.borrow_mut().compact();
     }
 
     fn on_event(self: &Rc<Self>, ev: Event) {
         match ev {
-            Event::Head(head) => self.dispatch(head),
+            Event::Head(head) => {
+                // A complete head: the header timer starts afresh for the next one.
+                self.cancel_timer();
+                self.dispatch(head)
+            }
             Event::Data { id, data } => {
                 let b = self.body.borrow().clone();
                 if let Some((bid, b)) = b {
@@ -652,6 +657,12 @@ impl Conn {
     }
 
     fn finish(&self, id: u64) {
+        // Body bytes still arriving for an answered request are dropped.
+        if let Some((bid, b)) = self.body.borrow().as_ref() {
+            if *bid == id {
+                request::discard_body(b);
+            }
+        }
         let r = self.machine.borrow_mut().finish(id);
         if let Err(e) = r {
             tracing::error!(peer = %self.peer, error = %e, "finishing response failed");
@@ -677,8 +688,8 @@ impl Conn {
             self.transport.write(&buf);
             buf.clear();
         }
-        // Keep a modest buffer for reuse; drop large ones.
-        if buf.capacity() <= 64 * 1024 {
+        // Keep a small buffer for reuse; idle connections must stay small.
+        if buf.capacity() <= 4 * 1024 {
             *self.out.borrow_mut() = buf;
         }
     }

@@ -401,3 +401,68 @@ fn resource_tree_async_handlers_vhosts_redirects_mixed() {
         assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
     });
 }
+
+#[test]
+fn header_timer_restarts_for_each_pipelined_head() {
+    let cfg = ServerConfig {
+        header_timeout: Duration::from_millis(400),
+        ..ServerConfig::default()
+    };
+    with_server(cfg, app, |addr| {
+        let mut s = connect(addr);
+        let req = b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n";
+        let half = req.len() / 2;
+        // Input never runs dry: each write completes one head and starts the next.
+        s.write_all(&req[..half]).unwrap();
+        let n = 16;
+        for _ in 0..n {
+            std::thread::sleep(Duration::from_millis(60));
+            let mut w = req[half..].to_vec();
+            w.extend_from_slice(&req[..half]);
+            s.write_all(&w).unwrap();
+        }
+        s.write_all(&req[half..]).unwrap();
+        let mut buf = Vec::new();
+        for i in 0..=n {
+            let r = read_response(&mut s, &mut buf, false);
+            assert_eq!((i, r.status), (i, 200));
+        }
+    });
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_responses() {
+    use std::sync::atomic::AtomicBool;
+    let reactor = Reactor::new().unwrap();
+    let server = torsion_http::HttpServer::new(&reactor, app(&reactor), ServerConfig::default());
+    server.stop_gracefully_on_shutdown();
+    let port = server.listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = port.local_addr();
+    let sent = Arc::new(AtomicBool::new(false));
+    let s2 = sent.clone();
+    let t = std::thread::spawn(move || {
+        let mut s = connect(addr);
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        s2.store(true, Ordering::SeqCst);
+        let mut buf = Vec::new();
+        let r = read_response(&mut s, &mut buf, false);
+        (r.status, r.text(), closed_by_peer(&mut s))
+    });
+    fn wait(r: Reactor, sent: Arc<std::sync::atomic::AtomicBool>, left: u32) {
+        if sent.load(Ordering::SeqCst) || left == 0 {
+            let r2 = r.clone();
+            // Stop while /slow (300 ms) is still being worked on.
+            r.call_later(Duration::from_millis(100), move || {
+                let _ = r2.stop();
+            });
+            return;
+        }
+        let r2 = r.clone();
+        r.call_later(Duration::from_millis(5), move || wait(r2, sent, left - 1));
+    }
+    wait(reactor.clone(), sent, 2000);
+    reactor.run().unwrap();
+    let (status, text, closed) = t.join().unwrap();
+    assert_eq!((status, text.as_str(), closed), (200, "slow", true));
+}
