@@ -317,3 +317,69 @@ proptest! {
         let _ = drive(ServerConfig::default(), &[&data]);
     }
 }
+
+fn decode_in_steps(
+    input: &[u8],
+    step: usize,
+) -> Result<(Vec<u8>, bool), torsion_http::chunked::ChunkedError> {
+    let mut d = torsion_http::chunked::ChunkedDecoder::new(1 << 16);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for piece in input.chunks(step.max(1)) {
+        buf.extend_from_slice(piece);
+        for _ in 0..100_000 {
+            let s = d.decode(&buf)?;
+            if let Some(r) = s.data.clone() {
+                out.extend_from_slice(&buf[r]);
+            }
+            buf.drain(..s.consumed);
+            if s.done {
+                return Ok((out, true));
+            }
+            if s.consumed == 0 {
+                break;
+            }
+        }
+    }
+    Ok((out, false))
+}
+
+fn chunked_strategy() -> impl Strategy<Value = Vec<u8>> {
+    // Mostly well-formed chunked bodies with random damage, plus raw noise.
+    let good = proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6)
+        .prop_map(|chunks| {
+            let mut out = Vec::new();
+            for c in chunks {
+                torsion_http::chunked::encode_chunk(&mut out, &c);
+            }
+            torsion_http::chunked::encode_last(&mut out);
+            out
+        });
+    let damaged = (good.clone(), any::<usize>(), any::<u8>()).prop_map(|(mut v, i, b)| {
+        let n = v.len();
+        v[i % n] = b;
+        v
+    });
+    prop_oneof![
+        good,
+        damaged,
+        proptest::collection::vec(any::<u8>(), 0..200)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The chunked decoder (the fuzz target's property): whole and
+    /// byte-by-byte decoding agree, and nothing panics.
+    #[test]
+    fn chunked_decoder_split_invariant(input in chunked_strategy(), step in 1usize..8) {
+        let whole = decode_in_steps(&input, input.len());
+        let split = decode_in_steps(&input, step);
+        match (&whole, &split) {
+            (Ok((a, true)), Ok((b, true))) => prop_assert_eq!(a, b),
+            (Ok((_, true)), other) => prop_assert!(false, "whole decoded, split gave {:?}", other),
+            _ => {}
+        }
+    }
+}
