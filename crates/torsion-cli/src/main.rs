@@ -61,6 +61,9 @@ struct WebArgs {
     /// Answer 403 for directories without an index file instead of listing them.
     #[arg(long)]
     no_listing: bool,
+    /// Compress text files with gzip for clients that accept it.
+    #[arg(long)]
+    gzip: bool,
     /// Seconds allowed for a request head to arrive (slowloris defence).
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     header_timeout: f64,
@@ -118,6 +121,7 @@ fn web(args: WebArgs) -> Result<(), String> {
         files.set_index_names(args.index.clone());
     }
     files.set_directory_listing(!args.no_listing);
+    files.set_gzip(args.gzip);
     for m in &args.mime_type {
         let (ext, ty) = m
             .split_once('=')

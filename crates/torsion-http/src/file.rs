@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use http::header::{
-    ACCEPT_RANGES, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    LAST_MODIFIED, RANGE,
+    ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_RANGE, CONTENT_TYPE, ETAG,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE, VARY,
 };
 use http::{Method, StatusCode};
 use torsion_core::Failure;
@@ -35,6 +37,7 @@ struct Options {
     listing: bool,
     allow_outside_symlinks: bool,
     mime: HashMap<String, String>,
+    gzip: bool,
 }
 
 /// Serves a directory tree (or a single file).
@@ -72,6 +75,7 @@ impl File {
                 listing: true,
                 allow_outside_symlinks: false,
                 mime: HashMap::new(),
+                gzip: false,
             }),
         })
     }
@@ -98,6 +102,13 @@ impl File {
     /// Follows symlinks that point outside the root (off by default).
     pub fn set_allow_outside_symlinks(&mut self, on: bool) {
         self.opts().allow_outside_symlinks = on;
+    }
+
+    /// Compresses text types with gzip for clients that accept it (off by
+    /// default). Compressed responses are streamed (chunked) and carry their
+    /// own `ETag`; range requests are always answered uncompressed.
+    pub fn set_gzip(&mut self, on: bool) {
+        self.opts().gzip = on;
     }
 
     /// Content type for an extension (without the dot), overriding the built-in table.
@@ -202,14 +213,28 @@ impl File {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let etag = format!("\"{len:x}-{mtime_ns:x}\"");
-        let last_modified = httpdate::fmt_http_date(mtime);
         let ctype = self.content_type(path);
+        let gzip = self.opts.gzip
+            && crate::mime::is_text(&ctype)
+            && req.header(RANGE).is_none()
+            && accepts_gzip(req);
+        let etag = if gzip {
+            format!("\"{len:x}-{mtime_ns:x}-gz\"")
+        } else {
+            format!("\"{len:x}-{mtime_ns:x}\"")
+        };
+        let last_modified = httpdate::fmt_http_date(mtime);
+        let compressible = self.opts.gzip && crate::mime::is_text(&ctype);
         let base = |status| {
-            Response::new(status)
+            let r = Response::new(status)
                 .header(ETAG, etag.as_str())
                 .header(LAST_MODIFIED, last_modified.as_str())
-                .header(ACCEPT_RANGES, "bytes")
+                .header(ACCEPT_RANGES, "bytes");
+            if compressible {
+                r.header(VARY, "accept-encoding")
+            } else {
+                r
+            }
         };
         if not_modified(req, &etag, mtime) {
             return base(StatusCode::NOT_MODIFIED);
@@ -223,6 +248,21 @@ impl File {
         } else {
             None
         };
+        if gzip {
+            return base(StatusCode::OK)
+                .header(CONTENT_TYPE, ctype.as_str())
+                .header(CONTENT_ENCODING, "gzip")
+                .with_body(Body::Stream {
+                    len: None,
+                    source: Box::new(GzipSource {
+                        inner: FileSource {
+                            file,
+                            segs: vec![Seg::File(0, len)].into(),
+                        },
+                        enc: Some(GzEncoder::new(Vec::new(), Compression::default())),
+                    }),
+                });
+        }
         match ranges {
             None | Some(RangeResult::Ignore) => base(StatusCode::OK)
                 .header(CONTENT_TYPE, ctype.as_str())
@@ -444,6 +484,62 @@ impl BodySource for FileSource {
                         Err(e) => return Chunk::Error(Failure::new(e)),
                     }
                 }
+            }
+        }
+    }
+}
+
+/// True when `Accept-Encoding` lists gzip with a non-zero quality.
+fn accepts_gzip(req: &crate::Request) -> bool {
+    req.headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && q > 0.0
+        })
+}
+
+/// Compresses another source on the fly.
+struct GzipSource {
+    inner: FileSource,
+    enc: Option<GzEncoder<Vec<u8>>>,
+}
+
+impl BodySource for GzipSource {
+    fn next_chunk(&mut self, max: usize, notify: &Notify) -> Chunk {
+        use std::io::Write;
+        loop {
+            let Some(enc) = self.enc.as_mut() else {
+                return Chunk::End;
+            };
+            if !enc.get_ref().is_empty() {
+                return Chunk::Data(std::mem::take(enc.get_mut()));
+            }
+            match self.inner.next_chunk(max, notify) {
+                Chunk::Data(d) => {
+                    if let Err(e) = enc.write_all(&d) {
+                        return Chunk::Error(Failure::new(e));
+                    }
+                }
+                Chunk::End => {
+                    let Some(enc) = self.enc.take() else {
+                        return Chunk::End;
+                    };
+                    return match enc.finish() {
+                        Ok(tail) if tail.is_empty() => Chunk::End,
+                        Ok(tail) => Chunk::Data(tail),
+                        Err(e) => Chunk::Error(Failure::new(e)),
+                    };
+                }
+                other => return other,
             }
         }
     }

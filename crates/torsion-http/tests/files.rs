@@ -201,3 +201,56 @@ fn directories_redirect_index_and_listing() {
     });
     let _ = std::fs::remove_dir_all(base);
 }
+
+#[test]
+fn gzip_for_text_types_when_enabled() {
+    use std::io::Read;
+    let (base, root) = fixture("gzip");
+    let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(root.join("long.txt"), &text).unwrap();
+    let r2 = root.clone();
+    let make = move |_: &Reactor| {
+        let mut f = File::new(&r2).unwrap();
+        f.set_gzip(true);
+        Site::new(Rc::new(f))
+    };
+    with_server(ServerConfig::default(), make, move |addr| {
+        let r = get(addr, "/long.txt", "Accept-Encoding: br, gzip;q=0.8\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert_eq!(r.header("vary"), Some("accept-encoding"));
+        assert!(
+            r.body.len() < text.len() / 3,
+            "compressed to {}",
+            r.body.len()
+        );
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&r.body[..])
+            .read_to_string(&mut plain)
+            .unwrap();
+        assert_eq!(plain, text);
+        let gz_etag = r.header("etag").unwrap().to_string();
+        // Not for clients that refuse it, nor for binary types or ranges.
+        let r = get(addr, "/long.txt", "Accept-Encoding: gzip;q=0\r\n");
+        assert_eq!(
+            (r.header("content-encoding"), r.body.len()),
+            (None, text.len())
+        );
+        assert_ne!(r.header("etag"), Some(gz_etag.as_str()));
+        let r = get(addr, "/big.bin", "Accept-Encoding: gzip\r\n");
+        assert_eq!(r.header("content-encoding"), None);
+        let r = get(
+            addr,
+            "/long.txt",
+            "Accept-Encoding: gzip\r\nRange: bytes=0-6\r\n",
+        );
+        assert_eq!((r.status, r.text().as_str()), (206, "line 0\n"));
+        let r = get(
+            addr,
+            "/long.txt",
+            &format!("Accept-Encoding: gzip\r\nIf-None-Match: {gz_etag}\r\n"),
+        );
+        assert_eq!(r.status, 304);
+    });
+    let _ = std::fs::remove_dir_all(base);
+}
