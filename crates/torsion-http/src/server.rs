@@ -229,6 +229,8 @@ enum SlotState {
 
 struct Slot {
     id: u64,
+    /// HEAD: a streamed body is never pulled.
+    is_head: bool,
     state: SlotState,
     deferred: Option<Deferred<Response>>,
     log: LogInfo,
@@ -457,6 +459,7 @@ impl Conn {
         let id = head.id;
         self.slots.borrow_mut().push_back(Slot {
             id,
+            is_head: head.method == http::Method::HEAD,
             state: SlotState::Waiting,
             deferred: None,
             log,
@@ -570,7 +573,17 @@ impl Conn {
                             self.finish(front);
                         }
                         Body::Stream { source, .. } => {
-                            self.put_state(front, SlotState::Streaming(source));
+                            let is_head = self
+                                .slots
+                                .borrow()
+                                .iter()
+                                .any(|s| s.id == front && s.is_head);
+                            if is_head {
+                                drop(source);
+                                self.finish(front);
+                            } else {
+                                self.put_state(front, SlotState::Streaming(source));
+                            }
                         }
                     }
                 }

@@ -466,3 +466,29 @@ fn graceful_shutdown_finishes_in_flight_responses() {
     let (status, text, closed) = t.join().unwrap();
     assert_eq!((status, text.as_str(), closed), (200, "slow", true));
 }
+
+#[test]
+fn head_never_pulls_a_streamed_body() {
+    let produced = Arc::new(AtomicUsize::new(0));
+    let p2 = produced.clone();
+    with_server(
+        ServerConfig::default(),
+        move |r| App {
+            reactor: r.clone(),
+            max_buffered: Rc::new(Cell::new(0)),
+            produced: p2,
+        },
+        |addr| {
+            let mut s = connect(addr);
+            s.write_all(
+                b"HEAD /big HTTP/1.1\r\nHost: t\r\n\r\nGET /fast HTTP/1.1\r\nHost: t\r\n\r\n",
+            )
+            .unwrap();
+            let mut buf = Vec::new();
+            let h = read_response(&mut s, &mut buf, true);
+            assert_eq!((h.status, h.header("transfer-encoding")), (200, None));
+            assert_eq!(read_response(&mut s, &mut buf, false).text(), "fast");
+        },
+    );
+    assert_eq!(produced.load(Ordering::SeqCst), 0);
+}
