@@ -9,7 +9,9 @@ use torsion_http::h1::{Event, ServerConn};
 use torsion_http::ServerConfig;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let cut = (split as usize * rest.len()) / 256;
     let cfg = ServerConfig {
         max_header_bytes: 2048,

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod chunked;
+pub mod client;
 pub mod config;
 pub mod file;
 pub mod h1;
@@ -40,6 +41,7 @@ pub mod response;
 pub mod server;
 mod util;
 
+pub use client::{Agent, AgentConfig, ClientResponse};
 pub use config::ServerConfig;
 pub use file::File;
 pub use request::{Request, RequestBody};
