@@ -27,6 +27,8 @@ pub(crate) struct BodyShared {
     done: bool,
     error: Option<String>,
     waker: Option<Waker>,
+    /// A non-async reader waiting for more (see `RequestBody::poll_with`).
+    listener: Option<Rc<dyn Fn()>>,
     /// Called (outside any borrow) when the reader took bytes: the
     /// connection may resume reading from the peer.
     on_consume: Option<Rc<dyn Fn()>>,
@@ -45,17 +47,20 @@ pub(crate) fn new_body(done: bool, on_consume: Option<Rc<dyn Fn()>>) -> SharedBo
 }
 
 pub(crate) fn push_body(b: &SharedBody, data: Vec<u8>) {
-    let waker = {
+    let (waker, listener) = {
         let mut s = b.borrow_mut();
         if s.discard || data.is_empty() {
             return;
         }
         s.buffered += data.len();
         s.chunks.push_back(data);
-        s.waker.take()
+        (s.waker.take(), s.listener.take())
     };
     if let Some(w) = waker {
         w.wake();
+    }
+    if let Some(l) = listener {
+        l();
     }
 }
 
@@ -67,17 +72,20 @@ pub(crate) fn discard_body(b: &SharedBody) {
 }
 
 pub(crate) fn end_body(b: &SharedBody, error: Option<String>) {
-    let waker = {
+    let (waker, listener) = {
         let mut s = b.borrow_mut();
         if s.done {
             return;
         }
         s.done = true;
         s.error = error;
-        s.waker.take()
+        (s.waker.take(), s.listener.take())
     };
     if let Some(w) = waker {
         w.wake();
+    }
+    if let Some(l) = listener {
+        l();
     }
 }
 
@@ -132,6 +140,20 @@ impl RequestBody {
     }
 
     fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Vec<u8>>, Failure>> {
+        self.poll_inner(|s| s.waker = Some(cx.waker().clone()))
+    }
+
+    /// Like [`RequestBody::chunk`] without async: `Pending` registers
+    /// `listener`, called once when more arrives (used to stream a body
+    /// straight into a response, see [`crate::Body::from_request_body`]).
+    pub fn poll_with(&self, listener: Rc<dyn Fn()>) -> Poll<Result<Option<Vec<u8>>, Failure>> {
+        self.poll_inner(|s| s.listener = Some(listener))
+    }
+
+    fn poll_inner(
+        &self,
+        wait: impl FnOnce(&mut BodyShared),
+    ) -> Poll<Result<Option<Vec<u8>>, Failure>> {
         let (r, notify) = {
             let mut s = self.shared.borrow_mut();
             if let Some(c) = s.chunks.pop_front() {
@@ -143,7 +165,7 @@ impl RequestBody {
                     None => (Poll::Ready(Ok(None)), None),
                 }
             } else {
-                s.waker = Some(cx.waker().clone());
+                wait(&mut s);
                 (Poll::Pending, None)
             }
         };

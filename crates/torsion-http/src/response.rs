@@ -94,6 +94,15 @@ impl Body {
         self.len() == Some(0)
     }
 
+    /// A body streamed from a request's (or a client response's) body, as
+    /// it arrives; `len` is its length when known.
+    pub fn from_request_body(body: crate::RequestBody, len: Option<u64>) -> Body {
+        Body::Stream {
+            len,
+            source: Box::new(BodyStreamSource(body)),
+        }
+    }
+
     /// A streamed body fed through a [`BodySender`] (the handler writes as it goes).
     ///
     /// ```
@@ -205,6 +214,19 @@ impl BodySource for ChannelSource {
         }
         s.notify = Some(notify.clone());
         Chunk::Pending
+    }
+}
+
+struct BodyStreamSource(crate::RequestBody);
+
+impl BodySource for BodyStreamSource {
+    fn next_chunk(&mut self, _max: usize, notify: &Notify) -> Chunk {
+        match self.0.poll_with(notify.0.clone()) {
+            std::task::Poll::Ready(Ok(Some(d))) => Chunk::Data(d),
+            std::task::Poll::Ready(Ok(None)) => Chunk::End,
+            std::task::Poll::Ready(Err(f)) => Chunk::Error(f),
+            std::task::Poll::Pending => Chunk::Pending,
+        }
     }
 }
 

@@ -390,3 +390,60 @@ mod parser_props {
         }
     }
 }
+
+#[test]
+fn reverse_proxy_forwards_and_streams() {
+    run(ServerConfig::default(), |reactor, base| async move {
+        use torsion_http::proxy::ReverseProxy;
+        let upstream_agent = Agent::with_config(
+            &reactor,
+            AgentConfig {
+                max_redirects: 0,
+                response_timeout: Duration::from_millis(300),
+                ..AgentConfig::default()
+            },
+        );
+        let root = Tree::new();
+        root.put_child(
+            "up",
+            Rc::new(ReverseProxy::new(upstream_agent.clone(), &base).unwrap()),
+        );
+        root.put_child(
+            "dead",
+            Rc::new(ReverseProxy::new(upstream_agent, "http://127.0.0.1:1").unwrap()),
+        );
+        let proxy = HttpServer::new(&reactor, Site::new(Rc::new(root)), ServerConfig::default());
+        let port = proxy.listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let front = format!("http://{}", port.local_addr());
+        let client = Agent::with_config(
+            &reactor,
+            AgentConfig {
+                max_redirects: 0,
+                ..AgentConfig::default()
+            },
+        );
+        assert_eq!(
+            text(client.get(&format!("{front}/up/fast"))).await?,
+            (200, "fast".into())
+        );
+        assert_eq!(
+            text(client.post(&format!("{front}/up/echo"), b"via proxy".to_vec()))
+                .await?
+                .1,
+            "POST via proxy"
+        );
+        // Redirects pass through untouched.
+        let r = client.get(&format!("{front}/up/r1")).await?;
+        assert_eq!(
+            (r.status.as_u16(), r.header("location")),
+            (302, Some("/r2"))
+        );
+        // A streamed upstream body streams through.
+        let r = client.get(&format!("{front}/up/big")).await?;
+        assert_eq!(r.bytes(16 << 20).await?.len(), 8 << 20);
+        assert_eq!(text(client.get(&format!("{front}/dead/x"))).await?.0, 502);
+        assert_eq!(text(client.get(&format!("{front}/up/never"))).await?.0, 504);
+        Ok(())
+    })
+    .unwrap();
+}
