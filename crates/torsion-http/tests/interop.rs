@@ -121,6 +121,20 @@ fn curl_keep_alive_ranges_upload_head_continue_listing_traversal() {
         ]);
         assert!(err.contains("HTTP/1.1 100 Continue"), "{err}");
         assert_eq!(out.len(), 300_000);
+        // A body over the limit is refused before curl sends it.
+        let (out, err) = curl(&[
+            "-v",
+            "-H",
+            "Expect: 100-continue",
+            "-H",
+            "Content-Length: 2000000000000",
+            "--data-binary",
+            "x",
+            &url("/echo"),
+        ]);
+        assert!(err.contains("HTTP/1.1 413"), "{err}");
+        assert!(!err.contains("100 Continue"), "{err}");
+        assert!(out.contains("413"), "{out}");
         // Directory listing (curl follows the slash redirect).
         let (out, _) = curl(&["-L", &url("/files/dir")]);
         assert!(

@@ -492,3 +492,58 @@ fn head_never_pulls_a_streamed_body() {
     );
     assert_eq!(produced.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn deep_pipelining_beyond_the_queue_limit_stays_in_order() {
+    let cfg = ServerConfig {
+        max_pipelined: 4,
+        ..ServerConfig::default()
+    };
+    with_server(cfg, app, |addr| {
+        let mut s = connect(addr);
+        let mut req = Vec::new();
+        let paths = ["/medium", "/fast", "/fast", "/slow", "/fast"];
+        for i in 0..40 {
+            let p = paths[i % paths.len()];
+            req.extend_from_slice(format!("GET {p} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        }
+        s.write_all(&req).unwrap();
+        let mut buf = Vec::new();
+        for i in 0..40 {
+            let want = &paths[i % paths.len()][1..];
+            assert_eq!(
+                read_response(&mut s, &mut buf, false).text(),
+                want,
+                "response {i}"
+            );
+        }
+    });
+}
+
+#[test]
+fn wrk_load_gets_no_errors() {
+    with_server(ServerConfig::default(), app, |addr| {
+        let out = std::process::Command::new("wrk")
+            .args([
+                "-t1",
+                "-c20",
+                "-d1s",
+                "--timeout",
+                "5s",
+                &format!("http://{addr}/fast"),
+            ])
+            .output()
+            .expect("wrk must be installed (scripts/apt.d/http.txt)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(!text.contains("Socket errors"), "{text}");
+        assert!(!text.contains("Non-2xx"), "{text}");
+        let requests: u64 = text
+            .lines()
+            .find(|l| l.contains("requests in"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(requests > 100, "{text}");
+    });
+}
