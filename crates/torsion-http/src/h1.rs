@@ -240,14 +240,14 @@ impl ServerConn {
     /// when idle: an idle connection then holds no buffer).
     pub fn compact(&mut self) {
         if self.pos == self.inbuf.len() {
-            self.inbuf.clear();
+            self.inbuf = Vec::new();
             self.pos = 0;
-            if self.inbuf.capacity() > 4096 {
-                self.inbuf = Vec::new();
-            }
         }
-        if self.out.is_empty() && self.out.capacity() > 4096 {
+        if self.out.is_empty() {
             self.out = Vec::new();
+        }
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
         }
     }
 

@@ -380,7 +380,19 @@ impl Conn {
         }
         // 6. Timers.
         self.update_timer();
-        self.machine.borrow_mut().compact();
+        // An idle keep-alive connection holds no buffers.
+        if self.machine.borrow().is_idle() {
+            self.machine.borrow_mut().compact();
+            let mut slots = self.slots.borrow_mut();
+            if slots.is_empty() && slots.capacity() > 0 {
+                *slots = VecDeque::new();
+            }
+            drop(slots);
+            let mut out = self.out.borrow_mut();
+            if out.capacity() > 0 {
+                *out = Vec::new();
+            }
+        }
     }
 
     fn on_event(self: &Rc<Self>, ev: Event) {
