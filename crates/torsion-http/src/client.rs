@@ -14,11 +14,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use torsion_core::{
     Address, ClientFactory, ConnectOptions, Connector, Deferred, DelayedCall, Factory, Failure,
-    Protocol, Reactor, Transport,
+    Producer, Protocol, Reactor, Transport,
 };
 
 use crate::chunked::{ChunkedDecoder, ChunkedError};
 use crate::request::{self, RequestBody, SharedBody};
+use crate::response::{Body, BodySource, Chunk, Notify};
 
 /// Why a request failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -376,7 +377,18 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// A request for [`Agent::request`]; the body is sent with `Content-Length`.
+/// A request for [`Agent::request`]. The body is `body` (sent with
+/// `Content-Length`) unless a `stream` is set: then it is pulled from the
+/// stream as the connection can take it, chunked unless its length is known.
+///
+/// ```
+/// use torsion_http::client::ClientRequest;
+/// let (tx, body) = torsion_http::Body::channel();
+/// let req = ClientRequest::new(http::Method::PUT, "http://127.0.0.1:8080/up".parse().unwrap())
+///     .with_stream(body);
+/// tx.write(b"streamed");
+/// tx.finish();
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
     /// Method.
@@ -387,6 +399,50 @@ pub struct ClientRequest {
     pub headers: HeaderMap,
     /// Body bytes (empty: none).
     pub body: Vec<u8>,
+    /// A streamed body (sent once: not re-sent on redirects or retries).
+    pub stream: Option<StreamBody>,
+}
+
+/// A one-shot streamed request body (see [`ClientRequest::with_stream`]).
+#[derive(Clone)]
+pub struct StreamBody(Rc<RefCell<Option<(Box<dyn BodySource>, Option<u64>)>>>);
+
+impl std::fmt::Debug for StreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamBody")
+    }
+}
+
+impl ClientRequest {
+    /// A request without a body.
+    pub fn new(method: Method, url: Uri) -> ClientRequest {
+        ClientRequest {
+            method,
+            url,
+            headers: HeaderMap::new(),
+            body: Vec::new(),
+            stream: None,
+        }
+    }
+
+    /// Sets an in-memory body.
+    pub fn with_body(mut self, body: Vec<u8>) -> ClientRequest {
+        self.body = body;
+        self
+    }
+
+    /// Sets a streamed body from a [`Body`] (`Body::Stream`, e.g. from
+    /// `Body::channel` or `Body::from_request_body`; other kinds become bytes).
+    pub fn with_stream(mut self, body: Body) -> ClientRequest {
+        match body {
+            Body::Empty => self.body.clear(),
+            Body::Bytes(b) => self.body = b,
+            Body::Stream { len, source } => {
+                self.stream = Some(StreamBody(Rc::new(RefCell::new(Some((source, len))))))
+            }
+        }
+        self
+    }
 }
 
 struct Job {
@@ -437,12 +493,7 @@ impl Agent {
 
     fn request_url(&self, method: Method, url: &str, body: Vec<u8>) -> Deferred<ClientResponse> {
         match url.parse::<Uri>() {
-            Ok(u) => self.request(ClientRequest {
-                method,
-                url: u,
-                headers: HeaderMap::new(),
-                body,
-            }),
+            Ok(u) => self.request(ClientRequest::new(method, u).with_body(body)),
             Err(_) => Deferred::fail(ClientError::BadUrl(url.to_string())),
         }
     }
@@ -458,7 +509,8 @@ impl Agent {
                 let resp = agent.request_once(req.clone()).await?;
                 let redirect = matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308);
                 let location = resp.header(header::LOCATION).map(str::to_string);
-                let Some(location) = location.filter(|_| redirect) else {
+                // A streamed body cannot be sent twice: its redirect is the answer.
+                let Some(location) = location.filter(|_| redirect && req.stream.is_none()) else {
                     return Ok(resp);
                 };
                 if hops >= agent.inner.cfg.max_redirects {
@@ -580,6 +632,8 @@ impl AgentInner {
             paused: Cell::new(false),
             pumping: Cell::new(false),
             again: Cell::new(false),
+            upload: RefCell::new(None),
+            uploading: Cell::new(false),
         });
         let factory: Rc<dyn ClientFactory> = Rc::new(ConnFactory(conn.clone()));
         let opts = ConnectOptions {
@@ -668,6 +722,26 @@ struct Conn {
     paused: Cell<bool>,
     pumping: Cell<bool>,
     again: Cell<bool>,
+    upload: RefCell<Option<Upload>>,
+    uploading: Cell<bool>,
+}
+
+struct Upload {
+    source: Box<dyn BodySource>,
+    chunked: bool,
+}
+
+/// Pulls the next piece of a streamed request body when the transport drained.
+struct UploadProducer(Weak<Conn>);
+
+impl Producer for UploadProducer {
+    fn pause_producing(&self) {}
+    fn resume_producing(&self) {
+        if let Some(c) = self.0.upgrade() {
+            c.send_more();
+        }
+    }
+    fn stop_producing(&self) {}
 }
 
 struct ConnFactory(Rc<Conn>);
@@ -757,8 +831,17 @@ impl Conn {
             out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        if !req.body.is_empty() || matches!(req.method, Method::POST | Method::PUT) {
-            let _ = write!(out, "content-length: {}\r\n", req.body.len());
+        let stream = req.stream.as_ref().and_then(|s| s.0.borrow_mut().take());
+        match &stream {
+            Some((_, Some(n))) => {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
+            Some((_, None)) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            None => {
+                if !req.body.is_empty() || matches!(req.method, Method::POST | Method::PUT) {
+                    let _ = write!(out, "content-length: {}\r\n", req.body.len());
+                }
+            }
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&req.body);
@@ -781,7 +864,76 @@ impl Conn {
         let t = self.transport.borrow().clone();
         if let Some(t) = t {
             t.write(&out);
+            if let Some((source, len)) = stream {
+                *self.upload.borrow_mut() = Some(Upload {
+                    source,
+                    chunked: len.is_none(),
+                });
+                let p: Rc<dyn Producer> = Rc::new(UploadProducer(self.me.clone()));
+                // A pull producer is asked for its first piece at once.
+                if t.register_producer(p, false).is_err() {
+                    self.send_more();
+                }
+            }
         }
+    }
+
+    /// Writes more of a streamed request body while the transport has room.
+    fn send_more(&self) {
+        if self.uploading.replace(true) {
+            return;
+        }
+        let t = self.transport.borrow().clone();
+        for _ in 0..64 {
+            let Some(t) = t.as_ref() else { break };
+            if t.write_buffer_len() >= 64 * 1024 || !t.is_connected() {
+                break;
+            }
+            let up = self.upload.borrow_mut().take();
+            let Some(mut up) = up else { break };
+            let notify = {
+                let me = self.me.clone();
+                Notify(Rc::new(move || {
+                    if let Some(c) = me.upgrade() {
+                        c.send_more();
+                    }
+                }))
+            };
+            let chunk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                up.source.next_chunk(32 * 1024, &notify)
+            }))
+            .unwrap_or_else(|p| Chunk::Error(Failure::from_panic(p)));
+            match chunk {
+                Chunk::Data(d) => {
+                    if up.chunked {
+                        let mut framed = Vec::with_capacity(d.len() + 16);
+                        crate::chunked::encode_chunk(&mut framed, &d);
+                        t.write(&framed);
+                    } else {
+                        t.write(&d);
+                    }
+                    *self.upload.borrow_mut() = Some(up);
+                }
+                Chunk::Pending => {
+                    *self.upload.borrow_mut() = Some(up);
+                    break;
+                }
+                Chunk::End => {
+                    if up.chunked {
+                        t.write(b"0\r\n\r\n");
+                    }
+                    t.unregister_producer();
+                    break;
+                }
+                Chunk::Error(f) => {
+                    tracing::warn!(failure = %f, "request body stream failed");
+                    t.unregister_producer();
+                    t.abort_connection();
+                    break;
+                }
+            }
+        }
+        self.uploading.set(false);
     }
 
     fn pump(&self) {
@@ -923,6 +1075,7 @@ impl Conn {
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
             );
             if was == CState::Busy
+                && job.req.stream.is_none()
                 && self.reused.get()
                 && !self.got_bytes.get()
                 && idempotent

@@ -25,8 +25,8 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Forwards requests below its mount point to `upstream`.
 ///
-/// Request bodies are read into memory up to a limit (1 MiB by default)
-/// before forwarding; response bodies stream back as they arrive.
+/// Request and response bodies stream through as they arrive, with
+/// backpressure both ways.
 /// Upstream failures give 502, upstream timeouts 504.
 ///
 /// ```no_run
@@ -43,7 +43,6 @@ pub struct ReverseProxy {
     agent: Agent,
     scheme_authority: String,
     base_path: String,
-    max_request_body: usize,
 }
 
 impl std::fmt::Debug for ReverseProxy {
@@ -70,13 +69,7 @@ impl ReverseProxy {
             agent,
             scheme_authority: format!("{scheme}://{auth}"),
             base_path: u.path().trim_end_matches('/').to_string(),
-            max_request_body: 1 << 20,
         })
-    }
-
-    /// Largest request body forwarded (larger → 413).
-    pub fn set_max_request_body(&mut self, n: usize) {
-        self.max_request_body = n;
     }
 
     fn target(&self, req: &Request) -> String {
@@ -148,19 +141,17 @@ impl Resource for ReverseProxy {
                     headers.insert(HeaderName::from_static("x-forwarded-for"), v);
                 }
             }
-            let body = match req.take_body().bytes(me.max_request_body).await {
-                Ok(b) => b,
-                Err(f) if f.check::<crate::request::BodyTooLarge>() => {
-                    return Ok(Response::error(StatusCode::PAYLOAD_TOO_LARGE))
-                }
-                Err(f) => return Err(f),
-            };
-            let creq = ClientRequest {
-                method: req.method.clone(),
-                url,
-                headers,
-                body,
-            };
+            // The request body streams through as it arrives.
+            let cl = req
+                .header(header::CONTENT_LENGTH)
+                .and_then(|v| v.parse::<u64>().ok());
+            let has_body =
+                req.headers.contains_key(header::TRANSFER_ENCODING) || cl.is_some_and(|n| n > 0);
+            let mut creq = ClientRequest::new(req.method.clone(), url);
+            if has_body {
+                creq = creq.with_stream(Body::from_request_body(req.take_body(), cl));
+            }
+            creq.headers = headers;
             let resp = match me.agent.request(creq).await {
                 Ok(r) => r,
                 Err(f) => {

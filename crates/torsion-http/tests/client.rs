@@ -53,6 +53,19 @@ where
             Ok(Response::new(http::StatusCode::OK).with_body(body))
         })),
     );
+    root.put_child(
+        "len",
+        Rc::new(handler_fn(|req: Request| async move {
+            let te = req.header("transfer-encoding").unwrap_or("-").to_string();
+            let mut body = req.into_body();
+            let (mut n, mut sum) = (0usize, 0u64);
+            while let Some(c) = body.chunk().await? {
+                n += c.len();
+                sum += c.iter().map(|&b| b as u64).sum::<u64>();
+            }
+            Ok(Response::text(format!("{n} {sum} {te}")))
+        })),
+    );
     root.put_child("r1", Rc::new(Redirect::new("/r2", http::StatusCode::FOUND)));
     root.put_child(
         "r2",
@@ -443,6 +456,82 @@ fn reverse_proxy_forwards_and_streams() {
         assert_eq!(r.bytes(16 << 20).await?.len(), 8 << 20);
         assert_eq!(text(client.get(&format!("{front}/dead/x"))).await?.0, 502);
         assert_eq!(text(client.get(&format!("{front}/up/never"))).await?.0, 504);
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Generates `n` bytes (i % 251) on demand.
+struct Gen {
+    n: usize,
+    at: usize,
+}
+
+impl torsion_http::BodySource for Gen {
+    fn next_chunk(&mut self, max: usize, _: &torsion_http::Notify) -> torsion_http::Chunk {
+        if self.at == self.n {
+            return torsion_http::Chunk::End;
+        }
+        let k = max.min(self.n - self.at);
+        let d = (self.at..self.at + k).map(|i| (i % 251) as u8).collect();
+        self.at += k;
+        torsion_http::Chunk::Data(d)
+    }
+}
+
+fn gen_sum(n: usize) -> u64 {
+    (0..n).map(|i| (i % 251) as u64).sum()
+}
+
+#[test]
+fn agent_streams_request_bodies_directly_and_through_proxy() {
+    use torsion_http::client::ClientRequest;
+    use torsion_http::proxy::ReverseProxy;
+    run(ServerConfig::default(), |reactor, base| async move {
+        let agent = Agent::new(&reactor);
+        let n = 6 << 20;
+        // Chunked (length unknown).
+        let req = ClientRequest::new(http::Method::POST, format!("{base}/len").parse().unwrap())
+            .with_stream(Body::Stream {
+                len: None,
+                source: Box::new(Gen { n, at: 0 }),
+            });
+        assert_eq!(
+            text(agent.request(req)).await?.1,
+            format!("{n} {} chunked", gen_sum(n))
+        );
+        // Content-Length known.
+        let req = ClientRequest::new(http::Method::PUT, format!("{base}/len").parse().unwrap())
+            .with_stream(Body::Stream {
+                len: Some(n as u64),
+                source: Box::new(Gen { n, at: 0 }),
+            });
+        assert_eq!(
+            text(agent.request(req)).await?.1,
+            format!("{n} {} -", gen_sum(n))
+        );
+        // Through the reverse proxy, the upload streams on to the upstream.
+        let root = Tree::new();
+        root.put_child(
+            "up",
+            Rc::new(ReverseProxy::new(Agent::new(&reactor), &base).unwrap()),
+        );
+        let proxy = HttpServer::new(&reactor, Site::new(Rc::new(root)), ServerConfig::default());
+        let port = proxy.listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let req = ClientRequest::new(
+            http::Method::POST,
+            format!("http://{}/up/len", port.local_addr())
+                .parse()
+                .unwrap(),
+        )
+        .with_stream(Body::Stream {
+            len: None,
+            source: Box::new(Gen { n, at: 0 }),
+        });
+        assert_eq!(
+            text(agent.request(req)).await?.1,
+            format!("{n} {} chunked", gen_sum(n))
+        );
         Ok(())
     })
     .unwrap();
