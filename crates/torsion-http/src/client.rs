@@ -405,7 +405,10 @@ pub struct ClientRequest {
 
 /// A one-shot streamed request body (see [`ClientRequest::with_stream`]).
 #[derive(Clone)]
-pub struct StreamBody(Rc<RefCell<Option<(Box<dyn BodySource>, Option<u64>)>>>);
+pub struct StreamBody(Rc<RefCell<Option<SizedSource>>>);
+
+/// A body source and its length, when known.
+type SizedSource = (Box<dyn BodySource>, Option<u64>);
 
 impl std::fmt::Debug for StreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
