@@ -28,6 +28,8 @@ use crate::response::{Body, BodySource, Chunk, Notify, Response};
 const STREAM_HIGH_WATER: usize = 64 * 1024;
 /// Largest piece pulled from a body source at once.
 const STREAM_CHUNK: usize = 32 * 1024;
+/// How long a closing connection keeps draining the peer's input.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Pieces pulled per step before yielding to other connections.
 const STREAM_PIECES_PER_STEP: usize = 16;
 
@@ -200,6 +202,10 @@ impl Protocol for HttpProtocol {
 
     fn data_received(&mut self, data: &[u8]) {
         if let Some(c) = &self.conn {
+            // After the last response, what the peer still sends is dropped.
+            if c.closing.get() {
+                return;
+            }
             c.machine.borrow_mut().receive(data);
             c.kick();
         }
@@ -361,9 +367,7 @@ impl Conn {
             && self.slots.borrow().is_empty()
             && self.machine.borrow().queued() == 0;
         if (should_close || drain_now) && !self.closing.get() {
-            self.closing.set(true);
-            self.cancel_timer();
-            self.transport.lose_connection();
+            self.linger();
             return;
         }
         // 5. Read flow control.
@@ -717,6 +721,27 @@ impl Conn {
         if buf.capacity() <= 4 * 1024 {
             *self.out.borrow_mut() = buf;
         }
+    }
+
+    /// Closes after the last response without losing it: send FIN once the
+    /// output is flushed, keep reading (and dropping) what the peer still
+    /// sends, and close when it closes or after `LINGER`. Closing with
+    /// unread input would make the kernel send a reset, which can destroy
+    /// the response before the client read it (e.g. an early 413 during an
+    /// upload).
+    fn linger(&self) {
+        self.closing.set(true);
+        self.cancel_timer();
+        self.transport.lose_write_connection();
+        if self.reading_paused.replace(false) {
+            self.transport.resume_producing();
+        }
+        let t = self.transport.clone();
+        self.shared.reactor.call_later(LINGER, move || {
+            if t.is_connected() {
+                t.lose_connection();
+            }
+        });
     }
 
     fn abort(&self) {

@@ -547,3 +547,29 @@ fn wrk_load_gets_no_errors() {
         assert!(requests > 100, "{text}");
     });
 }
+
+#[test]
+fn early_413_survives_an_upload_in_progress() {
+    let cfg = ServerConfig {
+        max_body: 1 << 20,
+        ..ServerConfig::default()
+    };
+    with_server(cfg, app, |addr| {
+        let mut s = connect(addr);
+        let total = 4 << 20;
+        s.write_all(
+            format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        // The server answers at once but keeps draining, so the whole
+        // upload goes through and the response is not destroyed by a reset.
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..(total / chunk.len()) {
+            s.write_all(&chunk).expect("upload cut off by the server");
+        }
+        let mut buf = Vec::new();
+        let r = read_response(&mut s, &mut buf, false);
+        assert_eq!((r.status, r.header("connection")), (413, Some("close")));
+        assert!(closed_by_peer(&mut s));
+    });
+}
