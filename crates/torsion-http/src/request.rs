@@ -121,9 +121,13 @@ impl RequestBody {
         RequestBody { shared }
     }
 
-    /// An empty, complete body (for requests built by hand, e.g. in tests).
+    /// An empty, complete body.
     pub fn empty() -> Self {
-        RequestBody::new(new_body(true, None))
+        thread_local! {
+            // Shared by every body-less request: reading it changes nothing.
+            static EMPTY: SharedBody = new_body(true, None);
+        }
+        RequestBody::new(EMPTY.with(Rc::clone))
     }
 
     /// A complete body holding `data`.

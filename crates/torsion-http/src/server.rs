@@ -239,7 +239,7 @@ struct Slot {
     is_head: bool,
     state: SlotState,
     deferred: Option<Deferred<Response>>,
-    log: LogInfo,
+    log: Option<Box<LogInfo>>,
 }
 
 struct LogInfo {
@@ -288,7 +288,8 @@ thread_local! {
     static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-fn http_date() -> String {
+/// Sets the machine's `Date` value from a per-thread cache renewed each second.
+fn set_http_date(machine: &mut ServerConn) {
     let now = SystemTime::now();
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -299,8 +300,12 @@ fn http_date() -> String {
         if d.0 != secs {
             *d = (secs, httpdate::fmt_http_date(now));
         }
-        d.1.clone()
+        machine.set_date(&d.1);
     })
+}
+
+fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "torsion_http::access", tracing::Level::INFO)
 }
 
 impl Conn {
@@ -344,8 +349,7 @@ impl Conn {
         if self.closed.get() {
             return;
         }
-        let date = http_date();
-        self.machine.borrow_mut().set_date(&date);
+        set_http_date(&mut self.machine.borrow_mut());
         // 1. Requests and their bodies.
         if !self.closing.get() {
             for _ in 0..256 {
@@ -429,7 +433,7 @@ impl Conn {
                     if let Some((_, b)) = b {
                         request::end_body(&b, Some(reason.to_string()));
                     }
-                } else {
+                } else if access_log_enabled() {
                     access_log(
                         &self.peer,
                         &LogInfo {
@@ -447,31 +451,37 @@ impl Conn {
     }
 
     fn dispatch(self: &Rc<Self>, head: RequestHead) {
-        let me = self.me.clone();
-        let on_consume: Rc<dyn Fn()> = Rc::new(move || {
-            if let Some(c) = me.upgrade() {
-                c.kick();
-            }
-        });
-        let shared_body = request::new_body(!head.has_body(), Some(on_consume));
-        if head.has_body() {
+        let body = if head.has_body() {
+            let me = self.me.clone();
+            let on_consume: Rc<dyn Fn()> = Rc::new(move || {
+                if let Some(c) = me.upgrade() {
+                    c.kick();
+                }
+            });
+            let shared_body = request::new_body(false, Some(on_consume));
             *self.body.borrow_mut() = Some((head.id, shared_body.clone()));
-        }
-        let hv = |n| {
-            head.headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
+            RequestBody::new(shared_body)
+        } else {
+            RequestBody::empty()
         };
-        let log = LogInfo {
-            request_line: format!("{} {} {:?}", head.method, head.uri, head.version),
-            referer: hv(http::header::REFERER),
-            user_agent: hv(http::header::USER_AGENT),
-            status: 0,
-            bytes: 0,
-            time: SystemTime::now(),
-        };
+        // The access log line's parts are kept only when someone listens.
+        let log = access_log_enabled().then(|| {
+            let hv = |n| {
+                head.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            Box::new(LogInfo {
+                request_line: format!("{} {} {:?}", head.method, head.uri, head.version),
+                referer: hv(http::header::REFERER),
+                user_agent: hv(http::header::USER_AGENT),
+                status: 0,
+                bytes: 0,
+                time: SystemTime::now(),
+            })
+        });
         let id = head.id;
         self.slots.borrow_mut().push_back(Slot {
             id,
@@ -490,7 +500,7 @@ impl Conn {
             head.uri,
             head.version,
             head.headers,
-            RequestBody::new(shared_body),
+            body,
             self.peer.clone(),
             self.shared.reactor.clone(),
             postpath,
@@ -572,7 +582,11 @@ impl Conn {
                         .machine
                         .borrow_mut()
                         .respond(front, status, &headers, len);
-                    self.with_slot(front, |s| s.log.status = status.as_u16());
+                    self.with_slot(front, |s| {
+                        if let Some(l) = s.log.as_mut() {
+                            l.status = status.as_u16();
+                        }
+                    });
                     if let Err(e) = r {
                         self.response_refused(front, e);
                         continue;
@@ -581,7 +595,11 @@ impl Conn {
                         Body::Empty => self.finish(front),
                         Body::Bytes(b) => {
                             let r = self.machine.borrow_mut().send_data(front, &b);
-                            self.with_slot(front, |s| s.log.bytes = b.len() as u64);
+                            self.with_slot(front, |s| {
+                                if let Some(l) = s.log.as_mut() {
+                                    l.bytes = b.len() as u64;
+                                }
+                            });
                             if let Err(e) = r {
                                 self.response_refused(front, e);
                                 continue;
@@ -640,7 +658,11 @@ impl Conn {
                         match chunk {
                             Chunk::Data(d) => {
                                 let r = self.machine.borrow_mut().send_data(front, &d);
-                                self.with_slot(front, |s| s.log.bytes += d.len() as u64);
+                                self.with_slot(front, |s| {
+                                    if let Some(l) = s.log.as_mut() {
+                                        l.bytes += d.len() as u64;
+                                    }
+                                });
                                 if let Err(e) = r {
                                     tracing::error!(peer = %self.peer, error = %e, "streamed body does not fit its response");
                                     self.abort();
@@ -701,8 +723,8 @@ impl Conn {
             let pos = slots.iter().position(|s| s.id == id);
             pos.and_then(|p| slots.remove(p))
         };
-        if let Some(s) = slot {
-            access_log(&self.peer, &s.log);
+        if let Some(l) = slot.and_then(|s| s.log) {
+            access_log(&self.peer, &l);
         }
         if self.producer.get() {
             self.producer.set(false);
