@@ -25,7 +25,7 @@ pub struct ServerConfig {
     /// Largest request body; larger → 413.
     pub max_body: u64,
     /// Most requests read ahead of their responses (pipelining); reading
-    /// pauses while this many are unanswered.
+    /// pauses while this many are unanswered (at least 1).
     pub max_pipelined: usize,
     /// Time allowed for a whole request head once its first byte arrived
     /// (slowloris defence); the connection is closed when it runs out.

@@ -195,7 +195,10 @@ const NO_BODY_EVENT_MAX: usize = 64 * 1024;
 
 impl ServerConn {
     /// A new connection with these limits.
-    pub fn new(cfg: ServerConfig) -> Self {
+    pub fn new(mut cfg: ServerConfig) -> Self {
+        // Zero would never read a request at all.
+        cfg.max_pipelined = cfg.max_pipelined.max(1);
+        cfg.max_headers = cfg.max_headers.max(1);
         ServerConn {
             cfg,
             inbuf: Vec::new(),
