@@ -143,8 +143,8 @@ enum RState {
 /// let mut p = ResponseParser::new(false, 65536);
 /// p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
 /// assert!(matches!(p.next_event(), Ok(Some(ResponseEvent::Head { .. }))));
-/// assert_eq!(p.next_event(), Ok(Some(ResponseEvent::Data(b"hi".to_vec()))));
-/// assert_eq!(p.next_event(), Ok(Some(ResponseEvent::End)));
+/// assert_eq!(p.next_event().unwrap(), Some(ResponseEvent::Data(b"hi".to_vec())));
+/// assert_eq!(p.next_event().unwrap(), Some(ResponseEvent::End));
 /// ```
 #[derive(Debug)]
 pub struct ResponseParser {
