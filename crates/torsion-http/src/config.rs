@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// Time allowed for a whole request head once its first byte arrived
     /// (slowloris defence); the connection is closed when it runs out.
     pub header_timeout: Duration,
+    /// Longest wait for the next piece of a request body the handler is
+    /// ready to take (a stalled upload is closed).
+    pub body_timeout: Duration,
     /// How long an idle keep-alive connection is kept.
     pub idle_timeout: Duration,
     /// Request-body bytes buffered for a handler that has not read them yet;
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             max_body: 1 << 40,
             max_pipelined: 16,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             body_buffer: 64 * 1024,
             server_name: Some(concat!("Torsion/", env!("CARGO_PKG_VERSION")).to_string()),

@@ -276,6 +276,14 @@ impl ServerConn {
             && self.pending.len() < self.cfg.max_pipelined
     }
 
+    /// True while a request body is being read.
+    pub fn receiving_body(&self) -> bool {
+        matches!(
+            self.read,
+            ReadState::Length { .. } | ReadState::Chunked { .. }
+        )
+    }
+
     /// True when nothing is in progress: no unanswered request and no input
     /// (the idle keep-alive timeout runs).
     pub fn is_idle(&self) -> bool {

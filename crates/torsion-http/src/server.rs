@@ -206,6 +206,14 @@ impl Protocol for HttpProtocol {
             if c.closing.get() {
                 return;
             }
+            // Progress on a body restarts its timer.
+            if c.timer
+                .borrow()
+                .as_ref()
+                .is_some_and(|(k, _)| *k == TimerKind::Body)
+            {
+                c.cancel_timer();
+            }
             c.machine.borrow_mut().receive(data);
             c.kick();
         }
@@ -223,6 +231,7 @@ impl Protocol for HttpProtocol {
 enum TimerKind {
     Header,
     Idle,
+    Body,
 }
 
 enum SlotState {
@@ -785,6 +794,9 @@ impl Conn {
             // header timer bounds how long any head may take.
             if m.receiving_head() {
                 Some(TimerKind::Header)
+            } else if m.receiving_body() && !self.reading_paused.get() {
+                // Waiting for body bytes the handler is ready for.
+                Some(TimerKind::Body)
             } else if m.is_idle() && self.slots.borrow().is_empty() {
                 Some(TimerKind::Idle)
             } else {
@@ -805,6 +817,7 @@ impl Conn {
         let delay = match kind {
             TimerKind::Header => self.shared.cfg.header_timeout,
             TimerKind::Idle => self.shared.cfg.idle_timeout,
+            TimerKind::Body => self.shared.cfg.body_timeout,
         };
         let me = self.me.clone();
         let t = self.shared.reactor.call_later(delay, move || {
@@ -831,6 +844,13 @@ impl Conn {
             }
             TimerKind::Idle => {
                 tracing::debug!(peer = %self.peer, "idle keep-alive connection closed")
+            }
+            TimerKind::Body => {
+                tracing::info!(peer = %self.peer, "request body stalled; closing");
+                let b = self.body.borrow_mut().take();
+                if let Some((_, b)) = b {
+                    request::end_body(&b, Some("request body timed out".into()));
+                }
             }
         }
         self.closing.set(true);

@@ -573,3 +573,34 @@ fn early_413_survives_an_upload_in_progress() {
         assert!(closed_by_peer(&mut s));
     });
 }
+
+#[test]
+fn stalled_request_body_is_closed_at_body_timeout() {
+    let cfg = ServerConfig {
+        body_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    with_server(cfg, app, |addr| {
+        // A slow but steady upload is fine...
+        let mut s = connect(addr);
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n")
+            .unwrap();
+        for b in b"steady" {
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(&[*b]).unwrap();
+        }
+        let mut buf = Vec::new();
+        assert_eq!(read_response(&mut s, &mut buf, false).text(), "steady");
+        // ...a stalled one is dropped.
+        let mut s = connect(addr);
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly ten b")
+            .unwrap();
+        let t = Instant::now();
+        assert!(closed_by_peer(&mut s));
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+    });
+}
