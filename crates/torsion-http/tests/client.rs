@@ -412,7 +412,7 @@ fn reverse_proxy_forwards_and_streams() {
             &reactor,
             AgentConfig {
                 max_redirects: 0,
-                response_timeout: Duration::from_millis(300),
+                response_timeout: Duration::from_secs(1),
                 ..AgentConfig::default()
             },
         );

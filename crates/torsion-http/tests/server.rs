@@ -405,7 +405,7 @@ fn resource_tree_async_handlers_vhosts_redirects_mixed() {
 #[test]
 fn header_timer_restarts_for_each_pipelined_head() {
     let cfg = ServerConfig {
-        header_timeout: Duration::from_millis(400),
+        header_timeout: Duration::from_secs(1),
         ..ServerConfig::default()
     };
     with_server(cfg, app, |addr| {
@@ -414,7 +414,8 @@ fn header_timer_restarts_for_each_pipelined_head() {
         let half = req.len() / 2;
         // Input never runs dry: each write completes one head and starts the next.
         s.write_all(&req[..half]).unwrap();
-        let n = 16;
+        // 30 × 60 ms: well past the 1 s header timeout in all.
+        let n = 30;
         for _ in 0..n {
             std::thread::sleep(Duration::from_millis(60));
             let mut w = req[half..].to_vec();
@@ -577,7 +578,7 @@ fn early_413_survives_an_upload_in_progress() {
 #[test]
 fn stalled_request_body_is_closed_at_body_timeout() {
     let cfg = ServerConfig {
-        body_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_secs(1),
         ..ServerConfig::default()
     };
     with_server(cfg, app, |addr| {
