@@ -351,6 +351,7 @@ fn response_parser_framing_and_errors() {
 }
 
 mod parser_props {
+    use super::cases;
     use proptest::prelude::*;
     use torsion_http::client::{ResponseEvent, ResponseParser};
 
@@ -393,7 +394,7 @@ mod parser_props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
         /// The fuzz target's property: no panic; whole and split parses agree.
         #[test]
         fn response_parser_split_invariant(data in responses(), step in 1usize..7) {
@@ -535,4 +536,13 @@ fn agent_streams_request_bodies_directly_and_through_proxy() {
         Ok(())
     })
     .unwrap();
+}
+
+/// Case count: `PROPTEST_CASES` when set (long local campaigns), else `n`.
+#[allow(dead_code)]
+fn cases(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
 }

@@ -272,7 +272,7 @@ fn stream() -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     /// Any split of the input stream into chunks gives the same events and output.
     #[test]
@@ -315,6 +315,40 @@ proptest! {
     #[test]
     fn arbitrary_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let _ = drive(ServerConfig::default(), &[&data]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
+
+    /// A valid pipelined stream with a few bytes damaged: however it is
+    /// split, the machine reaches the same verdicts (split-dependent parsing
+    /// is what request smuggling feeds on).
+    #[test]
+    fn damaged_streams_parse_the_same_however_split(
+        damage in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        cuts in proptest::collection::vec(any::<usize>(), 0..20),
+    ) {
+        let mut s = stream();
+        let n = s.len();
+        for (i, b) in damage {
+            s[i % n] = b;
+        }
+        let whole = drive(ServerConfig::default(), &[&s]);
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (n + 1)).collect();
+        cuts.sort_unstable();
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        let mut last = 0;
+        for c in cuts {
+            pieces.push(&s[last..c]);
+            last = c;
+        }
+        pieces.push(&s[last..]);
+        let split = drive(ServerConfig::default(), &pieces);
+        prop_assert_eq!(statuses(&whole.1), statuses(&split.1));
+        prop_assert_eq!(whole.2, split.2);
+        let heads = |ev: &[Event]| ev.iter().filter(|e| matches!(e, Event::Head(_))).count();
+        prop_assert_eq!(heads(&whole.0), heads(&split.0));
     }
 }
 
@@ -368,7 +402,7 @@ fn chunked_strategy() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
 
     /// The chunked decoder (the fuzz target's property): whole and
     /// byte-by-byte decoding agree, and nothing panics.
@@ -382,4 +416,13 @@ proptest! {
             _ => {}
         }
     }
+}
+
+/// Case count: `PROPTEST_CASES` when set (long local campaigns), else `n`.
+#[allow(dead_code)]
+fn cases(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
 }
