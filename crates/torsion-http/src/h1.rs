@@ -679,7 +679,9 @@ impl ServerConn {
         }
         match framing {
             Framing::Length(n) => {
-                let _ = write!(out, "content-length: {n}\r\n");
+                out.extend_from_slice(b"content-length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
             }
             Framing::Chunked if !is_head => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n")
@@ -759,6 +761,21 @@ impl ServerConn {
             .find(|p| p.id == id)
             .is_some_and(|p| p.framing.is_some())
     }
+}
+
+/// Appends `n` in decimal (cheaper than `write!` on the hot path).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn has_bare_lf(buf: &[u8]) -> bool {

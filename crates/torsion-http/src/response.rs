@@ -260,16 +260,22 @@ impl Response {
 
     /// 200 with a UTF-8 text body.
     pub fn text(body: impl Into<String>) -> Response {
-        Response::new(StatusCode::OK)
-            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-            .with_body(Body::Bytes(body.into().into_bytes()))
+        let mut r = Response::new(StatusCode::OK).with_body(Body::Bytes(body.into().into_bytes()));
+        r.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
     }
 
     /// 200 with an HTML body.
     pub fn html(body: impl Into<String>) -> Response {
-        Response::new(StatusCode::OK)
-            .header(CONTENT_TYPE, "text/html; charset=utf-8")
-            .with_body(Body::Bytes(body.into().into_bytes()))
+        let mut r = Response::new(StatusCode::OK).with_body(Body::Bytes(body.into().into_bytes()));
+        r.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r
     }
 
     /// A plain-text error page for `status`.
