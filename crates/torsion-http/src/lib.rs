@@ -46,6 +46,8 @@ pub use client::{Agent, AgentConfig, ClientResponse};
 pub use config::ServerConfig;
 pub use file::File;
 pub use request::{Request, RequestBody};
-pub use resource::{handler_fn, FnHandler, Handler, Redirect, Reply, Resource, Site, Tree};
+pub use resource::{
+    handler_fn, FnHandler, Handler, IntoResponseResult, Redirect, Reply, Resource, Site, Tree,
+};
 pub use response::{Body, BodySender, BodySource, Chunk, Notify, Response};
 pub use server::HttpServer;

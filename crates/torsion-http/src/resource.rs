@@ -64,18 +64,43 @@ pub trait Handler: 'static {
 /// A handler (and leaf resource) made from an async function; see [`handler_fn`].
 pub struct FnHandler<F>(F);
 
-/// Wraps `async fn(Request) -> Result<Response, Failure>` as a handler and a leaf resource.
+/// What an async handler may return: a [`Response`], or a
+/// `Result<Response, Failure>` (an error becomes a 500).
+pub trait IntoResponseResult {
+    /// The response or the failure.
+    fn into_response_result(self) -> Result<Response, Failure>;
+}
+
+impl IntoResponseResult for Response {
+    fn into_response_result(self) -> Result<Response, Failure> {
+        Ok(self)
+    }
+}
+
+impl IntoResponseResult for Result<Response, Failure> {
+    fn into_response_result(self) -> Result<Response, Failure> {
+        self
+    }
+}
+
+/// Wraps `async fn(Request) -> Response` (or `-> Result<Response, Failure>`)
+/// as a handler and a leaf resource.
 ///
 /// ```
-/// use torsion_http::{handler_fn, Response};
-/// let hello = handler_fn(|req| async move {
-///     Ok(Response::text(format!("you asked for {}", req.path())))
+/// use torsion_http::{handler_fn, Request, Response};
+/// let hello = handler_fn(|req: Request| async move {
+///     Response::text(format!("you asked for {}", req.path()))
+/// });
+/// let fallible = handler_fn(|req: Request| async move {
+///     let body = req.into_body().bytes(1 << 20).await?;
+///     Ok(Response::text(format!("{} bytes", body.len())))
 /// });
 /// ```
 pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
 where
     F: Fn(Request) -> Fut + 'static,
-    Fut: Future<Output = Result<Response, Failure>> + 'static,
+    Fut: Future + 'static,
+    Fut::Output: IntoResponseResult,
 {
     FnHandler(f)
 }
@@ -83,7 +108,8 @@ where
 impl<F, Fut> Handler for FnHandler<F>
 where
     F: Fn(Request) -> Fut + 'static,
-    Fut: Future<Output = Result<Response, Failure>> + 'static,
+    Fut: Future + 'static,
+    Fut::Output: IntoResponseResult,
 {
     fn handle(&self, req: Request) -> Reply {
         let Some(reactor) = req.reactor().cloned() else {
@@ -98,7 +124,8 @@ where
 impl<F, Fut> Resource for FnHandler<F>
 where
     F: Fn(Request) -> Fut + 'static,
-    Fut: Future<Output = Result<Response, Failure>> + 'static,
+    Fut: Future + 'static,
+    Fut::Output: IntoResponseResult,
 {
     fn is_leaf(&self) -> bool {
         true
@@ -111,12 +138,17 @@ where
 /// Turns a panic while polling into a failed output.
 struct CatchUnwind<F>(Pin<Box<F>>);
 
-impl<F: Future<Output = Result<Response, Failure>>> Future for CatchUnwind<F> {
+impl<F> Future for CatchUnwind<F>
+where
+    F: Future,
+    F::Output: IntoResponseResult,
+{
     type Output = Result<Response, Failure>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let fut = self.0.as_mut();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || fut.poll(cx))) {
-            Ok(p) => p,
+            Ok(Poll::Ready(r)) => Poll::Ready(r.into_response_result()),
+            Ok(Poll::Pending) => Poll::Pending,
             Err(e) => Poll::Ready(Err(Failure::from_panic(e))),
         }
     }
