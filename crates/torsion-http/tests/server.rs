@@ -375,7 +375,7 @@ fn resource_tree_async_handlers_vhosts_redirects_mixed() {
         let other = Tree::new();
         other.put_child(
             "hello",
-            Rc::new(handler_fn(|_| async { Ok(Response::text("other host")) })),
+            Rc::new(handler_fn(|_| async { Response::text("other host") })),
         );
         site.add_vhost("other.test", Rc::new(other));
         site.add_header("x-site", "torsion").unwrap();
