@@ -133,6 +133,7 @@ fn access_log_is_json_with_combined_line() {
         .find(|l| l.contains("torsion_http::access"))
         .unwrap_or_else(|| panic!("no access log line in {log}"));
     assert!(line.starts_with('{'), "{line}");
+    assert!(line.contains("\"site\":\"default\""), "{line}");
     assert!(line.contains("127.0.0.1 - - ["), "{line}");
     assert!(
         line.contains("] \\\"GET /hello.txt HTTP/1.1\\\" 200 16 \\\"-\\\" \\\"-\\\""),

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub body_buffer: usize,
     /// The `Server` header value (`None`: no header).
     pub server_name: Option<String>,
+    /// The `site` field of this server's access-log events (target
+    /// `torsion_http::access`), so each site's log can be filtered apart.
+    pub log_name: String,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +58,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             body_buffer: 64 * 1024,
             server_name: Some(concat!("Torsion/", env!("CARGO_PKG_VERSION")).to_string()),
+            log_name: "default".to_string(),
         }
     }
 }

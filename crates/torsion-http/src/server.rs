@@ -444,6 +444,7 @@ impl Conn {
                     }
                 } else if access_log_enabled() {
                     access_log(
+                        &self.shared.cfg.log_name,
                         &self.peer,
                         &LogInfo {
                             request_line: "-".into(),
@@ -733,7 +734,7 @@ impl Conn {
             pos.and_then(|p| slots.remove(p))
         };
         if let Some(l) = slot.and_then(|s| s.log) {
-            access_log(&self.peer, &l);
+            access_log(&self.shared.cfg.log_name, &self.peer, &l);
         }
         if self.producer.get() {
             self.producer.set(false);
@@ -875,7 +876,7 @@ impl Conn {
     }
 }
 
-fn access_log(peer: &Address, l: &LogInfo) {
+fn access_log(site: &str, peer: &Address, l: &LogInfo) {
     let host = match peer.socket_addr() {
         Some(a) => a.ip().to_string(),
         None => peer.to_string(),
@@ -887,6 +888,7 @@ fn access_log(peer: &Address, l: &LogInfo) {
     };
     tracing::info!(
         target: "torsion_http::access",
+        site,
         "{host} - - [{}] \"{}\" {} {bytes} \"{}\" \"{}\"",
         crate::util::log_time(l.time),
         l.request_line.replace('"', "\\\""),
