@@ -31,6 +31,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::rc::Rc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
@@ -176,14 +177,15 @@ enum ReadState {
 /// The server side of one HTTP/1.x connection, without I/O.
 #[derive(Debug)]
 pub struct ServerConn {
-    cfg: ServerConfig,
+    cfg: Rc<ServerConfig>,
     inbuf: Vec<u8>,
     pos: usize,
     read: ReadState,
     pending: VecDeque<Pending>,
     next_id: u64,
     out: Vec<u8>,
-    date: Vec<u8>,
+    /// An IMF-fixdate is always 29 bytes: no allocation per connection.
+    date: [u8; 29],
     close_after: bool,
     closed: bool,
     bytes_sent_body: u64,
@@ -195,10 +197,21 @@ const NO_BODY_EVENT_MAX: usize = 64 * 1024;
 
 impl ServerConn {
     /// A new connection with these limits.
-    pub fn new(mut cfg: ServerConfig) -> Self {
+    pub fn new(cfg: ServerConfig) -> Self {
+        Self::with_shared_config(Rc::new(cfg))
+    }
+
+    /// A new connection sharing its configuration with others (what a
+    /// server with many connections uses: no copy per connection).
+    pub fn with_shared_config(mut cfg: Rc<ServerConfig>) -> Self {
         // Zero would never read a request at all.
-        cfg.max_pipelined = cfg.max_pipelined.max(1);
-        cfg.max_headers = cfg.max_headers.max(1);
+        if cfg.max_pipelined == 0 || cfg.max_headers == 0 {
+            let c = Rc::make_mut(&mut cfg);
+            c.max_pipelined = c.max_pipelined.max(1);
+            c.max_headers = c.max_headers.max(1);
+        }
+        let mut date = [b' '; 29];
+        date.copy_from_slice(b"Thu, 01 Jan 1970 00:00:00 GMT");
         ServerConn {
             cfg,
             inbuf: Vec::new(),
@@ -207,7 +220,7 @@ impl ServerConn {
             pending: VecDeque::new(),
             next_id: 0,
             out: Vec::new(),
-            date: httpdate::fmt_http_date(std::time::UNIX_EPOCH).into_bytes(),
+            date,
             close_after: false,
             closed: false,
             bytes_sent_body: 0,
@@ -221,9 +234,12 @@ impl ServerConn {
     }
 
     /// Sets the value of the `Date` header written from now on (the caller owns the clock).
+    /// `date` must be an IMF-fixdate (29 bytes, as `httpdate` formats);
+    /// anything else is ignored.
     pub fn set_date(&mut self, date: &str) {
-        self.date.clear();
-        self.date.extend_from_slice(date.as_bytes());
+        if let Ok(d) = <[u8; 29]>::try_from(date.as_bytes()) {
+            self.date = d;
+        }
     }
 
     /// Adds bytes received from the peer. Bytes arriving after the machine

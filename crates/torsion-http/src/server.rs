@@ -36,7 +36,7 @@ const STREAM_PIECES_PER_STEP: usize = 16;
 struct Shared {
     reactor: Reactor,
     handler: Rc<dyn Handler>,
-    cfg: ServerConfig,
+    cfg: Rc<ServerConfig>,
     conns: RefCell<Vec<Weak<Conn>>>,
     draining: Cell<bool>,
     drained: RefCell<Vec<Deferred<()>>>,
@@ -82,7 +82,7 @@ impl HttpServer {
             shared: Rc::new(Shared {
                 reactor: reactor.clone(),
                 handler,
-                cfg,
+                cfg: Rc::new(cfg),
                 conns: RefCell::new(Vec::new()),
                 draining: Cell::new(false),
                 drained: RefCell::new(Vec::new()),
@@ -183,7 +183,7 @@ impl Protocol for HttpProtocol {
             shared: self.shared.clone(),
             peer: transport.peer(),
             transport,
-            machine: RefCell::new(ServerConn::new(self.shared.cfg.clone())),
+            machine: RefCell::new(ServerConn::with_shared_config(self.shared.cfg.clone())),
             slots: RefCell::new(VecDeque::new()),
             body: RefCell::new(None),
             running: Cell::new(false),
