@@ -3,9 +3,10 @@
 //! Wakers are `Send + Sync`: waking from another thread queues the task and
 //! wakes the poller; waking on the reactor thread only queues it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -169,7 +170,12 @@ impl Reactor {
 
 impl<T: 'static> Deferred<T> {
     /// Runs `fut` on the reactor's executor and returns a Deferred for its
-    /// output (Twisted's `ensureDeferred`). Cancelling the Deferred drops the future.
+    /// output (Twisted's `ensureDeferred`).
+    ///
+    /// Cancellation goes both ways: cancelling the Deferred drops the future
+    /// (and so cancels any Deferred it was awaiting), and a future dropped
+    /// before it finished (its task cancelled, the reactor gone) fails the
+    /// Deferred with [`CancelledError`].
     ///
     /// ```
     /// use torsion_core::{Deferred, Failure, Reactor};
@@ -183,7 +189,7 @@ impl<T: 'static> Deferred<T> {
         reactor: &Reactor,
         fut: impl Future<Output = Result<T, Failure>> + 'static,
     ) -> Deferred<T> {
-        let id_cell: std::rc::Rc<std::cell::Cell<Option<TaskId>>> = Default::default();
+        let id_cell: Rc<Cell<Option<TaskId>>> = Default::default();
         let weak = reactor.downgrade();
         let idc = id_cell.clone();
         let d = Deferred::with_canceller(move |_d| {
@@ -191,20 +197,27 @@ impl<T: 'static> Deferred<T> {
                 Reactor::from_inner(inner).cancel_task(id);
             }
         });
-        let out = d.clone();
+        // Fails the Deferred if the future is dropped before it produced a result.
+        struct Guard<T: 'static>(Option<Deferred<T>>);
+        impl<T: 'static> Drop for Guard<T> {
+            fn drop(&mut self) {
+                if let Some(d) = self.0.take() {
+                    if !d.called() {
+                        let _ = d.errback(Failure::new(CancelledError));
+                    }
+                }
+            }
+        }
+        let mut guard = Guard(Some(d.clone()));
         let id = reactor.spawn_local(async move {
             let r = fut.await;
-            if !out.called() {
-                let _ = out.fire(r);
+            if let Some(out) = guard.0.take() {
+                if !out.called() {
+                    let _ = out.fire(r);
+                }
             }
         });
         id_cell.set(Some(id));
         d
     }
-}
-
-/// Makes sure the error type exists for docs of cancellation through futures.
-#[allow(dead_code)]
-fn _cancelled() -> Failure {
-    Failure::new(CancelledError)
 }
