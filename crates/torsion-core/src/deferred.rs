@@ -887,15 +887,15 @@ impl<T: 'static> Deferred<T> {
         on_timeout: Option<Box<dyn FnOnce(Result<T, Failure>, Duration) -> Result<T, Failure>>>,
     ) -> Deferred<T> {
         let timed_out = Rc::new(std::cell::Cell::new(false));
-        let weak = Rc::downgrade(&self.core);
+        // The timer keeps the Deferred alive, as a pending producer would;
+        // firing in time cancels the timer and so lets go of it.
+        let core = self.core.clone();
         let flag = timed_out.clone();
         let call = clock.call_later(
             timeout,
             Box::new(move || {
-                if let Some(core) = weak.upgrade() {
-                    flag.set(true);
-                    core.cancel();
-                }
+                flag.set(true);
+                core.cancel();
             }),
         );
         self.add_both(move |r| {
