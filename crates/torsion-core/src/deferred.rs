@@ -514,6 +514,15 @@ fn downcast<T: 'static>(v: Value) -> Result<T, Failure> {
 ///     let _ = d.callback(1);
 /// });
 /// ```
+///
+/// nor can a future that awaits one be run by a multi-threaded executor:
+///
+/// ```compile_fail
+/// use torsion_core::Deferred;
+/// fn needs_send<F: std::future::Future + Send>(_: F) {}
+/// let d = Deferred::<u32>::new();
+/// needs_send(async move { d.await });
+/// ```
 pub struct Deferred<T: 'static> {
     core: Rc<Core>,
     /// This handle registered itself as the awaiter of the chain.

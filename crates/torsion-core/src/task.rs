@@ -210,7 +210,7 @@ impl<T: 'static> Deferred<T> {
         }
         let mut guard = Guard(Some(d.clone()));
         let id = reactor.spawn_local(async move {
-            let r = fut.await;
+            let r = CatchUnwind(Box::pin(fut)).await;
             if let Some(out) = guard.0.take() {
                 if !out.called() {
                     let _ = out.fire(r);
@@ -219,5 +219,22 @@ impl<T: 'static> Deferred<T> {
         });
         id_cell.set(Some(id));
         d
+    }
+}
+
+/// Polls a future, turning a panic into its `Failure` result.
+struct CatchUnwind<T>(Pin<Box<dyn Future<Output = Result<T, Failure>>>>);
+
+impl<T> Future for CatchUnwind<T> {
+    type Output = Result<T, Failure>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match catch(move || fut.poll(cx)) {
+            Ok(p) => p,
+            Err(panic) => {
+                tracing::error!(failure = %panic, "a future run by Deferred::from_future panicked");
+                Poll::Ready(Err(panic))
+            }
+        }
     }
 }

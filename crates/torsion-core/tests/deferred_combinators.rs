@@ -8,9 +8,9 @@ use std::time::Duration;
 use torsion_core::testing::Clock;
 use torsion_core::{
     defer_later, gather_results, race, CancelledError, Cooperator, Deferred, DeferredList,
-    DeferredLock, DeferredQueue, DeferredSemaphore, Failure, FailureGroup, FirstError,
-    ListOutcome, LoopingCall, LoopingCallError, NotAcquiredError, QueueOverflow, QueueUnderflow,
-    TaskError, TimeoutError, Yield,
+    DeferredLock, DeferredQueue, DeferredSemaphore, Failure, FailureGroup, FirstError, ListOutcome,
+    LoopingCall, LoopingCallError, NotAcquiredError, QueueOverflow, QueueUnderflow, TaskError,
+    TimeoutError, Yield,
 };
 
 type Slot<T> = Rc<RefCell<Option<Result<T, Failure>>>>;
@@ -23,7 +23,9 @@ fn result_of<T: 'static>(d: Deferred<T>) -> Slot<T> {
 }
 
 fn taken<T>(slot: &Slot<T>) -> Result<T, Failure> {
-    slot.borrow_mut().take().expect("the Deferred has not fired")
+    slot.borrow_mut()
+        .take()
+        .expect("the Deferred has not fired")
 }
 
 fn secs(s: u64) -> Duration {
@@ -60,7 +62,11 @@ fn empty_deferred_list_fires_at_once() {
 #[test]
 fn deferred_list_fire_on_one_callback() {
     let ds: Vec<Deferred<u32>> = (0..3).map(|_| Deferred::new()).collect();
-    let out = result_of(DeferredList::new(ds.clone()).fire_on_one_callback(true).build());
+    let out = result_of(
+        DeferredList::new(ds.clone())
+            .fire_on_one_callback(true)
+            .build(),
+    );
     ds[1].callback(11).unwrap();
     match taken(&out).unwrap() {
         ListOutcome::First { index, value } => assert_eq!((index, value), (1, 11)),
@@ -105,7 +111,11 @@ fn cancelling_a_deferred_list_cancels_its_members() {
 #[test]
 fn gather_results_success_failure_cancel() {
     let ok = result_of(gather_results(
-        vec![Deferred::succeed(1), Deferred::succeed(2), Deferred::succeed(3)],
+        vec![
+            Deferred::succeed(1),
+            Deferred::succeed(2),
+            Deferred::succeed(3),
+        ],
         false,
     ));
     assert_eq!(taken(&ok).unwrap(), vec![1, 2, 3]);
@@ -123,7 +133,11 @@ fn gather_results_success_failure_cancel() {
     let cancelled = result_of(g.clone());
     g.cancel();
     let f = taken(&cancelled).unwrap_err();
-    assert!(f.downcast_ref::<FirstError>().unwrap().failure.check::<CancelledError>());
+    assert!(f
+        .downcast_ref::<FirstError>()
+        .unwrap()
+        .failure
+        .check::<CancelledError>());
 }
 
 #[test]
@@ -140,7 +154,11 @@ fn race_first_success_wins_and_losers_are_cancelled() {
     assert!(out.borrow().is_none());
     ds[2].callback(22).unwrap();
     assert_eq!(taken(&out).unwrap(), (2, 22));
-    assert_eq!(cancelled.get(), 1, "only the one still running is cancelled");
+    assert_eq!(
+        cancelled.get(),
+        1,
+        "only the one still running is cancelled"
+    );
     assert!(ds[1].called());
 }
 
@@ -276,7 +294,12 @@ fn semaphore_limits_concurrency_in_fifo_order() {
         .iter()
         .enumerate()
         .map(|(i, g)| {
-            let (r, m, s, g) = (running.clone(), max_seen.clone(), started.clone(), g.clone());
+            let (r, m, s, g) = (
+                running.clone(),
+                max_seen.clone(),
+                started.clone(),
+                g.clone(),
+            );
             let r2 = running.clone();
             result_of(sem.run(move || {
                 r.set(r.get() + 1);
@@ -372,7 +395,10 @@ fn looping_call_runs_on_the_interval_and_stops() {
         Ok::<(), Failure>(())
     });
     let done = result_of(lc.start(secs(2), false).unwrap());
-    assert_eq!(lc.start(secs(1), true).err(), Some(LoopingCallError::AlreadyRunning));
+    assert_eq!(
+        lc.start(secs(1), true).err(),
+        Some(LoopingCallError::AlreadyRunning)
+    );
     clock.advance(secs(1));
     assert!(times.borrow().is_empty(), "now=false: not called at start");
     clock.pump(&[secs(1), secs(2), secs(2)]);
@@ -407,7 +433,9 @@ fn looping_call_failure_stops_it_and_is_delivered() {
 #[test]
 fn looping_call_panic_stops_it() {
     let clock = Rc::new(Clock::new());
-    let lc = LoopingCall::new(clock.clone(), || -> Result<(), Failure> { panic!("loop body") });
+    let lc = LoopingCall::new(clock.clone(), || -> Result<(), Failure> {
+        panic!("loop body")
+    });
     let done = result_of(lc.start(secs(1), true).unwrap());
     assert!(taken(&done).unwrap_err().is_panic());
     assert!(!lc.running());
@@ -467,7 +495,10 @@ fn cooperator_interleaves_tasks_a_slice_at_a_time() {
         })
         .collect();
     let done: Vec<_> = tasks.iter().map(|t| result_of(t.when_done())).collect();
-    assert!(log.borrow().is_empty(), "nothing runs before the first tick");
+    assert!(
+        log.borrow().is_empty(),
+        "nothing runs before the first tick"
+    );
     clock.advance(Duration::from_millis(1));
     assert_eq!(*log.borrow(), ["a0", "b0", "a1"]);
     clock.advance(Duration::from_millis(1));
@@ -524,12 +555,18 @@ fn cooperator_task_failure_and_panic_end_the_task() {
             panic!("iterator step");
         }
     }));
-    let (f1, f2) = (result_of(failing.when_done()), result_of(panicking.when_done()));
+    let (f1, f2) = (
+        result_of(failing.when_done()),
+        result_of(panicking.when_done()),
+    );
     clock.advance(Duration::ZERO);
     assert!(taken(&f1).unwrap_err().check::<Boom>());
     assert!(taken(&f2).unwrap_err().is_panic());
     coop.stop();
     let late = result_of(coop.cooperate((0..1).map(|_| ())).when_done());
     let f = taken(&late).unwrap_err();
-    assert_eq!(f.downcast_ref::<TaskError>(), Some(&TaskError::SchedulerStopped));
+    assert_eq!(
+        f.downcast_ref::<TaskError>(),
+        Some(&TaskError::SchedulerStopped)
+    );
 }

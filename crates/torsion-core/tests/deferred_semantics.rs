@@ -22,7 +22,9 @@ fn result_of<T: 'static>(d: Deferred<T>) -> Slot<T> {
 }
 
 fn taken<T>(slot: &Slot<T>) -> Result<T, Failure> {
-    slot.borrow_mut().take().expect("the Deferred has not fired")
+    slot.borrow_mut()
+        .take()
+        .expect("the Deferred has not fired")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,10 @@ fn failure_skips_callbacks_until_an_errback() {
     );
     d.errback(Boom(1)).unwrap();
     assert!(!called.get());
-    assert_eq!(taken(&out).unwrap_err().downcast_ref::<Boom>().unwrap().0, 1);
+    assert_eq!(
+        taken(&out).unwrap_err().downcast_ref::<Boom>().unwrap().0,
+        1
+    );
 }
 
 #[test]
@@ -183,7 +188,8 @@ fn chaining_pauses_until_inner_fires_and_resumes_with_its_result() {
 
 #[test]
 fn chaining_an_already_fired_deferred_continues_at_once() {
-    let out = result_of(Deferred::succeed(2u32).add_callback_deferred(|v| Deferred::succeed(v * 3)));
+    let out =
+        result_of(Deferred::succeed(2u32).add_callback_deferred(|v| Deferred::succeed(v * 3)));
     assert_eq!(taken(&out).unwrap(), 6);
 }
 
@@ -195,7 +201,10 @@ fn failure_of_inner_deferred_flows_to_outer_errbacks() {
     let out = result_of(outer.clone().add_callback_deferred(move |_| i2));
     outer.callback(0).unwrap();
     inner.errback(Boom(9)).unwrap();
-    assert_eq!(taken(&out).unwrap_err().downcast_ref::<Boom>().unwrap().0, 9);
+    assert_eq!(
+        taken(&out).unwrap_err().downcast_ref::<Boom>().unwrap().0,
+        9
+    );
 }
 
 #[test]
@@ -506,7 +515,10 @@ fn stack_depth_is_bounded_whatever_the_nesting() {
     let deep = stack_address_at_end_of_nested_chain(10_000);
     assert_ne!(deep, 0);
     // Recursion would take at least ~100 bytes per level: 1 MB here.
-    assert!(shallow.abs_diff(deep) < 16 * 1024, "{shallow:#x} vs {deep:#x}");
+    assert!(
+        shallow.abs_diff(deep) < 16 * 1024,
+        "{shallow:#x} vs {deep:#x}"
+    );
 }
 
 #[test]
@@ -574,7 +586,10 @@ fn handled_or_handed_on_failures_are_not_logged() {
         let outer = Deferred::<u32>::new();
         let inner = Deferred::<u32>::new();
         let i2 = inner.clone();
-        let handled = outer.clone().add_callback_deferred(move |_| i2).add_errback(|_| Ok(1));
+        let handled = outer
+            .clone()
+            .add_callback_deferred(move |_| i2)
+            .add_errback(|_| Ok(1));
         outer.callback(0).unwrap();
         inner.errback(Boom(2)).unwrap();
         drop((outer, inner, handled));
