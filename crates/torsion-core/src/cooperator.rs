@@ -102,15 +102,17 @@ struct CoopInner {
 /// use std::{cell::RefCell, rc::Rc, time::Duration};
 /// use torsion_core::{testing::Clock, Cooperator};
 /// let clock = Rc::new(Clock::new());
-/// let coop = Cooperator::new(clock.clone()).with_max_steps_per_tick(2);
+/// let coop = Cooperator::new(clock.clone())
+///     .with_max_steps_per_tick(2)
+///     .with_tick_delay(Duration::from_millis(1));
 /// let log = Rc::new(RefCell::new(Vec::new()));
 /// for name in ["a", "b"] {
 ///     let l = log.clone();
 ///     coop.cooperate((0..2).map(move |i| l.borrow_mut().push(format!("{name}{i}"))));
 /// }
-/// clock.advance(Duration::ZERO);
+/// clock.advance(Duration::from_millis(1));
 /// assert_eq!(*log.borrow(), ["a0", "b0"]);           // one slice: two steps, interleaved
-/// clock.advance(Duration::ZERO);
+/// clock.advance(Duration::from_millis(1));
 /// assert_eq!(*log.borrow(), ["a0", "b0", "a1", "b1"]);
 /// ```
 #[derive(Clone)]

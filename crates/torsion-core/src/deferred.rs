@@ -1038,7 +1038,9 @@ mod tests {
         let big = Value::new([9u64; 8]);
         assert_eq!(big.take::<[u64; 8]>().ok(), Some([9u64; 8]));
         let wrong = Value::new(1u8);
-        let back = wrong.take::<u16>().err().expect("type mismatch");
+        let Err(back) = wrong.take::<u16>() else {
+            panic!("type mismatch not detected")
+        };
         assert_eq!(back.take::<u8>().ok(), Some(1));
         // Drops run exactly once for both layouts.
         let rc = Rc::new(());

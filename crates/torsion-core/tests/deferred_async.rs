@@ -126,7 +126,7 @@ fn a_future_dropped_unfinished_fails_its_deferred_with_cancelled() {
     let reactor = Reactor::new().unwrap();
     let never = Deferred::<u8>::new();
     let n = never.clone();
-    let out = result_of(Deferred::from_future(&reactor, async move { n.await }));
+    let out = result_of(Deferred::from_future(&reactor, n));
     reactor.iterate(Some(Duration::ZERO)).unwrap();
     assert!(out.borrow().is_none());
     drop(reactor); // the executor, and the future in it, go away
@@ -235,9 +235,9 @@ fn a_deferred_can_be_awaited_by_only_one_task() {
     let reactor = Reactor::new().unwrap();
     let d = Deferred::<u8>::new();
     let (a, b) = (d.clone(), d.clone());
-    let first = result_of(Deferred::from_future(&reactor, async move { a.await }));
+    let first = result_of(Deferred::from_future(&reactor, a));
     reactor.iterate(Some(Duration::ZERO)).unwrap();
-    let second = result_of(Deferred::from_future(&reactor, async move { b.await }));
+    let second = result_of(Deferred::from_future(&reactor, b));
     reactor.iterate(Some(Duration::ZERO)).unwrap();
     let f = second.borrow_mut().take().unwrap().unwrap_err();
     assert!(f.check::<AlreadyAwaitedError>());
