@@ -183,6 +183,22 @@ fn twisted() -> Option<Vec<(String, f64)>> {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is understood.
+    // TORSION_BENCH_PROFILE=N runs only the Deferred chain of N callbacks
+    // 10^7 callbacks' worth (for `perf record` / `perf stat`).
+    if let Some(n) = std::env::var("TORSION_BENCH_PROFILE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        // A fixed amount of work, so `perf stat` counts compare across runs.
+        let total: u64 = std::env::var("TORSION_BENCH_CALLBACKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000_000);
+        for _ in 0..(total / n.max(1)) {
+            deferred_chain(n);
+        }
+        return;
+    }
     let tw = twisted();
     let tw_get = |k: &str| {
         tw.as_ref()

@@ -241,8 +241,8 @@ impl Core {
     }
 
     fn fire(self: &Rc<Self>, outcome: Outcome) -> Result<(), AlreadyCalledError> {
+        let mut st = self.st.borrow_mut();
         {
-            let mut st = self.st.borrow_mut();
             if st.called {
                 if st.suppress_already_called {
                     st.suppress_already_called = false;
@@ -250,11 +250,23 @@ impl Core {
                 }
                 return Err(AlreadyCalledError);
             }
-            st.called = true;
-            st.canceller = None;
-            st.result = Some(outcome);
         }
-        run_callbacks(self.clone());
+        let canceller;
+        {
+            st.called = true;
+            canceller = st.canceller.take();
+            if st.paused > 0 {
+                st.result = Some(outcome);
+                drop(st);
+                drop(canceller);
+                return Ok(());
+            }
+            // Hand the result straight to the run loop.
+            st.running = true;
+        }
+        drop(st);
+        drop(canceller);
+        run_callbacks(self.clone(), Some(outcome));
         Ok(())
     }
 
@@ -266,7 +278,7 @@ impl Core {
             st.called && !st.running && st.paused == 0
         };
         if run {
-            run_callbacks(self.clone());
+            run_callbacks(self.clone(), None);
         }
     }
 
@@ -333,10 +345,11 @@ impl Drop for Core {
 /// One unwind guard covers the whole run: a panicking callback leaves its
 /// Deferred as the current one, whose result becomes the panic's failure,
 /// and the run resumes with the next errback.
-fn run_callbacks(start: Rc<Core>) {
+fn run_callbacks(start: Rc<Core>, first: Option<Outcome>) {
     let mut cur = start;
+    let mut first = first;
     loop {
-        match catch(|| run_chains(&mut cur)) {
+        match catch(|| run_chains(&mut cur, first.take())) {
             Ok(()) => return,
             Err(panic) => {
                 tracing::error!(failure = %panic, "a Deferred callback panicked");
@@ -348,11 +361,14 @@ fn run_callbacks(start: Rc<Core>) {
     }
 }
 
-fn run_chains(cur: &mut Rc<Core>) {
+/// With `first`, `cur` was just fired with it and already marked running.
+fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
     'outer: loop {
         // While a chain runs, its result lives here rather than in the
         // state: one borrow per step instead of two.
-        let mut result = {
+        let mut result = if let Some(outcome) = first.take() {
+            outcome
+        } else {
             let mut st = cur.st.borrow_mut();
             if st.running || st.paused > 0 || !st.called {
                 return;
@@ -683,7 +699,7 @@ impl<T: 'static> Deferred<T> {
             st.paused == 0 && st.called && !st.running
         };
         if run {
-            run_callbacks(self.core.clone());
+            run_callbacks(self.core.clone(), None);
         }
     }
 
