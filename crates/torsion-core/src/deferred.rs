@@ -204,7 +204,8 @@ pub(crate) struct Core {
 struct State {
     called: bool,
     result: Option<Outcome>,
-    chain: VecDeque<Step>,
+    /// Dropped by hand in `Core::drop` (recycled when empty).
+    chain: ManuallyDrop<VecDeque<Step>>,
     paused: u32,
     running: bool,
     /// Set by `cancel` when it fired us: one late `callback` is ignored.
@@ -226,7 +227,7 @@ impl Core {
             st: RefCell::new(State {
                 called: false,
                 result: None,
-                chain: new_chain(),
+                chain: ManuallyDrop::new(new_chain()),
                 paused: 0,
                 running: false,
                 suppress_already_called: false,
@@ -319,7 +320,8 @@ impl Drop for Core {
                 tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
             }
         }
-        let chain = std::mem::take(&mut st.chain);
+        // SAFETY: `chain` is not used after this point; `State` never drops it.
+        let chain = unsafe { ManuallyDrop::take(&mut st.chain) };
         if chain.is_empty() {
             recycle_chain(chain);
         } else {
