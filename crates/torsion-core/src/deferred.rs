@@ -3,7 +3,7 @@
 //! Firing a Deferred passes `Result<T, Failure>` down its chain; each step's
 //! output feeds the next, and a step that returns another Deferred pauses the
 //! chain until that one fires. The chain is stored type-erased (each step
-//! takes and returns a [`Value`], which keeps values of up to three words
+//! takes and returns a `Value`, which keeps values of up to three words
 //! inline so that small results cost no allocation) while the public API
 //! stays typed: each `add_*` call consumes the handle and returns one typed
 //! for the new end of the chain. Running the chain is iterative — a Deferred
@@ -567,10 +567,13 @@ impl<T: 'static> Drop for Deferred<T> {
             if pending {
                 self.core.cancel();
             }
-            // Whatever arrives (or arrived) is nobody's now.
-            let mut st = self.core.st.borrow_mut();
-            st.delivered = None;
-            st.waker = None;
+            // Whatever arrives (or arrived) is nobody's now; dropped with
+            // nothing borrowed, as its drop may run user code.
+            let (value, waker) = {
+                let mut st = self.core.st.borrow_mut();
+                (st.delivered.take(), st.waker.take())
+            };
+            drop((value, waker));
         }
     }
 }
