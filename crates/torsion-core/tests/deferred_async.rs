@@ -339,3 +339,38 @@ fn async_handler_awaits_a_timer_and_a_network_read() {
     assert_eq!(reply, "tick: ping pong\n");
     assert_eq!(done.borrow_mut().take().unwrap().unwrap(), "ping pong");
 }
+
+#[test]
+fn looping_call_and_cooperator_run_on_the_reactor() {
+    use torsion_core::{Cooperator, LoopingCall};
+    let reactor = Reactor::new().unwrap();
+    let ticks = Rc::new(Cell::new(0u32));
+    let t = ticks.clone();
+    let lc_slot: Rc<RefCell<Option<LoopingCall>>> = Rc::default();
+    let ls = lc_slot.clone();
+    let lc = LoopingCall::new(reactor.clone(), move || {
+        t.set(t.get() + 1);
+        if t.get() == 3 {
+            if let Some(lc) = ls.borrow().as_ref() {
+                lc.stop().unwrap();
+            }
+        }
+        Ok::<(), Failure>(())
+    });
+    *lc_slot.borrow_mut() = Some(lc.clone());
+    let looped = result_of(lc.start(Duration::from_millis(5), true).unwrap());
+
+    let coop = Cooperator::new(reactor.clone()).with_max_steps_per_tick(10);
+    let sum = Rc::new(Cell::new(0u64));
+    let s = sum.clone();
+    let task = coop.cooperate((1..=1000u64).map(move |i| s.set(s.get() + i)));
+    let worked = result_of(task.when_done());
+
+    run_until(&reactor, &worked, Duration::from_secs(10));
+    run_until(&reactor, &looped, Duration::from_secs(10));
+    lc_slot.borrow_mut().take();
+    assert_eq!(ticks.get(), 3);
+    assert!(looped.borrow_mut().take().unwrap().is_ok());
+    assert!(worked.borrow_mut().take().unwrap().is_ok());
+    assert_eq!(sum.get(), 500_500);
+}
