@@ -17,7 +17,6 @@
 
 use std::any::TypeId;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -197,6 +196,69 @@ fn consumed() -> Outcome {
 // ---------------------------------------------------------------------------
 // The shared core.
 
+/// The queue of steps: a `Vec` consumed from a moving head, cheaper than a
+/// `VecDeque` for the push-back/pop-front-only use here. Slots before `head`
+/// have been moved out; the vector is emptied whenever the head catches up.
+struct Chain {
+    steps: Vec<Step>,
+    head: usize,
+}
+
+impl Chain {
+    #[inline]
+    fn push(&mut self, step: Step) {
+        self.steps.push(step);
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<Step> {
+        if self.head >= self.steps.len() {
+            return None;
+        }
+        // SAFETY: `head < len`, and the slot is read once: `head` moves past it.
+        let step = unsafe { ptr::read(self.steps.as_ptr().add(self.head)) };
+        self.head += 1;
+        if self.head == self.steps.len() {
+            // SAFETY: every slot has been moved out; forget them.
+            unsafe { self.steps.set_len(0) };
+            self.head = 0;
+        }
+        Some(step)
+    }
+
+    fn len(&self) -> usize {
+        self.steps.len() - self.head
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head >= self.steps.len()
+    }
+
+    /// The (empty) storage, for reuse.
+    fn into_empty_vec(self) -> Vec<Step> {
+        let mut me = ManuallyDrop::new(self);
+        debug_assert!(me.is_empty());
+        let mut v = std::mem::take(&mut me.steps);
+        // SAFETY: empty chain: no live slot (head == len, or both zero).
+        unsafe { v.set_len(0) };
+        v
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        let (head, len) = (self.head, self.steps.len());
+        // SAFETY: slots `head..len` are live, the ones before were moved out;
+        // the length is cleared first so a panicking drop cannot double-drop.
+        unsafe {
+            self.steps.set_len(0);
+            let live =
+                std::ptr::slice_from_raw_parts_mut(self.steps.as_mut_ptr().add(head), len - head);
+            ptr::drop_in_place(live);
+        }
+    }
+}
+
 pub(crate) struct Core {
     st: RefCell<State>,
 }
@@ -205,7 +267,7 @@ struct State {
     called: bool,
     result: Option<Outcome>,
     /// Dropped by hand in `Core::drop` (recycled when empty).
-    chain: ManuallyDrop<VecDeque<Step>>,
+    chain: ManuallyDrop<Chain>,
     paused: u32,
     running: bool,
     /// Set by `cancel` when it fired us: one late `callback` is ignored.
@@ -275,7 +337,7 @@ impl Core {
     fn push(self: &Rc<Self>, step: Step) {
         let run = {
             let mut st = self.st.borrow_mut();
-            st.chain.push_back(step);
+            st.chain.push(step);
             st.called && !st.running && st.paused == 0
         };
         if run {
@@ -323,6 +385,7 @@ impl Drop for Core {
         // SAFETY: `chain` is not used after this point; `State` never drops it.
         let chain = unsafe { ManuallyDrop::take(&mut st.chain) };
         if chain.is_empty() {
+            let chain = chain.into_empty_vec();
             recycle_chain(chain);
         } else {
             drop(chain);
@@ -470,18 +533,19 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
 thread_local! {
     /// Emptied chains of dropped Deferreds, reused so that building a chain
     /// rarely allocates its queue.
-    static CHAIN_POOL: RefCell<Vec<VecDeque<Step>>> = const { RefCell::new(Vec::new()) };
+    static CHAIN_POOL: RefCell<Vec<Vec<Step>>> = const { RefCell::new(Vec::new()) };
 }
 
-fn new_chain() -> VecDeque<Step> {
-    CHAIN_POOL
+fn new_chain() -> Chain {
+    let steps = CHAIN_POOL
         .try_with(|p| p.borrow_mut().pop())
         .ok()
         .flatten()
-        .unwrap_or_default()
+        .unwrap_or_default();
+    Chain { steps, head: 0 }
 }
 
-fn recycle_chain(chain: VecDeque<Step>) {
+fn recycle_chain(chain: Vec<Step>) {
     if chain.is_empty() && chain.capacity() > 0 && chain.capacity() <= 256 {
         let _ = CHAIN_POOL.try_with(|p| {
             if let Ok(mut p) = p.try_borrow_mut() {
@@ -1068,5 +1132,32 @@ mod tests {
         drop(Value::new(rc.clone()));
         drop(Value::new([rc.clone(), rc.clone(), rc.clone(), rc.clone()]));
         assert_eq!(Rc::strong_count(&rc), 1);
+    }
+
+    #[test]
+    fn chain_drops_only_the_steps_not_yet_run() {
+        let rc = Rc::new(());
+        let mut chain = new_chain();
+        for _ in 0..5 {
+            let r = rc.clone();
+            chain.push(Box::new(move |o| {
+                drop(r);
+                Next::Done(o)
+            }));
+        }
+        for _ in 0..2 {
+            let step = chain.pop_front().expect("a step");
+            let _ = step(Ok(Value::unit()));
+        }
+        assert_eq!(chain.len(), 3);
+        assert_eq!(Rc::strong_count(&rc), 4);
+        drop(chain);
+        assert_eq!(Rc::strong_count(&rc), 1);
+        // Draining to the end resets the storage for reuse.
+        let mut chain = new_chain();
+        chain.push(Box::new(Next::Done));
+        assert!(chain.pop_front().is_some());
+        assert!(chain.is_empty() && chain.pop_front().is_none());
+        assert!(chain.into_empty_vec().is_empty());
     }
 }
