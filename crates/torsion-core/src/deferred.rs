@@ -511,15 +511,19 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
         let parent = {
             let mut st = cur.st.borrow_mut();
             st.running = false;
-            st.chained_to.take()
+            match st.chained_to.take() {
+                Some(parent) => {
+                    // A neutral value stays so that dropping `cur` logs
+                    // nothing: the parent owns the result (and any failure).
+                    st.result = Some(Ok(Value::unit()));
+                    parent
+                }
+                None => {
+                    st.result = Some(result);
+                    return;
+                }
+            }
         };
-        let Some(parent) = parent else {
-            cur.st.borrow_mut().result = Some(result);
-            return;
-        };
-        // A neutral value stays so that dropping `cur` logs nothing: the
-        // parent owns the result (and any failure) now.
-        cur.st.borrow_mut().result = Some(Ok(Value::unit()));
         {
             let mut pst = parent.st.borrow_mut();
             pst.result = Some(result);
