@@ -318,7 +318,9 @@ impl Core {
         {
             st.called = true;
             canceller = st.canceller.take();
-            if st.paused > 0 {
+            // Paused, or nothing to run yet (no callbacks, nobody waiting
+            // on us): the result just waits in the state.
+            if st.paused > 0 || (st.chain.is_empty() && st.chained_to.is_none()) {
                 st.result = Some(outcome);
                 drop(st);
                 drop(canceller);
