@@ -117,40 +117,45 @@ impl Executor {
         let ready: Vec<(usize, u64)> =
             std::mem::take(&mut *self.queue.ids.lock().unwrap_or_else(|p| p.into_inner()));
         for (key, generation) in ready {
-            let fut = {
-                let mut tasks = self.tasks.borrow_mut();
-                match tasks.get_mut(key) {
-                    Some(s) if s.generation == generation => s.future.take(),
-                    _ => None,
-                }
-            };
-            // Taken out while polled: a task already being polled (woken twice) is skipped.
-            let Some(mut fut) = fut else { continue };
-            let waker = Waker::from(Arc::new(TaskWaker {
-                id: key,
-                generation,
-                queue: self.queue.clone(),
-            }));
-            let mut cx = Context::from_waker(&waker);
-            let done = match catch(|| fut.as_mut().poll(&mut cx)) {
-                Ok(Poll::Ready(())) => true,
-                Ok(Poll::Pending) => false,
-                Err(f) => {
-                    tracing::error!(failure = %f, "a task panicked");
-                    true
-                }
-            };
+            self.poll_task(key, generation);
+        }
+    }
+
+    /// Polls one task now (if it still exists and is not being polled).
+    pub(crate) fn poll_task(&self, key: usize, generation: u64) {
+        let fut = {
             let mut tasks = self.tasks.borrow_mut();
-            if done {
-                if tasks.get(key).is_some_and(|s| s.generation == generation) {
-                    tasks.remove(key);
-                }
-                drop(tasks);
-                drop(fut);
-            } else if let Some(s) = tasks.get_mut(key) {
-                if s.generation == generation {
-                    s.future = Some(fut);
-                }
+            match tasks.get_mut(key) {
+                Some(s) if s.generation == generation => s.future.take(),
+                _ => None,
+            }
+        };
+        // Taken out while polled: a task already being polled (woken twice) is skipped.
+        let Some(mut fut) = fut else { return };
+        let waker = Waker::from(Arc::new(TaskWaker {
+            id: key,
+            generation,
+            queue: self.queue.clone(),
+        }));
+        let mut cx = Context::from_waker(&waker);
+        let done = match catch(|| fut.as_mut().poll(&mut cx)) {
+            Ok(Poll::Ready(())) => true,
+            Ok(Poll::Pending) => false,
+            Err(f) => {
+                tracing::error!(failure = %f, "a task panicked");
+                true
+            }
+        };
+        let mut tasks = self.tasks.borrow_mut();
+        if done {
+            if tasks.get(key).is_some_and(|s| s.generation == generation) {
+                tasks.remove(key);
+            }
+            drop(tasks);
+            drop(fut);
+        } else if let Some(s) = tasks.get_mut(key) {
+            if s.generation == generation {
+                s.future = Some(fut);
             }
         }
     }
@@ -170,7 +175,8 @@ impl Reactor {
 
 impl<T: 'static> Deferred<T> {
     /// Runs `fut` on the reactor's executor and returns a Deferred for its
-    /// output (Twisted's `ensureDeferred`).
+    /// output (Twisted's `ensureDeferred`). The future first runs on the
+    /// reactor's next turn.
     ///
     /// Cancellation goes both ways: cancelling the Deferred drops the future
     /// (and so cancels any Deferred it was awaiting), and a future dropped
@@ -218,6 +224,9 @@ impl<T: 'static> Deferred<T> {
             }
         });
         id_cell.set(Some(id));
+        // Unlike Twisted's `ensureDeferred`, the first poll happens on the
+        // reactor's next turn, not here: callers may hold borrows that the
+        // future's first steps would need.
         d
     }
 }
