@@ -374,3 +374,42 @@ fn looping_call_and_cooperator_run_on_the_reactor() {
     assert!(worked.borrow_mut().take().unwrap().is_ok());
     assert_eq!(sum.get(), 500_500);
 }
+
+#[test]
+fn a_future_cancelling_its_own_deferred_is_dropped_cleanly() {
+    let reactor = Reactor::new().unwrap();
+    let me: Rc<RefCell<Option<Deferred<u8>>>> = Rc::default();
+    let m = me.clone();
+    let dropped = Rc::new(Cell::new(false));
+    let df = dropped.clone();
+    let d = Deferred::from_future(&reactor, async move {
+        let _flag = DropFlag(df);
+        let own = m.borrow_mut().take();
+        if let Some(own) = own {
+            own.cancel();
+        }
+        Deferred::<u8>::new().await
+    });
+    *me.borrow_mut() = Some(d.clone());
+    let out = result_of(d);
+    reactor.iterate(Some(Duration::ZERO)).unwrap();
+    let f = out.borrow_mut().take().expect("cancelled").unwrap_err();
+    assert!(f.check::<CancelledError>());
+    assert!(dropped.get(), "the future was dropped after its poll");
+}
+
+#[test]
+fn awaiting_a_deferred_that_waits_on_another() {
+    let reactor = Reactor::new().unwrap();
+    let outer = Deferred::<u8>::new();
+    let inner = Deferred::<u8>::new();
+    let i2 = inner.clone();
+    let chained = outer.clone().add_callback_deferred(move |_| i2);
+    let out = result_of(Deferred::from_future(&reactor, chained));
+    outer.callback(1).unwrap();
+    reactor.iterate(Some(Duration::ZERO)).unwrap();
+    assert!(out.borrow().is_none());
+    inner.callback(9).unwrap();
+    run_until(&reactor, &out, Duration::from_secs(5));
+    assert_eq!(out.borrow_mut().take().unwrap().unwrap(), 9);
+}

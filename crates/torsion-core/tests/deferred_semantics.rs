@@ -608,3 +608,29 @@ fn unhandled_failure_after_a_panicking_callback_is_logged() {
     assert!(logs.contains("Unhandled error in Deferred"), "{logs}");
     assert!(logs.contains("lost panic"), "{logs}");
 }
+
+#[test]
+fn add_both_deferred_and_flatten() {
+    let d = Deferred::<u32>::new();
+    let out = result_of(
+        d.clone()
+            .add_both_deferred(|r| Deferred::succeed(r.is_err()))
+            .add_callback(|failed| Deferred::succeed(u32::from(failed) + 10))
+            .flatten(),
+    );
+    d.errback(Boom(0)).unwrap();
+    assert_eq!(taken(&out).unwrap(), 11);
+}
+
+#[test]
+fn canceller_may_errback_with_its_own_failure() {
+    let d = Deferred::<u32>::with_canceller(|d| d.errback(Boom(8)).unwrap());
+    let out = result_of(d.clone());
+    d.cancel();
+    assert_eq!(
+        taken(&out).unwrap_err().downcast_ref::<Boom>().unwrap().0,
+        8
+    );
+    // The canceller fired it: a late producer result is a real double fire.
+    assert_eq!(d.callback(1), Err(AlreadyCalledError));
+}
