@@ -283,8 +283,72 @@ struct State {
     delivered: Option<Outcome>,
 }
 
+thread_local! {
+    /// Cores of dropped Deferreds, reset and kept for reuse: creating a
+    /// Deferred then costs no allocation (nor its step queue, which stays).
+    static CORE_POOL: RefCell<Vec<Rc<Core>>> = const { RefCell::new(Vec::new()) };
+}
+
+const CORE_POOL_MAX: usize = 256;
+
 impl Core {
     fn new() -> Rc<Core> {
+        let pooled = CORE_POOL
+            .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+            .ok()
+            .flatten();
+        if let Some(core) = pooled {
+            return core;
+        }
+        Core::fresh()
+    }
+
+    /// Drops a handle's reference. The last one, when nothing else refers
+    /// to the core (no weak reference, no pending step, nobody chained),
+    /// resets it into the pool instead of freeing it.
+    fn release(core: Rc<Core>) {
+        if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
+            return;
+        }
+        let taken = {
+            let Ok(mut st) = core.st.try_borrow_mut() else {
+                return;
+            };
+            if !st.chain.is_empty() || st.chained_to.is_some() || st.running {
+                return;
+            }
+            if let Some(Err(f)) = &st.result {
+                tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
+            }
+            let taken = (
+                st.result.take(),
+                st.canceller.take(),
+                st.waiting_on.take(),
+                st.waker.take(),
+                st.delivered.take(),
+            );
+            st.called = false;
+            st.paused = 0;
+            st.suppress_already_called = false;
+            st.awaited = false;
+            taken
+        };
+        // User values drop here, with nothing borrowed; they may make and
+        // drop Deferreds of their own.
+        drop(taken);
+        if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
+            return;
+        }
+        let _ = CORE_POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.len() < CORE_POOL_MAX {
+                    p.push(core);
+                }
+            }
+        });
+    }
+
+    fn fresh() -> Rc<Core> {
         Rc::new(Core {
             st: RefCell::new(State {
                 called: false,
@@ -612,7 +676,8 @@ fn downcast<T: 'static>(v: Value) -> Result<T, Failure> {
 /// needs_send(async move { d.await });
 /// ```
 pub struct Deferred<T: 'static> {
-    core: Rc<Core>,
+    /// Taken by hand in `drop` (the last handle recycles the core).
+    core: ManuallyDrop<Rc<Core>>,
     /// This handle registered itself as the awaiter of the chain.
     awaiting: bool,
     _t: PhantomData<*const T>,
@@ -621,7 +686,7 @@ pub struct Deferred<T: 'static> {
 impl<T: 'static> Clone for Deferred<T> {
     fn clone(&self) -> Self {
         Deferred {
-            core: self.core.clone(),
+            core: ManuallyDrop::new(Rc::clone(&self.core)),
             awaiting: false,
             _t: PhantomData,
         }
@@ -645,6 +710,9 @@ impl<T: 'static> Drop for Deferred<T> {
             };
             drop((value, waker));
         }
+        // SAFETY: `core` is not used after this point.
+        let core = unsafe { ManuallyDrop::take(&mut self.core) };
+        Core::release(core);
     }
 }
 
@@ -672,7 +740,7 @@ impl<T: 'static> Deferred<T> {
     /// A new, unfired Deferred.
     pub fn new() -> Self {
         Deferred {
-            core: Core::new(),
+            core: ManuallyDrop::new(Core::new()),
             awaiting: false,
             _t: PhantomData,
         }
@@ -680,7 +748,7 @@ impl<T: 'static> Deferred<T> {
 
     pub(crate) fn from_core(core: Rc<Core>) -> Self {
         Deferred {
-            core,
+            core: ManuallyDrop::new(core),
             awaiting: false,
             _t: PhantomData,
         }
@@ -774,7 +842,7 @@ impl<T: 'static> Deferred<T> {
             st.paused == 0 && st.called && !st.running
         };
         if run {
-            run_callbacks(self.core.clone(), None);
+            run_callbacks(Rc::clone(&self.core), None);
         }
     }
 
@@ -848,7 +916,7 @@ impl<T: 'static> Deferred<T> {
     fn into_core(self) -> Rc<Core> {
         let this = ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped, so the Rc is moved, not copied.
-        unsafe { ptr::read(&this.core) }
+        ManuallyDrop::into_inner(unsafe { ptr::read(&this.core) })
     }
 
     /// Adds an errback: it sees failures only, and may recover (`Ok`) or pass one on (`Err`).
@@ -989,7 +1057,7 @@ impl<T: 'static> Deferred<T> {
         let timed_out = Rc::new(std::cell::Cell::new(false));
         // The timer keeps the Deferred alive, as a pending producer would;
         // firing in time cancels the timer and so lets go of it.
-        let core = self.core.clone();
+        let core = Rc::clone(&self.core);
         let flag = timed_out.clone();
         let call = clock.call_later(
             timeout,
@@ -1138,6 +1206,31 @@ mod tests {
         drop(Value::new(rc.clone()));
         drop(Value::new([rc.clone(), rc.clone(), rc.clone(), rc.clone()]));
         assert_eq!(Rc::strong_count(&rc), 1);
+    }
+
+    #[test]
+    fn recycled_cores_start_fresh_and_release_their_values() {
+        let marker = Rc::new(());
+        let d = Deferred::<Rc<()>>::new();
+        d.pause();
+        d.callback(marker.clone()).unwrap();
+        let addr = Rc::as_ptr(&d.core);
+        drop(d);
+        assert_eq!(Rc::strong_count(&marker), 1, "the result was dropped");
+        let e = Deferred::<u32>::new();
+        assert_eq!(Rc::as_ptr(&e.core), addr, "the core was reused");
+        assert!(!e.called() && !e.paused());
+        let seen = Rc::new(std::cell::Cell::new(0));
+        let s = seen.clone();
+        e.clone().add_callback(move |v| s.set(v));
+        e.callback(5).unwrap();
+        assert_eq!(seen.get(), 5);
+        assert_eq!(e.callback(6), Err(AlreadyCalledError));
+        // A core still referenced elsewhere (here: weakly) is not reused.
+        let weak = Rc::downgrade(&e.core);
+        drop(e);
+        let f = Deferred::<u32>::new();
+        assert!(!std::ptr::eq(Rc::as_ptr(&f.core), weak.as_ptr()));
     }
 
     #[test]
