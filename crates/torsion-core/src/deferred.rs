@@ -8,7 +8,9 @@
 //! stays typed: each `add_*` call consumes the handle and returns one typed
 //! for the new end of the chain. Running the chain is iterative — a Deferred
 //! waiting on another is resumed by a loop, never by recursion — so depth
-//! never touches the thread's stack.
+//! never touches the thread's stack. The shared state of a dropped Deferred
+//! goes to a thread-local pool, so making one usually allocates nothing
+//! (see `BENCHMARKS-deferred.md`).
 //!
 //! A Deferred lives on one thread (`!Send`). It is also a `Future`, so
 //! `async` code can `.await` it; dropping a Deferred while it is being
@@ -327,6 +329,10 @@ impl Core {
                 st.waker.take(),
                 st.delivered.take(),
             );
+            // A long chain's queue is not worth keeping around.
+            if st.chain.steps.capacity() > 256 {
+                st.chain.steps = Vec::new();
+            }
             st.called = false;
             st.paused = 0;
             st.suppress_already_called = false;
