@@ -3,36 +3,160 @@
 //! Firing a Deferred passes `Result<T, Failure>` down its chain; each step's
 //! output feeds the next, and a step that returns another Deferred pauses the
 //! chain until that one fires. The chain is stored type-erased (each step
-//! takes and returns a boxed value) while the public API stays typed: each
-//! `add_*` call consumes the handle and returns one typed for the new end of
-//! the chain. Running the chain is iterative — nested Deferreds are walked
-//! with an explicit stack — so depth never touches the thread's stack.
+//! takes and returns a `Value`, which keeps values of up to three words
+//! inline so that small results cost no allocation) while the public API
+//! stays typed: each `add_*` call consumes the handle and returns one typed
+//! for the new end of the chain. Running the chain is iterative — a Deferred
+//! waiting on another is resumed by a loop, never by recursion — so depth
+//! never touches the thread's stack. The shared state of a dropped Deferred
+//! goes to a thread-local pool, so making one usually allocates nothing
+//! (see `BENCHMARKS-deferred.md`).
 //!
 //! A Deferred lives on one thread (`!Send`). It is also a `Future`, so
-//! `async` code can `.await` it.
+//! `async` code can `.await` it; dropping a Deferred while it is being
+//! awaited cancels it, which is how cancellation reaches a Deferred an
+//! `async fn` was waiting on when its task is dropped.
 
-use std::any::Any;
+use std::any::TypeId;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::pin::Pin;
+use std::ptr;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-use crate::failure::{catch, CancelledError, Failure};
+use crate::failure::{catch, CancelledError, Failure, TimeoutError};
+use crate::time::Clock;
 
-type Value = Box<dyn Any>;
+// ---------------------------------------------------------------------------
+// Type-erased values.
+
+type Words = [usize; 3];
+
+/// A type-erased value. Values that fit in three words (and need no more
+/// than word alignment) live inline; bigger ones are boxed.
+pub(crate) struct Value {
+    vt: &'static ValueVt,
+    data: MaybeUninit<Words>,
+    // The value may be `!Send`; so is its container.
+    _not_send: PhantomData<*const ()>,
+}
+
+struct ValueVt {
+    tid: fn() -> TypeId,
+    drop: Option<unsafe fn(*mut u8)>,
+}
+
+const fn fits_inline<T>() -> bool {
+    std::mem::size_of::<T>() <= std::mem::size_of::<Words>()
+        && std::mem::align_of::<T>() <= std::mem::align_of::<Words>()
+}
+
+const fn vt<T: 'static>() -> &'static ValueVt {
+    const {
+        &ValueVt {
+            tid: TypeId::of::<T>,
+            drop: if !fits_inline::<T>() {
+                Some(drop_boxed::<T> as unsafe fn(*mut u8))
+            } else if std::mem::needs_drop::<T>() {
+                Some(drop_inline::<T> as unsafe fn(*mut u8))
+            } else {
+                None
+            },
+        }
+    }
+}
+
+unsafe fn drop_inline<T>(p: *mut u8) {
+    // SAFETY: the caller passes the storage a `T` was written to by `Value::new`.
+    unsafe { ptr::drop_in_place(p as *mut T) }
+}
+
+unsafe fn drop_boxed<T>(p: *mut u8) {
+    // SAFETY: the storage holds a pointer from `Box::into_raw`, read once.
+    unsafe { drop(Box::from_raw(ptr::read(p as *const *mut T))) }
+}
+
+impl Value {
+    #[inline]
+    pub(crate) fn new<T: 'static>(v: T) -> Value {
+        let mut data = MaybeUninit::<Words>::uninit();
+        let p = data.as_mut_ptr() as *mut u8;
+        if fits_inline::<T>() {
+            // SAFETY: `fits_inline` checked size and alignment.
+            unsafe { ptr::write(p as *mut T, v) };
+        } else {
+            let b = Box::into_raw(Box::new(v));
+            // SAFETY: a pointer fits in the (word-aligned) storage.
+            unsafe { ptr::write(p as *mut *mut T, b) };
+        }
+        Value {
+            vt: vt::<T>(),
+            data,
+            _not_send: PhantomData,
+        }
+    }
+
+    #[inline]
+    fn unit() -> Value {
+        Value::new(())
+    }
+
+    #[inline]
+    fn is<T: 'static>(&self) -> bool {
+        // The pointer comparison is the fast path; the same table may exist
+        // twice across codegen units, so fall back to the type id.
+        ptr::eq(self.vt, vt::<T>()) || (self.vt.tid)() == TypeId::of::<T>()
+    }
+
+    /// The value as a `T`, or itself back when it holds another type.
+    #[inline]
+    pub(crate) fn take<T: 'static>(self) -> Result<T, Value> {
+        if !self.is::<T>() {
+            return Err(self);
+        }
+        let mut me = ManuallyDrop::new(self);
+        let p = me.data.as_mut_ptr() as *mut u8;
+        // SAFETY: the type matched, so the storage was written by
+        // `Value::new::<T>` in the layout `fits_inline::<T>` selects; `me`
+        // is never dropped, so the value is moved out exactly once.
+        unsafe {
+            if fits_inline::<T>() {
+                Ok(ptr::read(p as *const T))
+            } else {
+                Ok(*Box::from_raw(ptr::read(p as *const *mut T)))
+            }
+        }
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        if let Some(f) = self.vt.drop {
+            // SAFETY: the drop function was chosen for this storage's layout.
+            unsafe { f(self.data.as_mut_ptr() as *mut u8) }
+        }
+    }
+}
+
 type Outcome = Result<Value, Failure>;
 
 /// What one step of the chain produced.
 pub(crate) enum Next {
     Done(Outcome),
     Wait(Rc<Core>),
+    /// Hand the result to the task awaiting this Deferred.
+    Deliver(Outcome),
 }
 
 type Step = Box<dyn FnOnce(Outcome) -> Next>;
+
+// ---------------------------------------------------------------------------
+// Errors.
 
 /// Firing a Deferred that has already fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -50,10 +174,92 @@ pub struct ChainTypeError {
     pub expected: &'static str,
 }
 
-/// The result of a Deferred that was handed on to another Deferred.
+/// The result of a Deferred was already taken: it was handed on to another
+/// Deferred it is chained to, or to the task that awaited it.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("this Deferred's result was handed on to another Deferred it was chained to")]
+#[error("this Deferred's result was already handed on (to a chained Deferred or an awaiting task)")]
 pub struct ResultConsumedError;
+
+/// A callback returned a Deferred that cannot be waited for: the Deferred
+/// itself, or one already chained to another Deferred.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("a callback returned a Deferred that is itself or already chained to another Deferred")]
+pub struct ChainingError;
+
+/// A second task awaited a Deferred that another task is already awaiting.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("this Deferred is already being awaited by another task")]
+pub struct AlreadyAwaitedError;
+
+fn consumed() -> Outcome {
+    Err(Failure::new(ResultConsumedError))
+}
+
+// ---------------------------------------------------------------------------
+// The shared core.
+
+/// The queue of steps: a `Vec` consumed from a moving head, cheaper than a
+/// `VecDeque` for the push-back/pop-front-only use here. Slots before `head`
+/// have been moved out; the vector is emptied whenever the head catches up.
+struct Chain {
+    steps: Vec<Step>,
+    head: usize,
+}
+
+impl Chain {
+    #[inline]
+    fn push(&mut self, step: Step) {
+        self.steps.push(step);
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<Step> {
+        if self.head >= self.steps.len() {
+            return None;
+        }
+        // SAFETY: `head < len`, and the slot is read once: `head` moves past it.
+        let step = unsafe { ptr::read(self.steps.as_ptr().add(self.head)) };
+        self.head += 1;
+        if self.head == self.steps.len() {
+            // SAFETY: every slot has been moved out; forget them.
+            unsafe { self.steps.set_len(0) };
+            self.head = 0;
+        }
+        Some(step)
+    }
+
+    fn len(&self) -> usize {
+        self.steps.len() - self.head
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head >= self.steps.len()
+    }
+
+    /// The (empty) storage, for reuse.
+    fn into_empty_vec(self) -> Vec<Step> {
+        let mut me = ManuallyDrop::new(self);
+        debug_assert!(me.is_empty());
+        let mut v = std::mem::take(&mut me.steps);
+        // SAFETY: empty chain: no live slot (head == len, or both zero).
+        unsafe { v.set_len(0) };
+        v
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        let (head, len) = (self.head, self.steps.len());
+        // SAFETY: slots `head..len` are live, the ones before were moved out;
+        // the length is cleared first so a panicking drop cannot double-drop.
+        unsafe {
+            self.steps.set_len(0);
+            let live =
+                std::ptr::slice_from_raw_parts_mut(self.steps.as_mut_ptr().add(head), len - head);
+            ptr::drop_in_place(live);
+        }
+    }
+}
 
 pub(crate) struct Core {
     st: RefCell<State>,
@@ -62,38 +268,114 @@ pub(crate) struct Core {
 struct State {
     called: bool,
     result: Option<Outcome>,
-    chain: VecDeque<Step>,
+    /// Dropped by hand in `Core::drop` (recycled when empty).
+    chain: ManuallyDrop<Chain>,
     paused: u32,
     running: bool,
-    /// Set by `cancel` when no canceller fired us: a late `callback` is ignored.
+    /// Set by `cancel` when it fired us: one late `callback` is ignored.
     suppress_already_called: bool,
     canceller: Option<Box<dyn FnOnce()>>,
     /// The Deferred whose result we wait for (a step returned it).
     waiting_on: Option<Weak<Core>>,
     /// The Deferred that waits for our result.
     chained_to: Option<Rc<Core>>,
+    /// Some task is awaiting this Deferred (see `impl Future`).
+    awaited: bool,
+    waker: Option<Waker>,
+    delivered: Option<Outcome>,
 }
+
+thread_local! {
+    /// Cores of dropped Deferreds, reset and kept for reuse: creating a
+    /// Deferred then costs no allocation (nor its step queue, which stays).
+    static CORE_POOL: RefCell<Vec<Rc<Core>>> = const { RefCell::new(Vec::new()) };
+}
+
+const CORE_POOL_MAX: usize = 256;
 
 impl Core {
     fn new() -> Rc<Core> {
+        let pooled = CORE_POOL
+            .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+            .ok()
+            .flatten();
+        if let Some(core) = pooled {
+            return core;
+        }
+        Core::fresh()
+    }
+
+    /// Drops a handle's reference. The last one, when nothing else refers
+    /// to the core (no weak reference, no pending step, nobody chained),
+    /// resets it into the pool instead of freeing it.
+    fn release(core: Rc<Core>) {
+        if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
+            return;
+        }
+        let taken = {
+            let Ok(mut st) = core.st.try_borrow_mut() else {
+                return;
+            };
+            if !st.chain.is_empty() || st.chained_to.is_some() || st.running {
+                return;
+            }
+            if let Some(Err(f)) = &st.result {
+                tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
+            }
+            let taken = (
+                st.result.take(),
+                st.canceller.take(),
+                st.waiting_on.take(),
+                st.waker.take(),
+                st.delivered.take(),
+            );
+            // A long chain's queue is not worth keeping around.
+            if st.chain.steps.capacity() > 256 {
+                st.chain.steps = Vec::new();
+            }
+            st.called = false;
+            st.paused = 0;
+            st.suppress_already_called = false;
+            st.awaited = false;
+            taken
+        };
+        // User values drop here, with nothing borrowed; they may make and
+        // drop Deferreds of their own.
+        drop(taken);
+        if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
+            return;
+        }
+        let _ = CORE_POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.len() < CORE_POOL_MAX {
+                    p.push(core);
+                }
+            }
+        });
+    }
+
+    fn fresh() -> Rc<Core> {
         Rc::new(Core {
             st: RefCell::new(State {
                 called: false,
                 result: None,
-                chain: VecDeque::new(),
+                chain: ManuallyDrop::new(new_chain()),
                 paused: 0,
                 running: false,
                 suppress_already_called: false,
                 canceller: None,
                 waiting_on: None,
                 chained_to: None,
+                awaited: false,
+                waker: None,
+                delivered: None,
             }),
         })
     }
 
     fn fire(self: &Rc<Self>, outcome: Outcome) -> Result<(), AlreadyCalledError> {
+        let mut st = self.st.borrow_mut();
         {
-            let mut st = self.st.borrow_mut();
             if st.called {
                 if st.suppress_already_called {
                     st.suppress_already_called = false;
@@ -101,26 +383,41 @@ impl Core {
                 }
                 return Err(AlreadyCalledError);
             }
-            st.called = true;
-            st.canceller = None;
-            st.result = Some(outcome);
         }
-        run_callbacks(self.clone());
+        let canceller;
+        {
+            st.called = true;
+            canceller = st.canceller.take();
+            // Paused, or nothing to run yet (no callbacks, nobody waiting
+            // on us): the result just waits in the state.
+            if st.paused > 0 || (st.chain.is_empty() && st.chained_to.is_none()) {
+                st.result = Some(outcome);
+                drop(st);
+                drop(canceller);
+                return Ok(());
+            }
+            // Hand the result straight to the run loop.
+            st.running = true;
+        }
+        drop(st);
+        drop(canceller);
+        run_callbacks(self.clone(), Some(outcome));
         Ok(())
     }
 
+    #[inline]
     fn push(self: &Rc<Self>, step: Step) {
         let run = {
             let mut st = self.st.borrow_mut();
-            st.chain.push_back(step);
+            st.chain.push(step);
             st.called && !st.running && st.paused == 0
         };
         if run {
-            run_callbacks(self.clone());
+            run_callbacks(self.clone(), None);
         }
     }
 
-    fn cancel(self: &Rc<Self>) {
+    pub(crate) fn cancel(self: &Rc<Self>) {
         let (called, canceller, waiting_on) = {
             let mut st = self.st.borrow_mut();
             (
@@ -137,11 +434,13 @@ impl Core {
             }
             let still_unfired = !self.st.borrow().called;
             if still_unfired {
+                // The producer does not know it was cancelled and may still
+                // deliver its result: that one late call is eaten, not an error.
                 let _ = self.fire(Err(Failure::new(CancelledError)));
                 self.st.borrow_mut().suppress_already_called = true;
             }
         } else if let Some(inner) = waiting_on {
-            // We are paused waiting for a Deferred a callback returned: cancel that one.
+            // Paused waiting for a Deferred a callback returned: cancel that one.
             inner.cancel();
         }
     }
@@ -155,118 +454,196 @@ impl Drop for Core {
                 tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
             }
         }
+        // SAFETY: `chain` is not used after this point; `State` never drops it.
+        let chain = unsafe { ManuallyDrop::take(&mut st.chain) };
+        if chain.is_empty() {
+            let chain = chain.into_empty_vec();
+            recycle_chain(chain);
+        } else {
+            drop(chain);
+        }
+        // A long line of unfired Deferreds chained to each other would be
+        // dropped recursively; unlink it here instead.
+        let mut next = st.chained_to.take();
+        while let Some(rc) = next {
+            next = match Rc::try_unwrap(rc) {
+                Ok(core) => {
+                    let mut core = core;
+                    core.st.get_mut().chained_to.take()
+                }
+                Err(_) => None,
+            };
+        }
     }
 }
 
-/// Runs the chains of `start` and of any Deferreds waiting on it, iteratively.
-fn run_callbacks(start: Rc<Core>) {
-    let mut stack: Vec<Rc<Core>> = vec![start];
-    'outer: while let Some(cur) = stack.last().cloned() {
-        {
+/// Runs the chain of `start`, then of the Deferreds waiting on it, in a loop.
+///
+/// One unwind guard covers the whole run: a panicking callback leaves its
+/// Deferred as the current one, whose result becomes the panic's failure,
+/// and the run resumes with the next errback.
+fn run_callbacks(start: Rc<Core>, first: Option<Outcome>) {
+    let mut cur = start;
+    let mut first = first;
+    loop {
+        match catch(|| run_chains(&mut cur, first.take())) {
+            Ok(()) => return,
+            Err(panic) => {
+                tracing::error!(failure = %panic, "a Deferred callback panicked");
+                let mut st = cur.st.borrow_mut();
+                st.result = Some(Err(panic));
+                st.running = false;
+            }
+        }
+    }
+}
+
+/// With `first`, `cur` was just fired with it and already marked running.
+fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
+    'outer: loop {
+        // While a chain runs, its result lives here rather than in the
+        // state: one borrow per step instead of two.
+        let mut result = if let Some(outcome) = first.take() {
+            outcome
+        } else {
             let mut st = cur.st.borrow_mut();
-            if st.running || st.paused > 0 {
-                stack.pop();
-                continue;
+            if st.running || st.paused > 0 || !st.called {
+                return;
             }
             st.running = true;
-        }
+            st.result.take().unwrap_or_else(consumed)
+        };
         loop {
-            let (step, outcome) = {
+            let step = {
                 let mut st = cur.st.borrow_mut();
                 if st.paused > 0 {
+                    st.result = Some(result);
                     st.running = false;
-                    stack.pop();
-                    continue 'outer;
+                    return;
                 }
                 match st.chain.pop_front() {
-                    Some(step) => {
-                        let outcome = st
-                            .result
-                            .take()
-                            .unwrap_or_else(|| Err(Failure::new(ResultConsumedError)));
-                        (step, outcome)
-                    }
+                    Some(step) => step,
                     None => break,
                 }
             };
-            let next = match catch(move || step(outcome)) {
-                Ok(next) => next,
-                Err(panic) => Next::Done(Err(panic)),
-            };
-            match next {
-                Next::Done(outcome) => cur.st.borrow_mut().result = Some(outcome),
-                Next::Wait(inner) => {
-                    let ready = {
-                        let ist = inner.st.borrow();
-                        ist.called && ist.paused == 0 && ist.chain.is_empty() && !ist.running
+            result = match step(result) {
+                Next::Done(outcome) => outcome,
+                Next::Deliver(outcome) => {
+                    let waker = {
+                        let mut st = cur.st.borrow_mut();
+                        st.delivered = Some(outcome);
+                        st.waker.take()
                     };
-                    if ready {
-                        // Already fired and idle: take its result now. A neutral
-                        // value stays behind so its drop does not log a failure
-                        // that is ours now.
-                        let taken = inner.st.borrow_mut().result.replace(Ok(boxed(())));
-                        cur.st.borrow_mut().result =
-                            Some(taken.unwrap_or_else(|| Err(Failure::new(ResultConsumedError))));
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                    // The awaiting task owns the result now; what stays is
+                    // neutral so nothing is logged as unhandled.
+                    Ok(Value::unit())
+                }
+                Next::Wait(inner) => {
+                    if Rc::ptr_eq(&inner, cur) {
+                        Err(Failure::new(ChainingError))
                     } else {
+                        let mut ist = inner.st.borrow_mut();
+                        if ist.chained_to.is_some() {
+                            Err(Failure::new(ChainingError))
+                        } else if ist.called
+                            && ist.paused == 0
+                            && !ist.running
+                            && ist.chain.is_empty()
                         {
-                            let mut st = cur.st.borrow_mut();
-                            st.paused += 1;
-                            st.waiting_on = Some(Rc::downgrade(&inner));
+                            // Already fired and idle: take its result now,
+                            // leaving a neutral value so its drop does not log
+                            // a failure that is ours now.
+                            ist.result
+                                .replace(Ok(Value::unit()))
+                                .unwrap_or_else(consumed)
+                        } else {
+                            ist.chained_to = Some(cur.clone());
+                            let inner_can_run = ist.called && ist.paused == 0 && !ist.running;
+                            drop(ist);
+                            {
+                                let mut st = cur.st.borrow_mut();
+                                st.paused += 1;
+                                st.waiting_on = Some(Rc::downgrade(&inner));
+                                st.running = false;
+                            }
+                            if inner_can_run {
+                                *cur = inner;
+                                continue 'outer;
+                            }
+                            return;
                         }
-                        inner.st.borrow_mut().chained_to = Some(cur.clone());
-                        let inner_can_run = {
-                            let ist = inner.st.borrow();
-                            ist.called && ist.paused == 0 && !ist.running
-                        };
-                        cur.st.borrow_mut().running = false;
-                        stack.pop();
-                        if inner_can_run {
-                            stack.push(inner);
-                        }
-                        continue 'outer;
                     }
                 }
-            }
+            };
         }
-        // The chain of `cur` is exhausted.
+        // The chain of `cur` is exhausted: hand the result to whoever waits for it.
         let parent = {
             let mut st = cur.st.borrow_mut();
             st.running = false;
-            if st.chained_to.is_some() && st.called {
-                let parent = st.chained_to.take();
-                let result = st.result.take();
-                // Keep a neutral value so dropping this core does not log the
-                // failure that the parent now owns.
-                st.result = Some(Ok(Box::new(())));
-                parent.map(|p| (p, result))
-            } else {
-                None
+            match st.chained_to.take() {
+                Some(parent) => {
+                    // A neutral value stays so that dropping `cur` logs
+                    // nothing: the parent owns the result (and any failure).
+                    st.result = Some(Ok(Value::unit()));
+                    parent
+                }
+                None => {
+                    st.result = Some(result);
+                    return;
+                }
             }
         };
-        stack.pop();
-        if let Some((parent, result)) = parent {
-            {
-                let mut pst = parent.st.borrow_mut();
-                pst.result = Some(result.unwrap_or_else(|| Err(Failure::new(ResultConsumedError))));
-                pst.paused = pst.paused.saturating_sub(1);
-                pst.waiting_on = None;
-            }
-            stack.push(parent);
+        {
+            let mut pst = parent.st.borrow_mut();
+            pst.result = Some(result);
+            pst.paused = pst.paused.saturating_sub(1);
+            pst.waiting_on = None;
         }
+        *cur = parent;
     }
 }
 
+thread_local! {
+    /// Emptied chains of dropped Deferreds, reused so that building a chain
+    /// rarely allocates its queue.
+    static CHAIN_POOL: RefCell<Vec<Vec<Step>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn new_chain() -> Chain {
+    let steps = CHAIN_POOL
+        .try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    Chain { steps, head: 0 }
+}
+
+fn recycle_chain(chain: Vec<Step>) {
+    if chain.is_empty() && chain.capacity() > 0 && chain.capacity() <= 256 {
+        let _ = CHAIN_POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.len() < 64 {
+                    p.push(chain);
+                }
+            }
+        });
+    }
+}
+
+#[inline]
 fn downcast<T: 'static>(v: Value) -> Result<T, Failure> {
-    v.downcast::<T>().map(|b| *b).map_err(|_| {
+    v.take::<T>().map_err(|_| {
         Failure::new(ChainTypeError {
             expected: std::any::type_name::<T>(),
         })
     })
 }
 
-fn boxed<T: 'static>(v: T) -> Value {
-    Box::new(v)
-}
+// ---------------------------------------------------------------------------
+// The typed handle.
 
 /// A value not computed yet, with a chain of callbacks and errbacks.
 ///
@@ -284,28 +661,78 @@ fn boxed<T: 'static>(v: T) -> Value {
 /// d.callback(21).unwrap();
 /// assert_eq!(seen.get(), 42);
 /// ```
+///
+/// A Deferred belongs to the thread that made it; it cannot be sent to
+/// (or awaited on) another thread:
+///
+/// ```compile_fail
+/// use torsion_core::Deferred;
+/// let d = Deferred::<u32>::new();
+/// std::thread::spawn(move || {
+///     let _ = d.callback(1);
+/// });
+/// ```
+///
+/// nor can a future that awaits one be run by a multi-threaded executor:
+///
+/// ```compile_fail
+/// use torsion_core::Deferred;
+/// fn needs_send<F: std::future::Future + Send>(_: F) {}
+/// let d = Deferred::<u32>::new();
+/// needs_send(async move { d.await });
+/// ```
 pub struct Deferred<T: 'static> {
-    core: Rc<Core>,
+    /// Taken by hand in `drop` (the last handle recycles the core).
+    core: ManuallyDrop<Rc<Core>>,
+    /// This handle registered itself as the awaiter of the chain.
+    awaiting: bool,
     _t: PhantomData<*const T>,
 }
 
 impl<T: 'static> Clone for Deferred<T> {
     fn clone(&self) -> Self {
         Deferred {
-            core: self.core.clone(),
+            core: ManuallyDrop::new(Rc::clone(&self.core)),
+            awaiting: false,
             _t: PhantomData,
         }
     }
 }
 
+impl<T: 'static> Drop for Deferred<T> {
+    fn drop(&mut self) {
+        if self.awaiting {
+            // The task awaiting us was dropped before the result came:
+            // cancel, as Twisted cancels the Deferred a coroutine waits on.
+            let pending = self.core.st.borrow().delivered.is_none();
+            if pending {
+                self.core.cancel();
+            }
+            // Whatever arrives (or arrived) is nobody's now; dropped with
+            // nothing borrowed, as its drop may run user code.
+            let (value, waker) = {
+                let mut st = self.core.st.borrow_mut();
+                (st.delivered.take(), st.waker.take())
+            };
+            drop((value, waker));
+        }
+        // SAFETY: `core` is not used after this point.
+        let core = unsafe { ManuallyDrop::take(&mut self.core) };
+        Core::release(core);
+    }
+}
+
 impl<T: 'static> fmt::Debug for Deferred<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.core.st.borrow();
-        f.debug_struct("Deferred")
-            .field("called", &st.called)
-            .field("paused", &st.paused)
-            .field("pending_callbacks", &st.chain.len())
-            .finish()
+        match self.core.st.try_borrow() {
+            Ok(st) => f
+                .debug_struct("Deferred")
+                .field("called", &st.called)
+                .field("paused", &st.paused)
+                .field("pending_callbacks", &st.chain.len())
+                .finish(),
+            Err(_) => f.write_str("Deferred { running }"),
+        }
     }
 }
 
@@ -319,22 +746,39 @@ impl<T: 'static> Deferred<T> {
     /// A new, unfired Deferred.
     pub fn new() -> Self {
         Deferred {
-            core: Core::new(),
+            core: ManuallyDrop::new(Core::new()),
+            awaiting: false,
+            _t: PhantomData,
+        }
+    }
+
+    pub(crate) fn from_core(core: Rc<Core>) -> Self {
+        Deferred {
+            core: ManuallyDrop::new(core),
+            awaiting: false,
             _t: PhantomData,
         }
     }
 
     /// A new Deferred whose `cancel()` first calls `canceller` with it; if the
     /// canceller does not fire it, it fails with [`CancelledError`].
+    ///
+    /// ```
+    /// use torsion_core::{Deferred, Failure};
+    /// let d = Deferred::<u8>::with_canceller(|d| { let _ = d.errback(Failure::msg("stopped")); });
+    /// let out = std::rc::Rc::new(std::cell::RefCell::new(String::new()));
+    /// let o = out.clone();
+    /// let handle = d.clone();
+    /// d.finally(move |r| *o.borrow_mut() = r.unwrap_err().to_string());
+    /// handle.cancel();
+    /// assert_eq!(*out.borrow(), "stopped");
+    /// ```
     pub fn with_canceller(canceller: impl FnOnce(&Deferred<T>) + 'static) -> Self {
         let d = Self::new();
         let weak = Rc::downgrade(&d.core);
         d.core.st.borrow_mut().canceller = Some(Box::new(move || {
             if let Some(core) = weak.upgrade() {
-                canceller(&Deferred {
-                    core,
-                    _t: PhantomData,
-                })
+                canceller(&Deferred::from_core(core))
             }
         }));
         d
@@ -354,9 +798,11 @@ impl<T: 'static> Deferred<T> {
         d
     }
 
-    /// Fires the chain with a value.
+    /// Fires the chain with a value. Firing twice is an [`AlreadyCalledError`]
+    /// (except the one late call after a `cancel`, which is ignored).
+    #[inline]
     pub fn callback(&self, value: T) -> Result<(), AlreadyCalledError> {
-        self.core.fire(Ok(boxed(value)))
+        self.core.fire(Ok(Value::new(value)))
     }
 
     /// Fires the chain with a failure.
@@ -366,12 +812,17 @@ impl<T: 'static> Deferred<T> {
 
     /// Fires with `Ok` or `Err`.
     pub fn fire(&self, result: Result<T, Failure>) -> Result<(), AlreadyCalledError> {
-        self.core.fire(result.map(boxed))
+        self.core.fire(result.map(Value::new))
     }
 
-    /// True once `callback` or `errback` has been called.
+    /// True once `callback` or `errback` has been called (or it was cancelled).
     pub fn called(&self) -> bool {
         self.core.st.borrow().called
+    }
+
+    /// True while paused by `pause` or by waiting for a Deferred a callback returned.
+    pub fn paused(&self) -> bool {
+        self.core.st.borrow().paused > 0
     }
 
     /// Cancels the operation this Deferred stands for.
@@ -379,6 +830,7 @@ impl<T: 'static> Deferred<T> {
     /// Calls the canceller; if that does not fire the Deferred, it fails with
     /// [`CancelledError`] and a later `callback` from the producer is ignored.
     /// A Deferred paused on another one it is waiting for cancels that one.
+    /// Cancelling a Deferred that has fired (and waits on nothing) does nothing.
     pub fn cancel(&self) {
         self.core.cancel();
     }
@@ -396,26 +848,41 @@ impl<T: 'static> Deferred<T> {
             st.paused == 0 && st.called && !st.running
         };
         if run {
-            run_callbacks(self.core.clone());
+            run_callbacks(Rc::clone(&self.core), None);
         }
     }
 
+    /// True when both handles stand for the same Deferred.
+    pub fn ptr_eq(&self, other: &Deferred<T>) -> bool {
+        Rc::ptr_eq(&self.core, &other.core)
+    }
+
+    pub(crate) fn downgrade_core(&self) -> Weak<Core> {
+        Rc::downgrade(&self.core)
+    }
+
+    #[inline]
     pub(crate) fn push_raw(&self, step: Step) {
         self.core.push(step)
     }
 
+    #[inline]
     fn retype<U: 'static>(self) -> Deferred<U> {
+        let this = ManuallyDrop::new(self);
         Deferred {
-            core: self.core,
+            // SAFETY: `this` is never dropped, so the Rc is moved, not copied.
+            core: unsafe { ptr::read(&this.core) },
+            awaiting: false,
             _t: PhantomData,
         }
     }
 
     /// Adds a callback that maps the value; failures pass by untouched.
+    #[inline]
     pub fn add_callback<U: 'static>(self, f: impl FnOnce(T) -> U + 'static) -> Deferred<U> {
         self.push_raw(Box::new(move |o| {
             Next::Done(match o {
-                Ok(v) => downcast::<T>(v).map(|v| boxed(f(v))),
+                Ok(v) => downcast::<T>(v).map(|v| Value::new(f(v))),
                 Err(e) => Err(e),
             })
         }));
@@ -429,7 +896,7 @@ impl<T: 'static> Deferred<T> {
     ) -> Deferred<U> {
         self.push_raw(Box::new(move |o| {
             Next::Done(match o {
-                Ok(v) => downcast::<T>(v).and_then(f).map(boxed),
+                Ok(v) => downcast::<T>(v).and_then(f).map(Value::new),
                 Err(e) => Err(e),
             })
         }));
@@ -444,12 +911,18 @@ impl<T: 'static> Deferred<T> {
     ) -> Deferred<U> {
         self.push_raw(Box::new(move |o| match o {
             Ok(v) => match downcast::<T>(v) {
-                Ok(v) => Next::Wait(f(v).core),
+                Ok(v) => Next::Wait(f(v).into_core()),
                 Err(e) => Next::Done(Err(e)),
             },
             Err(e) => Next::Done(Err(e)),
         }));
         self.retype()
+    }
+
+    fn into_core(self) -> Rc<Core> {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the Rc is moved, not copied.
+        ManuallyDrop::into_inner(unsafe { ptr::read(&this.core) })
     }
 
     /// Adds an errback: it sees failures only, and may recover (`Ok`) or pass one on (`Err`).
@@ -460,7 +933,7 @@ impl<T: 'static> Deferred<T> {
         self.push_raw(Box::new(move |o| {
             Next::Done(match o {
                 Ok(v) => Ok(v),
-                Err(e) => f(e).map(boxed),
+                Err(e) => f(e).map(Value::new),
             })
         }));
         self
@@ -473,12 +946,14 @@ impl<T: 'static> Deferred<T> {
     ) -> Deferred<T> {
         self.push_raw(Box::new(move |o| match o {
             Ok(v) => Next::Done(Ok(v)),
-            Err(e) => Next::Wait(f(e).core),
+            Err(e) => Next::Wait(f(e).into_core()),
         }));
         self
     }
 
-    /// Adds a callback and an errback at the same position of the chain.
+    /// Adds a callback and an errback at the same position of the chain:
+    /// exactly one of them runs, and an errback here never sees a failure
+    /// raised by the callback beside it.
     pub fn add_callbacks<U: 'static>(
         self,
         callback: impl FnOnce(T) -> Result<U, Failure> + 'static,
@@ -486,8 +961,8 @@ impl<T: 'static> Deferred<T> {
     ) -> Deferred<U> {
         self.push_raw(Box::new(move |o| {
             Next::Done(match o {
-                Ok(v) => downcast::<T>(v).and_then(callback).map(boxed),
-                Err(e) => errback(e).map(boxed),
+                Ok(v) => downcast::<T>(v).and_then(callback).map(Value::new),
+                Err(e) => errback(e).map(Value::new),
             })
         }));
         self.retype()
@@ -500,7 +975,7 @@ impl<T: 'static> Deferred<T> {
     ) -> Deferred<U> {
         self.push_raw(Box::new(move |o| {
             let typed = o.and_then(downcast::<T>);
-            Next::Done(f(typed).map(boxed))
+            Next::Done(f(typed).map(Value::new))
         }));
         self.retype()
     }
@@ -512,17 +987,29 @@ impl<T: 'static> Deferred<T> {
     ) -> Deferred<U> {
         self.push_raw(Box::new(move |o| {
             let typed = o.and_then(downcast::<T>);
-            Next::Wait(f(typed).core)
+            Next::Wait(f(typed).into_core())
         }));
         self.retype()
     }
 
-    /// Fires `other` with this chain's result when it arrives (Twisted's `chainDeferred`).
-    /// This chain's result afterwards is `()`.
+    /// Fires `other` with this chain's result when it arrives (Twisted's
+    /// `chainDeferred`). This chain's result afterwards is `()`: the result
+    /// (and the duty to handle a failure) moved to `other`.
+    ///
+    /// ```
+    /// use torsion_core::Deferred;
+    /// let a = Deferred::<u8>::new();
+    /// let b = Deferred::<u8>::new();
+    /// a.clone().chain_deferred(&b);
+    /// a.callback(3).unwrap();
+    /// assert!(b.called());
+    /// ```
     pub fn chain_deferred(self, other: &Deferred<T>) -> Deferred<()> {
         let other = other.clone();
         self.add_both(move |r| {
-            let _ = other.fire(r);
+            if let Err(e) = other.fire(r) {
+                tracing::debug!(error = %e, "chain_deferred: the target had already fired");
+            }
             Ok(())
         })
     }
@@ -534,12 +1021,133 @@ impl<T: 'static> Deferred<T> {
             Ok(())
         });
     }
+
+    /// Times the Deferred out: if it has not fired `timeout` from now on
+    /// `clock`, it is cancelled, and the `CancelledError` that results is
+    /// turned into a [`TimeoutError`] (Twisted's `addTimeout`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use torsion_core::{testing::Clock, Deferred, TimeoutError};
+    /// let clock = Clock::new();
+    /// let d = Deferred::<u8>::new().add_timeout(Duration::from_secs(5), &clock);
+    /// let out = std::rc::Rc::new(std::cell::Cell::new(false));
+    /// let o = out.clone();
+    /// d.finally(move |r| o.set(r.unwrap_err().check::<TimeoutError>()));
+    /// clock.advance(Duration::from_secs(5));
+    /// assert!(out.get());
+    /// ```
+    pub fn add_timeout<C: Clock + ?Sized>(self, timeout: Duration, clock: &C) -> Deferred<T> {
+        self.add_timeout_inner(timeout, clock, None)
+    }
+
+    /// Like [`add_timeout`](Self::add_timeout), but on timeout the result
+    /// (normally the `CancelledError` failure, or whatever the canceller fired
+    /// with) goes through `on_timeout` instead of becoming a `TimeoutError`.
+    pub fn add_timeout_with<C: Clock + ?Sized>(
+        self,
+        timeout: Duration,
+        clock: &C,
+        on_timeout: impl FnOnce(Result<T, Failure>, Duration) -> Result<T, Failure> + 'static,
+    ) -> Deferred<T> {
+        self.add_timeout_inner(timeout, clock, Some(Box::new(on_timeout)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn add_timeout_inner<C: Clock + ?Sized>(
+        self,
+        timeout: Duration,
+        clock: &C,
+        on_timeout: Option<Box<dyn FnOnce(Result<T, Failure>, Duration) -> Result<T, Failure>>>,
+    ) -> Deferred<T> {
+        let timed_out = Rc::new(std::cell::Cell::new(false));
+        // The timer keeps the Deferred alive, as a pending producer would;
+        // firing in time cancels the timer and so lets go of it.
+        let core = Rc::clone(&self.core);
+        let flag = timed_out.clone();
+        let call = clock.call_later(
+            timeout,
+            Box::new(move || {
+                flag.set(true);
+                core.cancel();
+            }),
+        );
+        self.add_both(move |r| {
+            // Fired in time (or timed out): the timer is no longer needed.
+            let _ = call.cancel();
+            if !timed_out.get() {
+                return r;
+            }
+            match on_timeout {
+                Some(hook) => hook(r, timeout),
+                None => match r {
+                    Err(f) if f.check::<CancelledError>() => Err(Failure::new(TimeoutError)),
+                    other => other,
+                },
+            }
+        })
+    }
 }
 
 impl<T: 'static> Deferred<Deferred<T>> {
     /// Flattens a Deferred of a Deferred.
     pub fn flatten(self) -> Deferred<T> {
         self.add_callback_deferred(|d| d)
+    }
+}
+
+/// A Deferred is a future of its result.
+///
+/// Awaiting takes the result out of the chain: callbacks added afterwards
+/// through a clone see [`ResultConsumedError`]. Only one task may await a
+/// given chain (a second gets [`AlreadyAwaitedError`]). Dropping the
+/// awaiting future before the result arrives cancels the Deferred.
+///
+/// ```
+/// use torsion_core::{Deferred, Failure, Reactor};
+/// let reactor = Reactor::new().unwrap();
+/// let d = Deferred::<u32>::new();
+/// let feed = d.clone();
+/// reactor.call_soon(move || { feed.callback(5).unwrap(); });
+/// let r = reactor.clone();
+/// let task = Deferred::from_future(&reactor, async move {
+///     let v = d.await?;
+///     r.stop().unwrap();
+///     Ok::<_, Failure>(v * 2)
+/// });
+/// reactor.run().unwrap();
+/// assert!(task.called());
+/// ```
+impl<T: 'static> Future for Deferred<T> {
+    type Output = Result<T, Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.awaiting {
+            {
+                let mut st = this.core.st.borrow_mut();
+                if st.awaited {
+                    return Poll::Ready(Err(Failure::new(AlreadyAwaitedError)));
+                }
+                st.awaited = true;
+                st.waker = Some(cx.waker().clone());
+            }
+            this.awaiting = true;
+            // May run at once (and deliver) when the Deferred has fired.
+            this.core.push(Box::new(Next::Deliver));
+        }
+        let mut st = this.core.st.borrow_mut();
+        if let Some(outcome) = st.delivered.take() {
+            st.waker = None;
+            drop(st);
+            this.awaiting = false;
+            return Poll::Ready(outcome.and_then(downcast::<T>));
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -582,86 +1190,79 @@ impl<T: 'static> IntoDeferred<T> for Result<T, Failure> {
     }
 }
 
-/// Awaiting a Deferred adds a final callback that stores the result and wakes the task.
-struct Slot<T> {
-    result: Option<Result<T, Failure>>,
-    waker: Option<Waker>,
-    taken: bool,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The future returned by `Deferred::into_future`; dropping it cancels the Deferred
-/// if it has not fired yet.
-pub struct DeferredFuture<T: 'static> {
-    deferred: Option<Deferred<T>>,
-    slot: Rc<RefCell<Slot<T>>>,
-    armed: bool,
-}
-
-impl<T: 'static> std::future::IntoFuture for Deferred<T> {
-    type Output = Result<T, Failure>;
-    type IntoFuture = DeferredFuture<T>;
-    fn into_future(self) -> DeferredFuture<T> {
-        DeferredFuture {
-            deferred: Some(self),
-            slot: Rc::new(RefCell::new(Slot {
-                result: None,
-                waker: None,
-                taken: false,
-            })),
-            armed: false,
-        }
-    }
-}
-
-impl<T: 'static> Future for DeferredFuture<T> {
-    type Output = Result<T, Failure>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if !this.armed {
-            this.armed = true;
-            this.slot.borrow_mut().waker = Some(cx.waker().clone());
-            let slot = this.slot.clone();
-            if let Some(d) = this.deferred.clone() {
-                d.finally(move |r| {
-                    let waker = {
-                        let mut s = slot.borrow_mut();
-                        s.result = Some(r);
-                        s.waker.take()
-                    };
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                });
-            }
-        }
-        let mut s = this.slot.borrow_mut();
-        if let Some(r) = s.result.take() {
-            s.taken = true;
-            return Poll::Ready(r);
-        }
-        if s.taken {
-            return Poll::Ready(Err(Failure::new(ResultConsumedError)));
-        }
-        match &s.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
-impl<T: 'static> Drop for DeferredFuture<T> {
-    fn drop(&mut self) {
-        let pending = {
-            let s = self.slot.borrow();
-            s.result.is_none() && !s.taken
+    #[test]
+    fn values_inline_and_boxed_round_trip() {
+        let v = Value::new(7u64);
+        assert_eq!(v.take::<u64>().ok(), Some(7));
+        let s = Value::new(String::from("abc"));
+        assert_eq!(s.take::<String>().ok().as_deref(), Some("abc"));
+        let big = Value::new([9u64; 8]);
+        assert_eq!(big.take::<[u64; 8]>().ok(), Some([9u64; 8]));
+        let wrong = Value::new(1u8);
+        let Err(back) = wrong.take::<u16>() else {
+            panic!("type mismatch not detected")
         };
-        if pending {
-            if let Some(d) = self.deferred.take() {
-                if self.armed && !d.called() {
-                    d.cancel();
-                }
-            }
+        assert_eq!(back.take::<u8>().ok(), Some(1));
+        // Drops run exactly once for both layouts.
+        let rc = Rc::new(());
+        drop(Value::new(rc.clone()));
+        drop(Value::new([rc.clone(), rc.clone(), rc.clone(), rc.clone()]));
+        assert_eq!(Rc::strong_count(&rc), 1);
+    }
+
+    #[test]
+    fn recycled_cores_start_fresh_and_release_their_values() {
+        let marker = Rc::new(());
+        let d = Deferred::<Rc<()>>::new();
+        d.pause();
+        d.callback(marker.clone()).unwrap();
+        let addr = Rc::as_ptr(&d.core);
+        drop(d);
+        assert_eq!(Rc::strong_count(&marker), 1, "the result was dropped");
+        let e = Deferred::<u32>::new();
+        assert_eq!(Rc::as_ptr(&e.core), addr, "the core was reused");
+        assert!(!e.called() && !e.paused());
+        let seen = Rc::new(std::cell::Cell::new(0));
+        let s = seen.clone();
+        e.clone().add_callback(move |v| s.set(v));
+        e.callback(5).unwrap();
+        assert_eq!(seen.get(), 5);
+        assert_eq!(e.callback(6), Err(AlreadyCalledError));
+        // A core still referenced elsewhere (here: weakly) is not reused.
+        let weak = Rc::downgrade(&e.core);
+        drop(e);
+        let f = Deferred::<u32>::new();
+        assert!(!std::ptr::eq(Rc::as_ptr(&f.core), weak.as_ptr()));
+    }
+
+    #[test]
+    fn chain_drops_only_the_steps_not_yet_run() {
+        let rc = Rc::new(());
+        let mut chain = new_chain();
+        for _ in 0..5 {
+            let r = rc.clone();
+            chain.push(Box::new(move |o| {
+                drop(r);
+                Next::Done(o)
+            }));
         }
+        for _ in 0..2 {
+            let step = chain.pop_front().expect("a step");
+            let _ = step(Ok(Value::unit()));
+        }
+        assert_eq!(chain.len(), 3);
+        assert_eq!(Rc::strong_count(&rc), 4);
+        drop(chain);
+        assert_eq!(Rc::strong_count(&rc), 1);
+        // Draining to the end resets the storage for reuse.
+        let mut chain = new_chain();
+        chain.push(Box::new(Next::Done));
+        assert!(chain.pop_front().is_some());
+        assert!(chain.is_empty() && chain.pop_front().is_none());
+        assert!(chain.into_empty_vec().is_empty());
     }
 }

@@ -358,7 +358,7 @@ impl ListeningHandle for ListeningPort {
         ListeningPort::host(self)
     }
     fn stop_listening(&self) {
-        let _ = ListeningPort::stop_listening(self);
+        drop(ListeningPort::stop_listening(self));
     }
 }
 
@@ -367,7 +367,7 @@ impl ListeningHandle for UnixPort {
         UnixPort::host(self)
     }
     fn stop_listening(&self) {
-        let _ = UnixPort::stop_listening(self);
+        drop(UnixPort::stop_listening(self));
     }
 }
 

@@ -28,10 +28,14 @@
 pub mod address;
 pub mod basic;
 pub mod connector;
+pub mod cooperator;
+pub mod coordination;
+pub mod defer_list;
 pub mod deferred;
 pub mod endpoint;
 pub mod error;
 pub mod failure;
+pub mod looping;
 pub mod policies;
 pub mod process;
 pub mod protocol;
@@ -51,9 +55,15 @@ pub mod unix;
 
 pub use address::Address;
 pub use connector::{Connector, ConnectorState};
-pub use deferred::{AlreadyCalledError, Deferred};
+pub use cooperator::{CooperativeTask, Cooperator, TaskError, Yield};
+pub use coordination::{
+    DeferredLock, DeferredQueue, DeferredSemaphore, NotAcquiredError, QueueOverflow, QueueUnderflow,
+};
+pub use defer_list::{gather_results, race, DeferredList, FailureGroup, FirstError, ListOutcome};
+pub use deferred::{maybe_deferred, AlreadyCalledError, Deferred, IntoDeferred};
 pub use error::{ConnectionError, NotSupportedError, ReactorError};
 pub use failure::{CancelledError, Failure, PanicError, TimeoutError};
+pub use looping::{defer_later, LoopingCall, LoopingCallError};
 pub use protocol::{factory_fn, ClientFactory, Factory, Producer, Protocol, ServerFactory};
 pub use reactor::{Phase, Reactor, ReactorHandle, SystemEvent, TriggerId};
 pub use reconnect::ReconnectingClientFactory;

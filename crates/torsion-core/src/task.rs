@@ -3,9 +3,10 @@
 //! Wakers are `Send + Sync`: waking from another thread queues the task and
 //! wakes the poller; waking on the reactor thread only queues it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -116,40 +117,45 @@ impl Executor {
         let ready: Vec<(usize, u64)> =
             std::mem::take(&mut *self.queue.ids.lock().unwrap_or_else(|p| p.into_inner()));
         for (key, generation) in ready {
-            let fut = {
-                let mut tasks = self.tasks.borrow_mut();
-                match tasks.get_mut(key) {
-                    Some(s) if s.generation == generation => s.future.take(),
-                    _ => None,
-                }
-            };
-            // Taken out while polled: a task already being polled (woken twice) is skipped.
-            let Some(mut fut) = fut else { continue };
-            let waker = Waker::from(Arc::new(TaskWaker {
-                id: key,
-                generation,
-                queue: self.queue.clone(),
-            }));
-            let mut cx = Context::from_waker(&waker);
-            let done = match catch(|| fut.as_mut().poll(&mut cx)) {
-                Ok(Poll::Ready(())) => true,
-                Ok(Poll::Pending) => false,
-                Err(f) => {
-                    tracing::error!(failure = %f, "a task panicked");
-                    true
-                }
-            };
+            self.poll_task(key, generation);
+        }
+    }
+
+    /// Polls one task now (if it still exists and is not being polled).
+    pub(crate) fn poll_task(&self, key: usize, generation: u64) {
+        let fut = {
             let mut tasks = self.tasks.borrow_mut();
-            if done {
-                if tasks.get(key).is_some_and(|s| s.generation == generation) {
-                    tasks.remove(key);
-                }
-                drop(tasks);
-                drop(fut);
-            } else if let Some(s) = tasks.get_mut(key) {
-                if s.generation == generation {
-                    s.future = Some(fut);
-                }
+            match tasks.get_mut(key) {
+                Some(s) if s.generation == generation => s.future.take(),
+                _ => None,
+            }
+        };
+        // Taken out while polled: a task already being polled (woken twice) is skipped.
+        let Some(mut fut) = fut else { return };
+        let waker = Waker::from(Arc::new(TaskWaker {
+            id: key,
+            generation,
+            queue: self.queue.clone(),
+        }));
+        let mut cx = Context::from_waker(&waker);
+        let done = match catch(|| fut.as_mut().poll(&mut cx)) {
+            Ok(Poll::Ready(())) => true,
+            Ok(Poll::Pending) => false,
+            Err(f) => {
+                tracing::error!(failure = %f, "a task panicked");
+                true
+            }
+        };
+        let mut tasks = self.tasks.borrow_mut();
+        if done {
+            if tasks.get(key).is_some_and(|s| s.generation == generation) {
+                tasks.remove(key);
+            }
+            drop(tasks);
+            drop(fut);
+        } else if let Some(s) = tasks.get_mut(key) {
+            if s.generation == generation {
+                s.future = Some(fut);
             }
         }
     }
@@ -169,7 +175,13 @@ impl Reactor {
 
 impl<T: 'static> Deferred<T> {
     /// Runs `fut` on the reactor's executor and returns a Deferred for its
-    /// output (Twisted's `ensureDeferred`). Cancelling the Deferred drops the future.
+    /// output (Twisted's `ensureDeferred`). The future first runs on the
+    /// reactor's next turn.
+    ///
+    /// Cancellation goes both ways: cancelling the Deferred drops the future
+    /// (and so cancels any Deferred it was awaiting), and a future dropped
+    /// before it finished (its task cancelled, the reactor gone) fails the
+    /// Deferred with [`CancelledError`].
     ///
     /// ```
     /// use torsion_core::{Deferred, Failure, Reactor};
@@ -183,7 +195,7 @@ impl<T: 'static> Deferred<T> {
         reactor: &Reactor,
         fut: impl Future<Output = Result<T, Failure>> + 'static,
     ) -> Deferred<T> {
-        let id_cell: std::rc::Rc<std::cell::Cell<Option<TaskId>>> = Default::default();
+        let id_cell: Rc<Cell<Option<TaskId>>> = Default::default();
         let weak = reactor.downgrade();
         let idc = id_cell.clone();
         let d = Deferred::with_canceller(move |_d| {
@@ -191,20 +203,47 @@ impl<T: 'static> Deferred<T> {
                 Reactor::from_inner(inner).cancel_task(id);
             }
         });
-        let out = d.clone();
+        // Fails the Deferred if the future is dropped before it produced a result.
+        struct Guard<T: 'static>(Option<Deferred<T>>);
+        impl<T: 'static> Drop for Guard<T> {
+            fn drop(&mut self) {
+                if let Some(d) = self.0.take() {
+                    if !d.called() {
+                        let _ = d.errback(Failure::new(CancelledError));
+                    }
+                }
+            }
+        }
+        let mut guard = Guard(Some(d.clone()));
         let id = reactor.spawn_local(async move {
-            let r = fut.await;
-            if !out.called() {
-                let _ = out.fire(r);
+            let r = CatchUnwind(Box::pin(fut)).await;
+            if let Some(out) = guard.0.take() {
+                if !out.called() {
+                    let _ = out.fire(r);
+                }
             }
         });
         id_cell.set(Some(id));
+        // Unlike Twisted's `ensureDeferred`, the first poll happens on the
+        // reactor's next turn, not here: callers may hold borrows that the
+        // future's first steps would need.
         d
     }
 }
 
-/// Makes sure the error type exists for docs of cancellation through futures.
-#[allow(dead_code)]
-fn _cancelled() -> Failure {
-    Failure::new(CancelledError)
+/// Polls a future, turning a panic into its `Failure` result.
+struct CatchUnwind<T>(Pin<Box<dyn Future<Output = Result<T, Failure>>>>);
+
+impl<T> Future for CatchUnwind<T> {
+    type Output = Result<T, Failure>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match catch(move || fut.poll(cx)) {
+            Ok(p) => p,
+            Err(panic) => {
+                tracing::error!(failure = %panic, "a future run by Deferred::from_future panicked");
+                Poll::Ready(Err(panic))
+            }
+        }
+    }
 }

@@ -158,7 +158,7 @@ fn unix_echo_server_with_socat_client() {
     });
     assert!(run_until(&reactor, LIMIT, || peer.is_finished()));
     assert_eq!(peer.join().unwrap(), b"hello over a unix socket\n");
-    let _ = port.stop_listening();
+    drop(port.stop_listening());
     assert!(!path.exists(), "socket file removed on stop_listening");
     let _ = Rc::new(());
 }

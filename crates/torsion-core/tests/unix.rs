@@ -53,7 +53,7 @@ fn stale_socket_is_replaced_live_one_is_refused() {
         .unwrap_err();
     assert!(matches!(&err, UnixError::InUse(p) if *p == path), "{err}");
     assert!(err.to_string().contains("another process is listening"));
-    let _ = port.stop_listening();
+    drop(port.stop_listening());
 }
 
 #[test]
