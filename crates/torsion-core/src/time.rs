@@ -1,6 +1,6 @@
 //! Timers: `call_later`, `DelayedCall` and the `Clock` trait.
 //!
-//! One [`TimerQueue`] implementation serves both the real reactor and the
+//! One `TimerQueue` implementation serves both the real reactor and the
 //! manual [`crate::testing::Clock`], so the semantics tests drive by hand are
 //! exactly the ones production runs. Scheduling and cancelling are O(log n):
 //! a binary heap of `(deadline, sequence)` keys plus a slab of live entries;
