@@ -649,8 +649,14 @@ impl TlsShared {
             self.send_close(false);
         }
         if self.paused_by_early.replace(false) {
+            // Flushing the early data may have pushed the lower transport past
+            // its high-water mark, in which case it paused the producer itself
+            // and resumes it when it drains; resuming here would go behind its back.
+            let lower_full = self
+                .lower()
+                .is_some_and(|l| l.write_buffer_len() > DEFAULT_HIGH_WATER);
             let p = self.producer.borrow().clone();
-            if let Some(p) = p {
+            if let (Some(p), false) = (p, lower_full) {
                 p.resume_producing();
             }
         }
