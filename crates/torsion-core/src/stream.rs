@@ -306,9 +306,9 @@ impl<S: StreamSocket> Connection<S> {
                             self.set(flag::READ_PENDING);
                             return;
                         }
-                        if n < buf.len() {
-                            return;
-                        }
+                        // No "short read means drained" shortcut: with
+                        // edge-triggered readiness a FIN that arrived with the
+                        // data raises no new event, so read on to WouldBlock/EOF.
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
