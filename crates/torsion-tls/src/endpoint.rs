@@ -400,3 +400,101 @@ impl TlsClientEndpoint {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_endpoint_full_form() {
+        let e = TlsServerEndpoint::parse(
+            "ssl:8443:privateKey=/k\\:ey.pem:certKey=c.pem:extraCertChain=x.pem:caCerts=ca.pem:interface=127.0.0.1:backlog=10",
+        )
+        .unwrap();
+        assert_eq!(e.port, 8443);
+        assert_eq!(e.private_key, PathBuf::from("/k:ey.pem"));
+        assert_eq!(e.cert_key, PathBuf::from("c.pem"));
+        assert_eq!(e.extra_cert_chain, Some(PathBuf::from("x.pem")));
+        assert_eq!(e.ca_certs, Some(PathBuf::from("ca.pem")));
+        assert_eq!(e.address(), "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(e.backlog, Some(10));
+    }
+
+    #[test]
+    fn server_endpoint_defaults_and_errors() {
+        let e = TlsServerEndpoint::parse("ssl:port=443:privateKey=both.pem").unwrap();
+        assert_eq!(e.cert_key, PathBuf::from("both.pem"));
+        assert_eq!(e.interface, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(
+            TlsServerEndpoint::parse("ssl:443"),
+            Err(TlsEndpointError::Missing("privateKey"))
+        );
+        assert_eq!(
+            TlsServerEndpoint::parse("ssl:privateKey=k"),
+            Err(TlsEndpointError::Missing("port"))
+        );
+        assert!(matches!(
+            TlsServerEndpoint::parse("ssl:99999:privateKey=k"),
+            Err(TlsEndpointError::InvalidValue { key: "port", .. })
+        ));
+        assert!(matches!(
+            TlsServerEndpoint::parse("tcp:443:privateKey=k"),
+            Err(TlsEndpointError::WrongScheme { .. })
+        ));
+        assert_eq!(
+            TlsServerEndpoint::parse("ssl:443:privateKey=k:bogus=1"),
+            Err(TlsEndpointError::UnknownOption("bogus".into()))
+        );
+        assert_eq!(
+            TlsServerEndpoint::parse("ssl:443:privateKey=k:privateKey=j"),
+            Err(TlsEndpointError::Duplicate("privateKey".into()))
+        );
+        assert_eq!(
+            TlsServerEndpoint::parse("ssl:443:privateKey=k\\"),
+            Err(TlsEndpointError::DanglingEscape)
+        );
+        assert!(matches!(
+            TlsServerEndpoint::parse("ssl:443:privateKey=k:interface=nope"),
+            Err(TlsEndpointError::InvalidValue {
+                key: "interface",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn client_endpoint_forms() {
+        let e = TlsClientEndpoint::parse(
+            "tls:host=example.org:port=443:trustRoots=/etc/ca:certificate=c.pem:privateKey=k.pem:timeout=2.5:bindAddress=127.0.0.1",
+        )
+        .unwrap();
+        assert_eq!(e.host, "example.org");
+        assert_eq!(e.port, 443);
+        assert_eq!(e.trust_roots, Some(PathBuf::from("/etc/ca")));
+        assert_eq!(e.certificate, Some(PathBuf::from("c.pem")));
+        assert_eq!(e.private_key, Some(PathBuf::from("k.pem")));
+        assert_eq!(e.timeout, Duration::from_millis(2500));
+        let p = TlsClientEndpoint::parse("tls:example.org:8443").unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.timeout), ("example.org", 8443, Duration::from_secs(30)));
+        assert_eq!(
+            TlsClientEndpoint::parse("tls:host=a"),
+            Err(TlsEndpointError::Missing("port"))
+        );
+        assert_eq!(
+            TlsClientEndpoint::parse("tls:port=1"),
+            Err(TlsEndpointError::Missing("host"))
+        );
+        assert_eq!(
+            TlsClientEndpoint::parse("tls:a:1:privateKey=k"),
+            Err(TlsEndpointError::Missing("certificate"))
+        );
+        assert!(matches!(
+            TlsClientEndpoint::parse("tls:a:1:timeout=-1"),
+            Err(TlsEndpointError::InvalidValue { key: "timeout", .. })
+        ));
+        assert_eq!(
+            TlsClientEndpoint::parse("tls:a:1:2"),
+            Err(TlsEndpointError::UnexpectedArgument("2".into()))
+        );
+    }
+}

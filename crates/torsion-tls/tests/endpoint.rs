@@ -1,0 +1,79 @@
+//! `ssl:` and `tls:` endpoint strings end to end: PEM files on disk, a
+//! listening server, a client verifying against a trust-roots directory and
+//! presenting a client certificate.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use torsion_core::{Address, Reactor};
+use torsion_tls::*;
+
+#[test]
+fn endpoint_strings_listen_and_connect() {
+    init_logging();
+    let pki = Pki::new("CA");
+    let leaf = pki.server_leaf(&["localhost"]);
+    let client = pki.client_leaf("bob");
+    let dir = TempDir::new();
+    let key = dir.write("server.key", &leaf.key_pem);
+    let cert = dir.write("server.pem", &leaf.cert_pem);
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+    let roots = TempDir::new();
+    roots.write("root.pem", &pki.ca_pem);
+    let ckey = dir.write("client.key", &client.key_pem);
+    let ccert = dir.write("client.pem", &client.cert_pem);
+
+    let server = TlsServerEndpoint::parse(&format!(
+        "ssl:0:interface=127.0.0.1:privateKey={}:certKey={}:caCerts={}",
+        key.display(),
+        cert.display(),
+        ca.display()
+    ))
+    .unwrap();
+    let reactor = Reactor::new().unwrap();
+    let sf = EchoFactory::new();
+    let port = server.listen(&reactor, sf.clone()).unwrap();
+    let Address::Tcp(addr) = port.host() else {
+        panic!()
+    };
+    let client_ep = TlsClientEndpoint::parse(&format!(
+        "tls:host=localhost:port={}:trustRoots={}:certificate={}:privateKey={}",
+        addr.port(),
+        roots.0.display(),
+        ccert.display(),
+        ckey.display()
+    ))
+    .unwrap();
+    let oc = OneClient::new(b"via endpoints", Some(13));
+    client_ep.connect(&reactor, oc.clone()).unwrap();
+    let o2 = oc.clone();
+    assert!(run_until(&reactor, Duration::from_secs(15), move || {
+        o2.log.borrow().lost.is_some() || o2.log.borrow().failed.is_some()
+    }));
+    assert!(oc.log.borrow().failed.is_none(), "{:?}", oc.log.borrow().failed);
+    assert_eq!(oc.log.borrow().data, b"via endpoints");
+    let st = sf.log(0).unwrap().borrow().transport.clone().unwrap();
+    assert_eq!(
+        st.peer_certificate().unwrap().unwrap().as_ref(),
+        &client.der()[..]
+    );
+
+    // Missing files are typed configuration errors.
+    let bad = TlsServerEndpoint::parse("ssl:0:privateKey=/nonexistent/key.pem").unwrap();
+    assert!(matches!(
+        bad.server_config(),
+        Err(TlsConfigError::Io { .. })
+    ));
+    // A key that does not match the certificate is refused.
+    let other = pki.server_leaf(&["x"]);
+    let okey = dir.write("other.key", &other.key_pem);
+    let mismatched = TlsServerEndpoint::parse(&format!(
+        "ssl:0:privateKey={}:certKey={}",
+        okey.display(),
+        cert.display()
+    ))
+    .unwrap();
+    assert!(matches!(mismatched.server_config(), Err(TlsConfigError::Key(_))));
+}
