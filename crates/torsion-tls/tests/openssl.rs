@@ -72,7 +72,7 @@ fn files(pki: &Pki, default: &Leaf, b: &Leaf, client: &Leaf) -> Files {
     }
 }
 
-fn s_client_against_torsion(extra: &[&str]) -> (String, Log, Vec<u8>) {
+fn s_client_against_torsion(extra: &[&str], then: Option<&[u8]>) -> (String, Log, Vec<u8>) {
     init_logging();
     let pki = Pki::new("Torsion Test CA");
     let (default, b, client) = (
@@ -121,6 +121,14 @@ fn s_client_against_torsion(extra: &[&str]) -> (String, Log, Vec<u8>) {
         out.lock().unwrap(),
         err.lock().unwrap()
     );
+    if let Some(more) = then {
+        stdin.write_all(more).unwrap();
+        let o3 = out.clone();
+        let e3 = err.clone();
+        run_until(&reactor, Duration::from_secs(5), move || {
+            o3.lock().unwrap().contains("renegotiation") || e3.lock().unwrap().contains("renegotiation")
+        });
+    }
     drop(stdin); // EOF: s_client sends close_notify and exits
     let s2 = sf.clone();
     assert!(run_until(&reactor, Duration::from_secs(15), move || s2
@@ -159,7 +167,7 @@ fn openssl_s_client_talks_to_torsion_tls13_with_sni_alpn_client_cert() {
         );
         info
     };
-    let (text, log, client_der) = s_client_against_torsion(&[]);
+    let (text, log, client_der) = s_client_against_torsion(&[], None);
     let info = pki_check(&text, &log, &client_der);
     assert!(text.contains("TLSv1.3"), "{text}");
     assert_eq!(info.version, Some(TlsVersion::Tls13));
@@ -167,7 +175,7 @@ fn openssl_s_client_talks_to_torsion_tls13_with_sni_alpn_client_cert() {
 
 #[test]
 fn openssl_s_client_tls12() {
-    let (text, log, client_der) = s_client_against_torsion(&["-tls1_2"]);
+    let (text, log, client_der) = s_client_against_torsion(&["-tls1_2"], None);
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
     assert!(text.contains("TLSv1.2"), "{text}");
     let l = log.borrow();
@@ -176,6 +184,21 @@ fn openssl_s_client_tls12() {
     assert_eq!(t.tls_version().unwrap(), Some(TlsVersion::Tls12));
     assert!(t.cipher_suite().unwrap().unwrap().starts_with("TLS_ECDHE_"));
     assert_eq!(t.peer_certificate().unwrap().unwrap().as_ref(), &client_der[..]);
+}
+
+#[test]
+fn openssl_renegotiation_attempt_is_refused() {
+    // s_client's "R" command renegotiates a TLS 1.2 session; rustls refuses.
+    let (text, log, _) = s_client_against_torsion(&["-tls1_2"], Some(b"R\n"));
+    assert!(text.contains("no renegotiation"), "{text}");
+    let l = log.borrow();
+    assert_eq!(l.data, b"hello torsion\n");
+    let lost = l.lost.clone().unwrap();
+    assert!(!lost.is_panic());
+    assert!(
+        lost.check::<TlsError>() || lost.check::<ConnectionError>(),
+        "untyped: {lost}"
+    );
 }
 
 #[test]
@@ -288,7 +311,15 @@ fn torsion_client_against_s_server(name: &str) {
     assert_eq!(l.data, b"lssnepo olleh\n", "s_server -rev reverses the line");
     let t = l.transport.clone().unwrap();
     assert_eq!(t.tls_version().unwrap(), Some(TlsVersion::Tls13));
-    let text = format!("{}{}", out.lock().unwrap(), err.lock().unwrap());
+    // s_server's output arrives through pipes: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = format!("{}{}", out.lock().unwrap(), err.lock().unwrap());
+        if text.contains("CN = alice") || Instant::now() > deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
     assert!(text.contains("CN = alice"), "client certificate not seen by s_server: {text}");
     let expected = if name == "b.test" { &b } else { &default };
     assert_eq!(
