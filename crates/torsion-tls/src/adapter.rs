@@ -13,6 +13,9 @@ use rustls::{AlertDescription, ClientConfig, Connection, ServerConfig};
 use crate::error::{CertificateError, TlsError};
 use crate::ext::TlsVersion;
 
+/// Ciphertext taken per feeding step at most (about one TLS record).
+const MAX_FEED: usize = 16 * 1024;
+
 /// What one feeding step did.
 pub(crate) enum Fed {
     /// This many ciphertext bytes were taken (more than zero).
@@ -68,15 +71,23 @@ impl Session {
             }
         }
         let mut rd: &[u8] = input;
-        let n = match self.conn.read_tls(&mut rd as &mut dyn Read) {
-            Ok(0) => return Ok(Fed::Closed),
-            Ok(n) => n,
-            // rustls' back-pressure signal: drain `reader()` first.
-            Err(e) if e.kind() == io::ErrorKind::Other && !self.conn.is_handshaking() => {
-                return Ok(Fed::Full)
+        // rustls takes at most 4 KiB per `read_tls`; take up to a record's
+        // worth before processing, so records are decrypted in one pass.
+        let mut n = 0;
+        while !rd.is_empty() && n < MAX_FEED {
+            match self.conn.read_tls(&mut rd as &mut dyn Read) {
+                Ok(0) if n == 0 => return Ok(Fed::Closed),
+                Ok(0) => break,
+                Ok(k) => n += k,
+                // Its buffer is full: process what it has first.
+                Err(_) if n > 0 => break,
+                // rustls' back-pressure signal: drain `reader()` first.
+                Err(e) if e.kind() == io::ErrorKind::Other && !self.conn.is_handshaking() => {
+                    return Ok(Fed::Full)
+                }
+                Err(e) => return Err(TlsError::Protocol(e.to_string())),
             }
-            Err(e) => return Err(TlsError::Protocol(e.to_string())),
-        };
+        }
         self.conn
             .process_new_packets()
             .map_err(|e| map_error(e, self.conn.is_handshaking()))?;

@@ -570,8 +570,12 @@ impl TlsShared {
                 }
             }
         }
-        if !input.is_empty() {
+        // After a failure the rest is dropped: the connection is closing.
+        if !input.is_empty() && !self.dead() {
             self.st.borrow_mut().pending_in.extend_from_slice(input);
+        }
+        if self.dead() {
+            self.st.borrow_mut().pending_in = Vec::new();
         }
         self.in_process.set(false);
     }

@@ -420,3 +420,84 @@ fn paused_reader_holds_data_back_and_resumes() {
     pump.pump();
     assert_eq!(clog.data().len(), 200_000);
 }
+
+#[test]
+fn tls_over_tls_over_loopback() {
+    // The wrapper is itself a transport: nest it.
+    let outer = Pki::new("Outer CA");
+    let inner = Pki::new("Inner CA");
+    let log = Log::default();
+    let server = TlsProtocol::server(
+        Box::new(TlsProtocol::server(
+            Box::new(Echo {
+                t: None,
+                log: log.clone(),
+            }),
+            inner.server_config(&["inner.test"]),
+        )),
+        outer.server_config(&["outer.test"]),
+    );
+    let (client, clog) = AccumulatingProtocol::new();
+    let client = TlsProtocol::client(
+        Box::new(TlsProtocol::client(
+            Box::new(client),
+            inner.client_config(),
+            "inner.test",
+        )),
+        outer.client_config(),
+        "outer.test",
+    );
+    let pump = LoopbackPump::connect(Box::new(server), Box::new(client));
+    let ct = clog.transport().unwrap();
+    ct.write(b"nested");
+    pump.pump();
+    assert_eq!(clog.data(), b"nested");
+    let info = ct.handshake_info().unwrap().unwrap();
+    // The innermost TLS layer answers for the transport the protocol holds.
+    assert_eq!(info.peer_certificates.len(), 1);
+    let leaf_cn_inner = info.peer_certificates[0].as_ref().windows(10).any(|w| w == b"inner.test");
+    assert!(leaf_cn_inner);
+    ct.lose_connection();
+    pump.pump();
+    assert!(matches!(
+        clog.lost().unwrap().downcast_ref::<ConnectionError>(),
+        Some(ConnectionError::Done)
+    ));
+}
+
+#[test]
+fn lose_connection_before_the_handshake_still_delivers_early_writes() {
+    let pki = Pki::new("CA");
+    let (pump, slog, clog) = loopback(
+        pki.server_config(&["localhost"]),
+        pki.client_config(),
+        "localhost",
+    );
+    let ct = clog.transport().unwrap();
+    ct.write(b"last words");
+    ct.lose_connection();
+    ct.write(b" (dropped: written after lose_connection)");
+    pump.pump();
+    assert_eq!(slog.borrow().data, b"last words");
+    assert!(matches!(
+        slog.borrow().lost.clone().unwrap().downcast_ref::<ConnectionError>(),
+        Some(ConnectionError::Done)
+    ));
+}
+
+#[test]
+fn peer_closing_without_close_notify_is_truncation() {
+    let pki = Pki::new("CA");
+    let (pump, slog, clog) = loopback(
+        pki.server_config(&["localhost"]),
+        pki.client_config(),
+        "localhost",
+    );
+    clog.transport().unwrap().write(b"x");
+    pump.pump();
+    // Close the raw transport under the client's TLS layer: no close_notify is sent.
+    pump.client_transport().lose_connection();
+    pump.pump();
+    let slost = slog.borrow().lost.clone().unwrap();
+    assert!(matches!(tls_error(&slost), TlsError::Truncated), "{slost}");
+}
