@@ -28,8 +28,7 @@ impl Protocol for Echo {
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let reactor = Reactor::new()?;
@@ -42,16 +41,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let key = rcgen::KeyPair::generate()?;
             let params = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
             let cert = params.self_signed(&key)?;
-            let ck = CertificateKey::from_pem(
-                cert.pem().as_bytes(),
-                key.serialize_pem().as_bytes(),
-            )?;
+            let ck =
+                CertificateKey::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())?;
             let config = TlsServerConfig::builder()
                 .certificate(ck)
                 .alpn(&[b"h2", b"http/1.1"])
                 .build()?;
-            let tls = TlsWrappingFactory::server(factory_fn(Echo::default), config)
-                .with_clock(&reactor);
+            let tls =
+                TlsWrappingFactory::server(factory_fn(Echo::default), config).with_clock(&reactor);
             reactor.listen_tcp("127.0.0.1:0".parse()?, Rc::new(tls))?
         }
     };

@@ -108,10 +108,10 @@ impl Session {
         self.conn.writer().write(data).unwrap_or(0)
     }
 
-    /// Moves every pending TLS record into `out`.
-    pub(crate) fn take_tls(&mut self, out: &mut Vec<u8>) {
+    /// Hands every pending TLS record to `out` (record by record, no staging copy).
+    pub(crate) fn take_tls(&mut self, out: &mut dyn Write) {
         while self.conn.wants_write() {
-            match self.conn.write_tls(out as &mut dyn Write) {
+            match self.conn.write_tls(out) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -172,7 +172,13 @@ fn not_tls(input: &[u8]) -> Option<TlsError> {
     if head.len() >= 3 && head[..3].iter().all(|b| b.is_ascii_alphabetic()) {
         let shown: String = head
             .iter()
-            .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
         return Some(TlsError::NotTls(shown));
     }
@@ -216,9 +222,9 @@ pub(crate) fn map_error(e: rustls::Error, handshaking: bool) -> TlsError {
             AlertDescription::CertificateExpired => {
                 TlsError::PeerRejectedCertificate(CertificateError::Expired)
             }
-            AlertDescription::BadCertificate => TlsError::PeerRejectedCertificate(
-                CertificateError::Other("bad certificate".into()),
-            ),
+            AlertDescription::BadCertificate => {
+                TlsError::PeerRejectedCertificate(CertificateError::Other("bad certificate".into()))
+            }
             other => TlsError::AlertReceived(format!("{other:?}")),
         },
         E::PeerIncompatible(p) => TlsError::Incompatible(format!("{p:?}")),

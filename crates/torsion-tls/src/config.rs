@@ -386,11 +386,7 @@ impl TlsServerConfigBuilder {
             }
         };
         let resolver = SniResolver {
-            by_name: self
-                .sni
-                .into_iter()
-                .map(|(n, ck)| (n, ck.key))
-                .collect(),
+            by_name: self.sni.into_iter().map(|(n, ck)| (n, ck.key)).collect(),
             default: self.default.map(|ck| ck.key),
         };
         let mut config = builder.with_cert_resolver(Arc::new(resolver));

@@ -247,7 +247,7 @@ impl TlsServerEndpoint {
         &self,
         reactor: &Reactor,
         factory: Rc<dyn Factory>,
-    ) -> Result<ListeningPort, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<ListeningPort, TlsListenError> {
         let config = self.server_config()?;
         let tls = TlsWrappingFactory::server(factory, config).with_clock(reactor);
         let mut opts = TcpListenOptions::default();
@@ -255,6 +255,56 @@ impl TlsServerEndpoint {
             opts.backlog = b;
         }
         Ok(reactor.listen_tcp_with(self.address(), Rc::new(tls), opts)?)
+    }
+}
+
+/// Why a TLS endpoint could not listen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsListenError {
+    /// The certificate, key or CA files could not be loaded.
+    #[error(transparent)]
+    Config(#[from] TlsConfigError),
+    /// Binding or listening failed.
+    #[error("could not listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Escapes `:`, `=` and `\` for an endpoint string.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, ':' | '=' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The endpoint string again (round-trips through [`TlsServerEndpoint::parse`]).
+impl std::fmt::Display for TlsServerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ssl:{}:privateKey={}:certKey={}",
+            self.port,
+            esc(&self.private_key.to_string_lossy()),
+            esc(&self.cert_key.to_string_lossy())
+        )?;
+        if let Some(x) = &self.extra_cert_chain {
+            write!(f, ":extraCertChain={}", esc(&x.to_string_lossy()))?;
+        }
+        if let Some(x) = &self.ca_certs {
+            write!(f, ":caCerts={}", esc(&x.to_string_lossy()))?;
+        }
+        if self.interface != IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+            write!(f, ":interface={}", esc(&self.interface.to_string()))?;
+        }
+        if let Some(b) = self.backlog {
+            write!(f, ":backlog={b}")?;
+        }
+        Ok(())
     }
 }
 
@@ -388,16 +438,72 @@ impl TlsClientEndpoint {
         reactor: &Reactor,
         factory: Rc<dyn ClientFactory>,
     ) -> Result<Connector, TlsConfigError> {
+        Ok(self.prepare()?.connect(reactor, factory))
+    }
+
+    /// Loads the files and checks the host name now, so that connecting
+    /// later cannot fail synchronously (what an endpoint registry wants).
+    pub fn prepare(&self) -> Result<PreparedTlsClientEndpoint, TlsConfigError> {
         let config = self.client_config()?;
-        let opts = ConnectOptions {
-            timeout: Some(self.timeout),
-            bind_address: self.bind_address.map(|a| SocketAddr::new(a, 0)),
-        };
-        let tls = TlsWrappingFactory::client(factory, config, &self.host)?.with_clock(reactor);
-        Ok(match self.host.parse::<IpAddr>() {
-            Ok(ip) => reactor.connect_tcp(SocketAddr::new(ip, self.port), Rc::new(tls), opts),
-            Err(_) => reactor.connect_tcp_host(&self.host, self.port, Rc::new(tls), opts),
+        crate::config::server_name(&self.host)?;
+        Ok(PreparedTlsClientEndpoint {
+            endpoint: self.clone(),
+            config,
         })
+    }
+}
+
+/// A [`TlsClientEndpoint`] with its configuration loaded.
+#[derive(Debug, Clone)]
+pub struct PreparedTlsClientEndpoint {
+    endpoint: TlsClientEndpoint,
+    config: TlsClientConfig,
+}
+
+impl PreparedTlsClientEndpoint {
+    /// The parsed endpoint.
+    pub fn endpoint(&self) -> &TlsClientEndpoint {
+        &self.endpoint
+    }
+
+    /// Connects; failures (TCP or TLS) reach the factory's `client_connection_failed`.
+    pub fn connect(&self, reactor: &Reactor, factory: Rc<dyn ClientFactory>) -> Connector {
+        let e = &self.endpoint;
+        let opts = ConnectOptions {
+            timeout: Some(e.timeout),
+            bind_address: e.bind_address.map(|a| SocketAddr::new(a, 0)),
+        };
+        let tls = Rc::new(
+            TlsWrappingFactory::client_unchecked(factory, self.config.clone(), &e.host)
+                .with_clock(reactor),
+        );
+        match e.host.parse::<IpAddr>() {
+            Ok(ip) => reactor.connect_tcp(SocketAddr::new(ip, e.port), tls, opts),
+            Err(_) => reactor.connect_tcp_host(&e.host, e.port, tls, opts),
+        }
+    }
+}
+
+/// The endpoint string again (round-trips through [`TlsClientEndpoint::parse`]).
+impl std::fmt::Display for TlsClientEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tls:host={}:port={}", esc(&self.host), self.port)?;
+        if let Some(x) = &self.trust_roots {
+            write!(f, ":trustRoots={}", esc(&x.to_string_lossy()))?;
+        }
+        if let Some(x) = &self.certificate {
+            write!(f, ":certificate={}", esc(&x.to_string_lossy()))?;
+        }
+        if let Some(x) = &self.private_key {
+            write!(f, ":privateKey={}", esc(&x.to_string_lossy()))?;
+        }
+        if self.timeout != Duration::from_secs(30) {
+            write!(f, ":timeout={}", self.timeout.as_secs_f64())?;
+        }
+        if let Some(b) = self.bind_address {
+            write!(f, ":bindAddress={}", esc(&b.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -463,6 +569,24 @@ mod tests {
     }
 
     #[test]
+    fn display_round_trips() {
+        for s in [
+            "ssl:8443:privateKey=/a\\:b.pem:certKey=c.pem:extraCertChain=x.pem:caCerts=ca.pem:interface=\\:\\:1:backlog=5",
+            "ssl:0:privateKey=k.pem:certKey=k.pem",
+        ] {
+            let e = TlsServerEndpoint::parse(s).unwrap();
+            assert_eq!(TlsServerEndpoint::parse(&e.to_string()).unwrap(), e);
+        }
+        for s in [
+            "tls:host=example.org:port=443:trustRoots=/etc/ca:certificate=c.pem:privateKey=k.pem:timeout=2.5:bindAddress=127.0.0.1",
+            "tls:a:1",
+        ] {
+            let e = TlsClientEndpoint::parse(s).unwrap();
+            assert_eq!(TlsClientEndpoint::parse(&e.to_string()).unwrap(), e);
+        }
+    }
+
+    #[test]
     fn client_endpoint_forms() {
         let e = TlsClientEndpoint::parse(
             "tls:host=example.org:port=443:trustRoots=/etc/ca:certificate=c.pem:privateKey=k.pem:timeout=2.5:bindAddress=127.0.0.1",
@@ -475,7 +599,10 @@ mod tests {
         assert_eq!(e.private_key, Some(PathBuf::from("k.pem")));
         assert_eq!(e.timeout, Duration::from_millis(2500));
         let p = TlsClientEndpoint::parse("tls:example.org:8443").unwrap();
-        assert_eq!((p.host.as_str(), p.port, p.timeout), ("example.org", 8443, Duration::from_secs(30)));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.timeout),
+            ("example.org", 8443, Duration::from_secs(30))
+        );
         assert_eq!(
             TlsClientEndpoint::parse("tls:host=a"),
             Err(TlsEndpointError::Missing("port"))

@@ -62,6 +62,16 @@ impl<F: Factory + ?Sized> TlsWrappingFactory<F> {
         })
     }
 
+    /// Like [`Self::client`] for a name already checked.
+    pub(crate) fn client_unchecked(inner: Rc<F>, config: TlsClientConfig, name: &str) -> Self {
+        TlsWrappingFactory {
+            inner,
+            side: TlsSide::client(config, name),
+            options: TlsOptions::default(),
+            last: RefCell::new(None),
+        }
+    }
+
     /// Runs the handshake timeout on `clock` (normally the reactor).
     pub fn with_clock(mut self, clock: &(impl Clock + Clone + 'static)) -> Self {
         self.options.clock = Some(Rc::new(clock.clone()));

@@ -46,12 +46,13 @@ pub use config::{
     CertificateKey, TlsClientConfig, TlsClientConfigBuilder, TlsServerConfig,
     TlsServerConfigBuilder, TrustRoots,
 };
-pub use endpoint::{TlsClientEndpoint, TlsEndpointError, TlsServerEndpoint};
+pub use endpoint::{
+    PreparedTlsClientEndpoint, TlsClientEndpoint, TlsEndpointError, TlsListenError,
+    TlsServerEndpoint,
+};
 pub use error::{CertificateError, StartTlsError, TlsConfigError, TlsError};
 pub use ext::{HandshakeInfo, TlsTransportExt, TlsVersion};
 pub use factory::{connect_ssl, connect_ssl_host, listen_ssl, TlsWrappingFactory};
-pub use protocol::{
-    StartTlsProtocol, TlsOptions, TlsProtocol, TlsSide, DEFAULT_HANDSHAKE_TIMEOUT,
-};
+pub use protocol::{StartTlsProtocol, TlsOptions, TlsProtocol, TlsSide, DEFAULT_HANDSHAKE_TIMEOUT};
 /// The certificate type of queries and configuration (from `rustls-pki-types`).
 pub use rustls::pki_types::CertificateDer;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use torsion_core::transport::ProducerError;
 use torsion_core::{
-    Address, Clock, ConnectionError, DelayedCall, Deferred, Failure, NotSupportedError, Producer,
+    Address, Clock, ConnectionError, Deferred, DelayedCall, Failure, NotSupportedError, Producer,
     Protocol, Transport, TransportImpl, UnixCredentials, DEFAULT_HIGH_WATER,
 };
 
@@ -153,7 +153,6 @@ struct State {
     early: Vec<u8>,
     /// Ciphertext received but not yet taken by rustls (paused inner protocol).
     pending_in: Vec<u8>,
-    out: Vec<u8>,
     error: Option<TlsError>,
 }
 
@@ -169,6 +168,9 @@ pub(crate) struct TlsShared {
     st: RefCell<State>,
     paused: Cell<bool>,
     in_process: Cell<bool>,
+    in_flush: Cell<bool>,
+    /// A pause (`true`) or resume the transport below asked for during `flush_tls`.
+    held_producer_call: Cell<Option<bool>>,
     producer: RefCell<Option<Rc<dyn Producer>>>,
     streaming: Cell<bool>,
     paused_by_early: Cell<bool>,
@@ -281,16 +283,43 @@ macro_rules! forward_protocol {
 forward_protocol!(TlsProtocol);
 forward_protocol!(StartTlsProtocol);
 
+/// An `io::Write` that hands TLS records to the transport below.
+struct LowerWriter<'a>(&'a Transport);
+
+impl std::io::Write for LowerWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.write_vectored(bufs);
+        Ok(bufs.iter().map(|b| b.len()).sum())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 struct ProducerProxy(Weak<TlsShared>);
 
 impl Producer for ProducerProxy {
     fn pause_producing(&self) {
-        if let Some(p) = self.0.upgrade().and_then(|s| s.producer.borrow().clone()) {
+        let Some(s) = self.0.upgrade() else { return };
+        if s.in_flush.get() {
+            s.held_producer_call.set(Some(true));
+            return;
+        }
+        let p = s.producer.borrow().clone();
+        if let Some(p) = p {
             p.pause_producing();
         }
     }
     fn resume_producing(&self) {
         let Some(s) = self.0.upgrade() else { return };
+        if s.in_flush.get() {
+            s.held_producer_call.set(Some(false));
+            return;
+        }
         if s.paused_by_early.get() {
             return;
         }
@@ -300,7 +329,11 @@ impl Producer for ProducerProxy {
         }
     }
     fn stop_producing(&self) {
-        if let Some(p) = self.0.upgrade().and_then(|s| s.producer.borrow_mut().take()) {
+        if let Some(p) = self
+            .0
+            .upgrade()
+            .and_then(|s| s.producer.borrow_mut().take())
+        {
             p.stop_producing();
         }
     }
@@ -317,11 +350,12 @@ impl TlsShared {
                 flags: Flags::default(),
                 early: Vec::new(),
                 pending_in: Vec::new(),
-                out: Vec::new(),
                 error: None,
             }),
             paused: Cell::new(false),
             in_process: Cell::new(false),
+            in_flush: Cell::new(false),
+            held_producer_call: Cell::new(None),
             producer: RefCell::new(None),
             streaming: Cell::new(false),
             paused_by_early: Cell::new(false),
@@ -422,24 +456,35 @@ impl TlsShared {
         }
     }
 
-    /// Sends whatever TLS records rustls has ready.
+    /// Sends whatever TLS records rustls has ready, straight into the
+    /// transport below. That transport may pause or resume the producer while
+    /// it takes the bytes; the proxy holds such calls back until the state
+    /// borrow held here has ended (user code must never meet it borrowed).
     fn flush_tls(&self) {
-        let mut out = {
+        let lower = self.lower();
+        self.in_flush.set(true);
+        {
             let mut st = self.st.borrow_mut();
-            let st = &mut *st;
-            let Mode::Tls(s) = &mut st.mode else { return };
-            let mut out = std::mem::take(&mut st.out);
-            s.take_tls(&mut out);
-            out
-        };
-        if !out.is_empty() {
-            if let Some(l) = self.lower() {
-                l.write(&out);
+            if let Mode::Tls(s) = &mut st.mode {
+                match &lower {
+                    Some(l) => s.take_tls(&mut LowerWriter(l)),
+                    None => s.take_tls(&mut std::io::sink()),
+                }
             }
-            out.clear();
         }
-        if out.capacity() <= 2 * READ_CHUNK {
-            self.st.borrow_mut().out = out;
+        self.in_flush.set(false);
+        self.release_held_producer_calls();
+    }
+
+    fn release_held_producer_calls(&self) {
+        let held = self.held_producer_call.take();
+        let Some(pause) = held else { return };
+        let p = self.producer.borrow().clone();
+        let Some(p) = p else { return };
+        if pause {
+            p.pause_producing();
+        } else if !self.paused_by_early.get() {
+            p.resume_producing();
         }
     }
 
@@ -881,8 +926,7 @@ impl TransportImpl for TlsShared {
                     st.early.extend_from_slice(data);
                     st.early.len()
                 };
-                if len > DEFAULT_HIGH_WATER && self.streaming.get() && !self.paused_by_early.get()
-                {
+                if len > DEFAULT_HIGH_WATER && self.streaming.get() && !self.paused_by_early.get() {
                     let p = self.producer.borrow().clone();
                     if let Some(p) = p {
                         self.paused_by_early.set(true);

@@ -61,7 +61,10 @@ fn against_server(
     assert_eq!(good.log.borrow().data, b"still fine");
     assert!(good.log.borrow().failed.is_none());
     let reason = sf.log(0).unwrap().borrow().lost.clone().unwrap();
-    assert!(sf.log(0).unwrap().borrow().data.is_empty(), "bad peer's bytes reached the protocol");
+    assert!(
+        sf.log(0).unwrap().borrow().data.is_empty(),
+        "bad peer's bytes reached the protocol"
+    );
     reason
 }
 
@@ -88,10 +91,14 @@ fn tls_error(f: &Failure) -> TlsError {
 fn plaintext_http_on_the_tls_port() {
     let reason = against_server(Duration::from_secs(30), |addr| {
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
         read_all(&mut s)
     });
-    assert!(matches!(tls_error(&reason), TlsError::NotTls(ref s) if s.starts_with("GET / ")), "{reason}");
+    assert!(
+        matches!(tls_error(&reason), TlsError::NotTls(ref s) if s.starts_with("GET / ")),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -99,23 +106,33 @@ fn garbage_before_the_handshake() {
     let reason = against_server(Duration::from_secs(30), |addr| {
         let mut s = TcpStream::connect(addr).unwrap();
         // A handshake record header followed by nonsense.
-        s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x08, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4])
-            .unwrap();
+        s.write_all(&[
+            0x16, 0x03, 0x01, 0x00, 0x08, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4,
+        ])
+        .unwrap();
         read_all(&mut s)
     });
-    assert!(matches!(tls_error(&reason), TlsError::Protocol(_)), "{reason}");
+    assert!(
+        matches!(tls_error(&reason), TlsError::Protocol(_)),
+        "{reason}"
+    );
 }
 
 #[test]
 fn binary_garbage_before_the_handshake() {
     let reason = against_server(Duration::from_secs(30), |addr| {
         let mut s = TcpStream::connect(addr).unwrap();
-        let junk: Vec<u8> = (0..2000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80).collect();
+        let junk: Vec<u8> = (0..2000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80)
+            .collect();
         let _ = s.write_all(&junk);
         read_all(&mut s)
     });
     assert!(
-        matches!(tls_error(&reason), TlsError::Protocol(_) | TlsError::NotTls(_)),
+        matches!(
+            tls_error(&reason),
+            TlsError::Protocol(_) | TlsError::NotTls(_)
+        ),
         "{reason}"
     );
 }
@@ -123,11 +140,9 @@ fn binary_garbage_before_the_handshake() {
 /// A real ClientHello from rustls, then something else.
 fn client_hello(pki_roots: TrustRoots) -> (rustls::ClientConnection, Vec<u8>) {
     let cfg = TlsClientConfig::with_roots(pki_roots).unwrap();
-    let mut conn = rustls::ClientConnection::new(
-        cfg.rustls().clone(),
-        "localhost".try_into().unwrap(),
-    )
-    .unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(cfg.rustls().clone(), "localhost".try_into().unwrap())
+            .unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
     (conn, hello)
@@ -148,7 +163,10 @@ fn garbage_during_the_handshake() {
         let _ = s.write_all(&[0x41; 0x20]);
         read_all(&mut s)
     });
-    assert!(matches!(tls_error(&reason), TlsError::Protocol(_)), "{reason}");
+    assert!(
+        matches!(tls_error(&reason), TlsError::Protocol(_)),
+        "{reason}"
+    );
 }
 
 #[test]

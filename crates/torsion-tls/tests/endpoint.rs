@@ -52,7 +52,11 @@ fn endpoint_strings_listen_and_connect() {
     assert!(run_until(&reactor, Duration::from_secs(15), move || {
         o2.log.borrow().lost.is_some() || o2.log.borrow().failed.is_some()
     }));
-    assert!(oc.log.borrow().failed.is_none(), "{:?}", oc.log.borrow().failed);
+    assert!(
+        oc.log.borrow().failed.is_none(),
+        "{:?}",
+        oc.log.borrow().failed
+    );
     assert_eq!(oc.log.borrow().data, b"via endpoints");
     let st = sf.log(0).unwrap().borrow().transport.clone().unwrap();
     assert_eq!(
@@ -75,5 +79,8 @@ fn endpoint_strings_listen_and_connect() {
         cert.display()
     ))
     .unwrap();
-    assert!(matches!(mismatched.server_config(), Err(TlsConfigError::Key(_))));
+    assert!(matches!(
+        mismatched.server_config(),
+        Err(TlsConfigError::Key(_))
+    ));
 }

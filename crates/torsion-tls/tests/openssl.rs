@@ -84,7 +84,10 @@ fn s_client_against_torsion(extra: &[&str], then: Option<&[u8]>) -> (String, Log
     // The server loads its certificates from PEM files, as deployed.
     let config = TlsServerConfig::builder()
         .certificate(CertificateKey::from_pem_files(&f.default_cert, &f.default_key).unwrap())
-        .sni_certificate("b.test", CertificateKey::from_pem_files(&f.b_cert, &f.b_key).unwrap())
+        .sni_certificate(
+            "b.test",
+            CertificateKey::from_pem_files(&f.b_cert, &f.b_key).unwrap(),
+        )
         .alpn(&[b"h2", b"http/1.1"])
         .require_client_certificates(TrustRoots::from_pem_file(&f.ca).unwrap())
         .build()
@@ -126,7 +129,8 @@ fn s_client_against_torsion(extra: &[&str], then: Option<&[u8]>) -> (String, Log
         let o3 = out.clone();
         let e3 = err.clone();
         run_until(&reactor, Duration::from_secs(5), move || {
-            o3.lock().unwrap().contains("renegotiation") || e3.lock().unwrap().contains("renegotiation")
+            o3.lock().unwrap().contains("renegotiation")
+                || e3.lock().unwrap().contains("renegotiation")
         });
     }
     drop(stdin); // EOF: s_client sends close_notify and exits
@@ -147,11 +151,17 @@ fn openssl_s_client_talks_to_torsion_tls13_with_sni_alpn_client_cert() {
     let pki_check = |text: &str, log: &Log, client_der: &[u8]| {
         assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
         assert!(text.contains("ALPN protocol: h2"), "{text}");
-        assert!(text.contains("CN = b.test"), "SNI certificate not served: {text}");
+        assert!(
+            text.contains("CN = b.test"),
+            "SNI certificate not served: {text}"
+        );
         let l = log.borrow();
         assert_eq!(l.data, b"hello torsion\n");
         let t = l.transport.clone().unwrap();
-        assert_eq!(t.negotiated_protocol().unwrap().as_deref(), Some(&b"h2"[..]));
+        assert_eq!(
+            t.negotiated_protocol().unwrap().as_deref(),
+            Some(&b"h2"[..])
+        );
         let info = t.handshake_info().unwrap().unwrap();
         assert_eq!(info.server_name.as_deref(), Some("b.test"));
         // s_client sends its chain (leaf first) as built from -CAfile.
@@ -162,7 +172,10 @@ fn openssl_s_client_talks_to_torsion_tls13_with_sni_alpn_client_cert() {
         );
         let lost = l.lost.clone().unwrap();
         assert!(
-            matches!(lost.downcast_ref::<ConnectionError>(), Some(ConnectionError::Done)),
+            matches!(
+                lost.downcast_ref::<ConnectionError>(),
+                Some(ConnectionError::Done)
+            ),
             "{lost}"
         );
         info
@@ -183,7 +196,10 @@ fn openssl_s_client_tls12() {
     let t = l.transport.clone().unwrap();
     assert_eq!(t.tls_version().unwrap(), Some(TlsVersion::Tls12));
     assert!(t.cipher_suite().unwrap().unwrap().starts_with("TLS_ECDHE_"));
-    assert_eq!(t.peer_certificate().unwrap().unwrap().as_ref(), &client_der[..]);
+    assert_eq!(
+        t.peer_certificate().unwrap().unwrap().as_ref(),
+        &client_der[..]
+    );
 }
 
 #[test]
@@ -231,7 +247,13 @@ fn openssl_tls11_is_refused() {
         .is_some_and(|l| l.borrow().lost.is_some())));
     let lost = sf.log(0).unwrap().borrow().lost.clone().unwrap();
     let e = lost.downcast_ref::<TlsError>().expect("typed error");
-    assert!(matches!(e, TlsError::Incompatible(_) | TlsError::Protocol(_) | TlsError::ClosedDuringHandshake), "{e}");
+    assert!(
+        matches!(
+            e,
+            TlsError::Incompatible(_) | TlsError::Protocol(_) | TlsError::ClosedDuringHandshake
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -256,9 +278,23 @@ fn torsion_client_against_s_server(name: &str) {
     );
     let f = files(&pki, &default, &b, &client);
     let mut child = openssl()
-        .args(["s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-rev"])
+        .args([
+            "s_server",
+            "-accept",
+            "127.0.0.1:0",
+            "-naccept",
+            "1",
+            "-rev",
+        ])
         .args(["-cert", &f.default_cert, "-key", &f.default_key])
-        .args(["-servername", "b.test", "-cert2", &f.b_cert, "-key2", &f.b_key])
+        .args([
+            "-servername",
+            "b.test",
+            "-cert2",
+            &f.b_cert,
+            "-key2",
+            &f.b_key,
+        ])
         .args(["-alpn", "h2,http/1.1"])
         .args(["-Verify", "1", "-CAfile", &f.ca, "-verify_return_error"])
         .stdin(Stdio::piped())
@@ -301,14 +337,21 @@ fn torsion_client_against_s_server(name: &str) {
     .unwrap();
     let o2 = oc.clone();
     assert!(
-        run_until(&reactor, Duration::from_secs(15), move || o2.log.borrow().lost.is_some()),
+        run_until(&reactor, Duration::from_secs(15), move || o2
+            .log
+            .borrow()
+            .lost
+            .is_some()),
         "s_server said: {}{}",
         out.lock().unwrap(),
         err.lock().unwrap()
     );
     let l = oc.log.borrow();
     assert!(l.failed.is_none(), "{:?}", l.failed);
-    assert_eq!(l.data, b"lssnepo olleh\n", "s_server -rev reverses the line");
+    assert_eq!(
+        l.data, b"lssnepo olleh\n",
+        "s_server -rev reverses the line"
+    );
     let t = l.transport.clone().unwrap();
     assert_eq!(t.tls_version().unwrap(), Some(TlsVersion::Tls13));
     // s_server's output arrives through pipes: give it a moment.
@@ -320,7 +363,10 @@ fn torsion_client_against_s_server(name: &str) {
         }
         thread::sleep(Duration::from_millis(20));
     };
-    assert!(text.contains("CN = alice"), "client certificate not seen by s_server: {text}");
+    assert!(
+        text.contains("CN = alice"),
+        "client certificate not seen by s_server: {text}"
+    );
     let expected = if name == "b.test" { &b } else { &default };
     assert_eq!(
         t.peer_certificate().unwrap().unwrap().as_ref(),
@@ -328,7 +374,10 @@ fn torsion_client_against_s_server(name: &str) {
         "SNI {name}: wrong certificate served"
     );
     if name == "localhost" {
-        assert_eq!(t.negotiated_protocol().unwrap().as_deref(), Some(&b"http/1.1"[..]));
+        assert_eq!(
+            t.negotiated_protocol().unwrap().as_deref(),
+            Some(&b"http/1.1"[..])
+        );
     }
 }
 
@@ -342,7 +391,14 @@ fn torsion_client_rejects_openssl_server_with_unknown_ca() {
     let cert = dir.write("c.pem", &leaf.cert_pem).display().to_string();
     let key = dir.write("k.pem", &leaf.key_pem).display().to_string();
     let mut child = openssl()
-        .args(["s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-rev"])
+        .args([
+            "s_server",
+            "-accept",
+            "127.0.0.1:0",
+            "-naccept",
+            "1",
+            "-rev",
+        ])
         .args(["-cert", &cert, "-key", &key])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -382,8 +438,11 @@ fn torsion_client_rejects_openssl_server_with_unknown_ca() {
         .failed
         .is_some()));
     let failed = oc.log.borrow().failed.clone().unwrap();
-    assert!(matches!(
-        failed.downcast_ref::<TlsError>(),
-        Some(TlsError::Certificate(CertificateError::UnknownIssuer))
-    ), "{failed}");
+    assert!(
+        matches!(
+            failed.downcast_ref::<TlsError>(),
+            Some(TlsError::Certificate(CertificateError::UnknownIssuer))
+        ),
+        "{failed}"
+    );
 }

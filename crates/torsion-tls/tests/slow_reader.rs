@@ -170,7 +170,9 @@ fn hundred_mib_to_a_slow_reader_keeps_memory_bounded() {
     .unwrap();
     let l2 = lost.clone();
     assert!(
-        run_until(&reactor, Duration::from_secs(240), move || l2.get().is_some()),
+        run_until(&reactor, Duration::from_secs(240), move || l2
+            .get()
+            .is_some()),
         "transfer did not finish; got {} bytes",
         got.get()
     );

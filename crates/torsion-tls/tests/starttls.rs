@@ -77,7 +77,8 @@ impl Protocol for LineClient {
     fn connection_made(&mut self, t: Transport) {
         if self.eager {
             t.write(b"STARTTLS\n");
-            t.start_tls_client(self.config.clone(), "localhost", &[]).unwrap();
+            t.start_tls_client(self.config.clone(), "localhost", &[])
+                .unwrap();
             t.write(b"SECRET\n");
         } else {
             t.write(b"PLAIN\nSTARTTLS\n");
@@ -123,7 +124,12 @@ fn pair(
     pki: &Pki,
     announce: bool,
     eager: bool,
-) -> (StartTlsProtocol, StartTlsProtocol, Rc<RefCell<Lines>>, Rc<RefCell<Lines>>) {
+) -> (
+    StartTlsProtocol,
+    StartTlsProtocol,
+    Rc<RefCell<Lines>>,
+    Rc<RefCell<Lines>>,
+) {
     let slog = Rc::new(RefCell::new(Lines::default()));
     let clog = Rc::new(RefCell::new(Lines::default()));
     let server = StartTlsProtocol::new(Box::new(LineServer {
@@ -243,7 +249,10 @@ fn starttls_over_tcp() {
         s3.borrow().lost.is_some() && c3.borrow().lost.is_some()
     }));
     assert_eq!(slog.borrow().lines, ["PLAIN", "STARTTLS", "SECRET"]);
-    assert_eq!(clog.borrow().lines, ["echo: PLAIN", "READY", "echo: SECRET"]);
+    assert_eq!(
+        clog.borrow().lines,
+        ["echo: PLAIN", "READY", "echo: SECRET"]
+    );
 }
 
 #[test]

@@ -140,7 +140,13 @@ fn tcp_attempt(
 ) -> (Rc<OneClient>, Rc<EchoFactory>) {
     let reactor = Reactor::new().unwrap();
     let sf = EchoFactory::new();
-    let port = listen_ssl(&reactor, "127.0.0.1:0".parse().unwrap(), sf.clone(), server_cfg).unwrap();
+    let port = listen_ssl(
+        &reactor,
+        "127.0.0.1:0".parse().unwrap(),
+        sf.clone(),
+        server_cfg,
+    )
+    .unwrap();
     let addr = match port.host() {
         torsion_core::Address::Tcp(a) => a,
         other => panic!("{other:?}"),
@@ -313,9 +319,15 @@ fn client_certificate_sni_and_alpn() {
             &leaf.der()[..],
             "{name}"
         );
-        assert_eq!(ct.negotiated_protocol().unwrap().as_deref(), Some(&b"http/1.1"[..]));
+        assert_eq!(
+            ct.negotiated_protocol().unwrap().as_deref(),
+            Some(&b"http/1.1"[..])
+        );
         let st = slog.borrow().transport.clone().unwrap();
-        assert_eq!(st.negotiated_protocol().unwrap().as_deref(), Some(&b"http/1.1"[..]));
+        assert_eq!(
+            st.negotiated_protocol().unwrap().as_deref(),
+            Some(&b"http/1.1"[..])
+        );
         assert_eq!(
             st.peer_certificate().unwrap().unwrap().as_ref(),
             &client_leaf.der()[..]
@@ -351,7 +363,10 @@ fn no_common_alpn_protocol_fails_typed() {
     let (pump, slog, _clog) = loopback(server_cfg, client_cfg, "localhost");
     pump.pump();
     let slost = slog.borrow().lost.clone().unwrap();
-    assert!(matches!(tls_error(&slost), TlsError::Incompatible(_)), "{slost}");
+    assert!(
+        matches!(tls_error(&slost), TlsError::Incompatible(_)),
+        "{slost}"
+    );
 }
 
 #[test]
@@ -455,7 +470,10 @@ fn tls_over_tls_over_loopback() {
     let info = ct.handshake_info().unwrap().unwrap();
     // The innermost TLS layer answers for the transport the protocol holds.
     assert_eq!(info.peer_certificates.len(), 1);
-    let leaf_cn_inner = info.peer_certificates[0].as_ref().windows(10).any(|w| w == b"inner.test");
+    let leaf_cn_inner = info.peer_certificates[0]
+        .as_ref()
+        .windows(10)
+        .any(|w| w == b"inner.test");
     assert!(leaf_cn_inner);
     ct.lose_connection();
     pump.pump();
@@ -480,7 +498,11 @@ fn lose_connection_before_the_handshake_still_delivers_early_writes() {
     pump.pump();
     assert_eq!(slog.borrow().data, b"last words");
     assert!(matches!(
-        slog.borrow().lost.clone().unwrap().downcast_ref::<ConnectionError>(),
+        slog.borrow()
+            .lost
+            .clone()
+            .unwrap()
+            .downcast_ref::<ConnectionError>(),
         Some(ConnectionError::Done)
     ));
 }

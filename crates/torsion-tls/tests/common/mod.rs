@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
-use torsion_core::{Address, ClientFactory, Connector, Factory, Failure, Protocol, Reactor, Transport};
+use torsion_core::{
+    Address, ClientFactory, Connector, Factory, Failure, Protocol, Reactor, Transport,
+};
 use torsion_tls::{CertificateKey, TlsClientConfig, TlsServerConfig, TrustRoots};
 
 /// A certificate authority for one test.
@@ -58,9 +60,10 @@ impl Pki {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("client"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("client"),
+        );
         params.extended_key_usages = vec![if client {
             ExtendedKeyUsagePurpose::ClientAuth
         } else {
@@ -263,8 +266,7 @@ impl ClientFactory for OneClient {
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
