@@ -17,7 +17,10 @@ fn config() -> &'static TlsServerConfig {
         let cert = params.self_signed(&key).expect("cert");
         let ck = CertificateKey::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
             .expect("certificate key");
-        TlsServerConfig::builder().certificate(ck).build().expect("config")
+        TlsServerConfig::builder()
+            .certificate(ck)
+            .build()
+            .expect("config")
     })
 }
 

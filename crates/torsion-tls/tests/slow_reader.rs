@@ -91,7 +91,7 @@ impl Protocol for SlowReader {
         let Some(t) = self.t.clone() else { return };
         // Stop reading after every delivery and come back later.
         t.pause_producing();
-        let delay = if self.calls % 8 == 0 {
+        let delay = if self.calls.is_multiple_of(8) {
             Duration::from_millis(1)
         } else {
             Duration::ZERO
