@@ -391,6 +391,8 @@ impl TlsServerConfigBuilder {
         };
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = self.alpn;
+        // The server's (strongest-first) suite order wins over the client's.
+        config.ignore_client_order = true;
         if self.no_resumption {
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
