@@ -84,3 +84,59 @@ fn endpoint_strings_listen_and_connect() {
         Err(TlsConfigError::Key(_))
     ));
 }
+
+#[test]
+fn extra_cert_chain_completes_the_path_to_the_root() {
+    init_logging();
+    let root = Pki::new("Root CA");
+    let inter = root.intermediate("Intermediate CA");
+    let leaf = inter.server_leaf(&["localhost"]);
+    let dir = TempDir::new();
+    let key = dir.write("k.pem", &leaf.key_pem);
+    let cert = dir.write("c.pem", &leaf.cert_pem);
+    let chain = dir.write("chain.pem", &inter.ca_pem);
+    let roots = dir.write("root.pem", &root.ca_pem);
+    // A server endpoint with and without the intermediate; the client trusts only the root.
+    let base = format!(
+        "ssl:0:interface=127.0.0.1:privateKey={}:certKey={}",
+        key.display(),
+        cert.display()
+    );
+    let with_chain = format!("{base}:extraCertChain={}", chain.display());
+    let by_name = |server: &str| {
+        let reactor = Reactor::new().unwrap();
+        let port = TlsServerEndpoint::parse(server)
+            .unwrap()
+            .listen(&reactor, EchoFactory::new())
+            .unwrap();
+        let Address::Tcp(addr) = port.host() else {
+            panic!()
+        };
+        let oc = OneClient::new(b"chain", Some(5));
+        let cfg = TlsClientConfig::with_roots(TrustRoots::from_path(&roots).unwrap()).unwrap();
+        connect_ssl(
+            &reactor,
+            addr,
+            oc.clone(),
+            cfg,
+            "localhost",
+            torsion_core::ConnectOptions::default(),
+        )
+        .unwrap();
+        let o2 = oc.clone();
+        assert!(run_until(&reactor, Duration::from_secs(15), move || {
+            o2.log.borrow().lost.is_some() || o2.log.borrow().failed.is_some()
+        }));
+        let l = oc.log.borrow();
+        (l.data.clone(), l.failed.clone())
+    };
+    let (data, failed) = by_name(&with_chain);
+    assert!(failed.is_none(), "{failed:?}");
+    assert_eq!(data, b"chain");
+    let (_, failed) = by_name(&base);
+    let failed = failed.expect("no path to the root without the intermediate");
+    assert!(matches!(
+        failed.downcast_ref::<TlsError>(),
+        Some(TlsError::Certificate(CertificateError::UnknownIssuer))
+    ));
+}
