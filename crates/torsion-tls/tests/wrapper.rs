@@ -523,3 +523,111 @@ fn peer_closing_without_close_notify_is_truncation() {
     let slost = slog.borrow().lost.clone().unwrap();
     assert!(matches!(tls_error(&slost), TlsError::Truncated), "{slost}");
 }
+
+struct Panicky;
+impl torsion_core::Protocol for Panicky {
+    fn data_received(&mut self, _data: &[u8]) {
+        panic!("bug in the inner protocol");
+    }
+}
+
+#[test]
+fn a_panicking_inner_protocol_aborts_only_its_connection() {
+    let pki = Pki::new("CA");
+    let server = TlsProtocol::server(Box::new(Panicky), pki.server_config(&["localhost"]));
+    let (client, clog) = AccumulatingProtocol::new();
+    let client = TlsProtocol::client(Box::new(client), pki.client_config(), "localhost");
+    let pump = LoopbackPump::connect(Box::new(server), Box::new(client));
+    clog.transport().unwrap().write(b"boom");
+    pump.pump();
+    assert!(pump.closed());
+    let lost = clog.lost().expect("client saw the abort");
+    assert!(!lost.is_panic());
+    // A second connection with the same configuration works.
+    let (pump2, _slog, clog2) = loopback(
+        pki.server_config(&["localhost"]),
+        pki.client_config(),
+        "localhost",
+    );
+    clog2.transport().unwrap().write(b"fine");
+    pump2.pump();
+    assert_eq!(clog2.data(), b"fine");
+}
+
+/// A pull (non-streaming) producer: writes one piece each time it is asked.
+struct Pull {
+    t: std::cell::OnceCell<Transport>,
+    left: std::cell::Cell<usize>,
+}
+impl torsion_core::Producer for Pull {
+    fn pause_producing(&self) {}
+    fn resume_producing(&self) {
+        let Some(t) = self.t.get() else { return };
+        let left = self.left.get();
+        if left == 0 {
+            t.unregister_producer();
+            t.lose_connection();
+            return;
+        }
+        self.left.set(left - 1);
+        t.write(&[b'p'; 32 * 1024]);
+    }
+    fn stop_producing(&self) {}
+}
+
+struct PullServer(Rc<Pull>);
+impl torsion_core::Protocol for PullServer {
+    fn connection_made(&mut self, t: Transport) {
+        let _ = self.0.t.set(t.clone());
+        t.register_producer(self.0.clone(), false).unwrap();
+    }
+    fn data_received(&mut self, _data: &[u8]) {}
+}
+
+#[test]
+fn pull_producer_through_tls_over_tcp() {
+    let pki = Pki::new("CA");
+    let reactor = Reactor::new().unwrap();
+    let pull = Rc::new(Pull {
+        t: std::cell::OnceCell::new(),
+        left: std::cell::Cell::new(64),
+    });
+    let p2 = pull.clone();
+    let port = listen_ssl(
+        &reactor,
+        "127.0.0.1:0".parse().unwrap(),
+        torsion_core::factory_fn(move || PullServer(p2.clone())),
+        pki.server_config(&["localhost"]),
+    )
+    .unwrap();
+    let torsion_core::Address::Tcp(addr) = port.host() else {
+        panic!()
+    };
+    let client = OneClient::new(b"", None);
+    connect_ssl(
+        &reactor,
+        addr,
+        client.clone(),
+        pki.client_config(),
+        "localhost",
+        ConnectOptions::default(),
+    )
+    .unwrap();
+    let c = client.clone();
+    assert!(run_until(&reactor, Duration::from_secs(15), move || c
+        .log
+        .borrow()
+        .lost
+        .is_some()));
+    assert_eq!(client.log.borrow().data.len(), 64 * 32 * 1024);
+    assert!(matches!(
+        client
+            .log
+            .borrow()
+            .lost
+            .clone()
+            .unwrap()
+            .downcast_ref::<ConnectionError>(),
+        Some(ConnectionError::Done)
+    ));
+}
