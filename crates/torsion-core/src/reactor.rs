@@ -57,6 +57,12 @@ pub(crate) trait Source {
     fn is_connection(&self) -> bool {
         false
     }
+    /// Shutdown's grace period is over: close now, dropping unsent data.
+    fn force_close(self: Rc<Self>, _reactor: &Reactor) {}
+    /// The reactor itself is being dropped without having shut down: release
+    /// the socket now (a protocol holding its own transport would otherwise
+    /// keep it alive in a cycle).
+    fn reactor_dropped(self: Rc<Self>) {}
 }
 
 /// Phases of a system event, as in Twisted.
@@ -133,6 +139,22 @@ pub(crate) struct Inner {
     pub(crate) executor: Executor,
     signals: RefCell<Option<crate::sys::SignalPipe>>,
     shutdown_grace: Cell<Duration>,
+    /// Whether the event being dispatched reported the peer's end closed
+    /// (EPOLLRDHUP/HUP): a short read then does not prove the socket drained.
+    event_read_closed: Cell<bool>,
+    /// The default thread pool, created on first use (see `threads.rs`).
+    pub(crate) thread_pool: RefCell<Option<crate::threads::ThreadPool>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let sources: Vec<Rc<dyn Source>> = self.sources.get_mut().drain().collect();
+        self.dirty.get_mut().clear();
+        self.pending_io.get_mut().clear();
+        for s in sources {
+            s.reactor_dropped();
+        }
+    }
 }
 
 /// A handle on the event loop of the current thread. Cheap to clone; `!Send`.
@@ -241,6 +263,8 @@ impl Reactor {
                 executor,
                 signals: RefCell::new(None),
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
+                event_read_closed: Cell::new(false),
+                thread_pool: RefCell::new(None),
             }),
         })
     }
@@ -447,6 +471,20 @@ impl Reactor {
         while self.connection_count() > 0 && self.now() < grace_end {
             self.turn(Some(Duration::from_millis(50)))?;
         }
+        // Whatever could not flush in time is aborted, so every protocol still
+        // hears connection_lost and no socket outlives the loop.
+        let stuck: Vec<Rc<dyn Source>> = self
+            .inner
+            .sources
+            .borrow()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
+        for s in stuck {
+            s.force_close(self);
+        }
+        self.flush_dirty();
+        self.retire();
         let w = self.fire_phase(SystemEvent::Shutdown, Phase::After);
         self.wait_all(w, limit)?;
         self.inner.state.set(RunState::Stopped);
@@ -551,9 +589,9 @@ impl Reactor {
             if d.is_zero() {
                 d
             } else {
-                Duration::from_millis(
-                    d.as_millis().max(1) as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0),
-                )
+                // Capped: the poller takes an i32 of milliseconds anyway.
+                let ms = d.as_millis().clamp(1, i32::MAX as u128) as u64;
+                Duration::from_millis(ms + u64::from(d.subsec_nanos() % 1_000_000 != 0))
             }
         });
         let mut events = self.inner.events.borrow_mut();
@@ -563,7 +601,7 @@ impl Reactor {
             Err(e) => return Err(ReactorError::Io(e)),
         }
         // Copy the batch out so user callbacks never run under the events borrow.
-        let batch: Vec<(Token, Readiness)> = events
+        let batch: Vec<(Token, Readiness, bool)> = events
             .iter()
             .map(|e| {
                 (
@@ -572,19 +610,22 @@ impl Reactor {
                         readable: e.is_readable() || e.is_read_closed() || e.is_error(),
                         writable: e.is_writable() || e.is_write_closed(),
                     },
+                    e.is_read_closed() || e.is_error(),
                 )
             })
             .collect();
         drop(events);
 
-        for (token, readiness) in batch {
+        for (token, readiness, read_closed) in batch {
             match token {
                 WAKER_TOKEN => {}
                 SIGNAL_TOKEN => self.handle_signals(),
                 Token(key) => {
                     let source = self.inner.sources.borrow().get(key).cloned();
                     if let Some(source) = source {
+                        self.inner.event_read_closed.set(read_closed);
                         source.ready(self, readiness);
+                        self.inner.event_read_closed.set(false);
                         self.flush_dirty();
                     }
                 }
@@ -721,6 +762,12 @@ impl Reactor {
 
     pub(crate) fn mark_dirty(&self, source: Rc<dyn Source>) {
         self.inner.dirty.borrow_mut().push(source);
+    }
+
+    /// True while dispatching an event that reported the peer's sending side
+    /// closed: a reader must then read until EOF even after a short read.
+    pub(crate) fn event_read_closed(&self) -> bool {
+        self.inner.event_read_closed.get()
     }
 
     pub(crate) fn want_read_turn(&self, source: Rc<dyn Source>) {

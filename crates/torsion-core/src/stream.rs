@@ -51,11 +51,18 @@ pub(crate) trait StreamSocket: Read + Write + mio::event::Source + 'static {
             transport: Self::kind(),
         })
     }
+    /// Makes the coming close reset the connection (TCP: `SO_LINGER` 0), so
+    /// the peer can tell an abort from a complete, clean close.
+    fn reset_on_close(&self) {}
     fn credentials(&self) -> Result<UnixCredentials, NotSupportedError> {
         Err(NotSupportedError {
             what: "Unix peer credentials",
             transport: Self::kind(),
         })
+    }
+    /// Socket-specific extensions (Unix descriptor passing), by type.
+    fn extension(&self, _type_id: std::any::TypeId) -> Option<Rc<dyn std::any::Any>> {
+        None
     }
 }
 
@@ -134,6 +141,10 @@ mod flag {
     pub const DIRTY: u16 = 1 << 7;
     pub const READ_SHUT: u16 = 1 << 8;
     pub const STARTED: u16 = 1 << 9;
+    /// The poller reported the peer's sending side closed: read to EOF.
+    pub const PEER_HUP: u16 = 1 << 10;
+    /// This side aborted (or its protocol panicked): close with a reset.
+    pub const RESET: u16 = 1 << 11;
 }
 
 type CloseHook = Box<dyn FnOnce(&Failure)>;
@@ -253,7 +264,7 @@ impl<S: StreamSocket> Connection<S> {
         log_callback_failure(what, &self.peer, &f);
         let reason = Failure::new(ConnectionError::ProtocolPanicked(f.to_string()));
         self.fail_later(reason);
-        self.set(flag::ABORTING);
+        self.set(flag::ABORTING | flag::RESET);
     }
 
     fn fail_later(&self, f: Failure) {
@@ -269,6 +280,11 @@ impl<S: StreamSocket> Connection<S> {
     fn do_read(self: &Rc<Self>, reactor: &Reactor) {
         if self.has(flag::CLOSED | flag::READ_SHUT) || self.error.borrow().is_some() {
             return;
+        }
+        if reactor.event_read_closed() {
+            // Sticky: the EOF may only be reached on a later turn (paused
+            // reading, or MAX_READS_PER_TURN used up), and no new edge will come.
+            self.set(flag::PEER_HUP);
         }
         if self.has(flag::READ_PAUSED) {
             self.set(flag::READ_PENDING);
@@ -287,11 +303,16 @@ impl<S: StreamSocket> Connection<S> {
                         return;
                     }
                     Ok(n) => {
+                        // As in Twisted, a protocol that called lose_connection
+                        // hears no more data. The socket is still drained, so
+                        // the close sends a FIN rather than a reset that could
+                        // destroy the reply the peer has not read yet.
+                        let deliver = !self.has(flag::DISCONNECTING);
                         let res = {
                             let mut p = self.protocol.borrow_mut();
                             match p.as_mut() {
-                                Some(p) => catch(|| p.data_received(&buf[..n])),
-                                None => Ok(()),
+                                Some(p) if deliver => catch(|| p.data_received(&buf[..n])),
+                                _ => Ok(()),
                             }
                         };
                         if let Err(f) = res {
@@ -306,9 +327,11 @@ impl<S: StreamSocket> Connection<S> {
                             self.set(flag::READ_PENDING);
                             return;
                         }
-                        // No "short read means drained" shortcut: with
-                        // edge-triggered readiness a FIN that arrived with the
-                        // data raises no new event, so read on to WouldBlock/EOF.
+                        // A short read drained the socket, unless the peer also
+                        // closed: its FIN raised no edge of its own, so read on to EOF.
+                        if n < buf.len() && !self.has(flag::PEER_HUP) {
+                            return;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -348,14 +371,20 @@ impl<S: StreamSocket> Connection<S> {
                 self.set(flag::ABORTING);
             }
         } else {
-            self.fail_later(Failure::new(ConnectionError::Done));
-            self.set(flag::ABORTING);
+            // The peer stopped sending; it may still read. Flush what the
+            // protocol wrote (an echo of the last bytes, say), then close.
+            self.set(flag::DISCONNECTING);
+            self.mark_dirty();
         }
     }
 
     /// Writes as much of the buffer as the kernel takes.
     fn flush(&self) {
         loop {
+            // A producer callback run from after_drain may have panicked.
+            if self.has(flag::ABORTING) {
+                return;
+            }
             let mut wbuf = self.wbuf.borrow_mut();
             if wbuf.len == 0 {
                 return;
@@ -421,6 +450,9 @@ impl<S: StreamSocket> Connection<S> {
             if let Some(r) = self.reactor() {
                 let _ = r.registry().deregister(&mut sock);
                 r.retire_source(self.token.get());
+            }
+            if self.has(flag::RESET) {
+                sock.reset_on_close();
             }
             drop(sock);
         }
@@ -514,6 +546,15 @@ impl<S: StreamSocket> Source for Connection<S> {
         self.lose_connection();
     }
 
+    fn force_close(self: Rc<Self>, reactor: &Reactor) {
+        self.abort_connection();
+        self.settle(reactor);
+    }
+
+    fn reactor_dropped(self: Rc<Self>) {
+        self.close_now(Failure::new(ConnectionError::ReactorShutdown));
+    }
+
     fn is_connection(&self) -> bool {
         true
     }
@@ -561,7 +602,7 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
         if self.has(flag::CLOSED) {
             return;
         }
-        self.set(flag::ABORTING);
+        self.set(flag::ABORTING | flag::RESET);
         self.mark_dirty();
     }
 
@@ -668,6 +709,13 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
 
     fn kind(&self) -> &'static str {
         S::kind()
+    }
+
+    fn extension(&self, type_id: std::any::TypeId) -> Option<Rc<dyn std::any::Any>> {
+        self.sock
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.extension(type_id))
     }
 }
 
