@@ -40,6 +40,7 @@ pub mod endpoint;
 pub mod error;
 pub mod ext;
 pub mod factory;
+pub mod plugin;
 pub mod protocol;
 
 pub use config::{
@@ -53,6 +54,7 @@ pub use endpoint::{
 pub use error::{CertificateError, StartTlsError, TlsConfigError, TlsError};
 pub use ext::{HandshakeInfo, TlsTransportExt, TlsVersion};
 pub use factory::{connect_ssl, connect_ssl_host, listen_ssl, TlsWrappingFactory};
+pub use plugin::{register_endpoints, TlsEndpointParser};
 pub use protocol::{StartTlsProtocol, TlsOptions, TlsProtocol, TlsSide, DEFAULT_HANDSHAKE_TIMEOUT};
 /// The certificate type of queries and configuration (from `rustls-pki-types`).
 pub use rustls::pki_types::CertificateDer;

@@ -140,3 +140,53 @@ fn extra_cert_chain_completes_the_path_to_the_root() {
         Some(TlsError::Certificate(CertificateError::UnknownIssuer))
     ));
 }
+
+#[test]
+fn core_endpoint_parser_knows_ssl_and_tls_after_registration() {
+    use torsion_core::endpoint::{client_from_string, server_from_string, EndpointError};
+    init_logging();
+    assert!(register_endpoints());
+    let pki = Pki::new("CA");
+    let leaf = pki.server_leaf(&["localhost"]);
+    let dir = TempDir::new();
+    let key = dir.write("k.pem", &leaf.key_pem);
+    let cert = dir.write("c.pem", &leaf.cert_pem);
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+    let server = server_from_string(&format!(
+        "ssl:0:interface=127.0.0.1:privateKey={}:certKey={}",
+        key.display(),
+        cert.display()
+    ))
+    .unwrap();
+    let reactor = Reactor::new().unwrap();
+    let handle = server.listen(&reactor, EchoFactory::new()).unwrap();
+    let Address::Tcp(addr) = handle.host() else {
+        panic!()
+    };
+    let client = client_from_string(&format!(
+        "tls:host=localhost:port={}:trustRoots={}",
+        addr.port(),
+        ca.display()
+    ))
+    .unwrap();
+    assert!(client.to_string().starts_with("tls:host=localhost:port="));
+    let oc = OneClient::new(b"registered", Some(10));
+    client.connect(&reactor, oc.clone());
+    let o2 = oc.clone();
+    assert!(run_until(&reactor, Duration::from_secs(15), move || {
+        o2.log.borrow().lost.is_some() || o2.log.borrow().failed.is_some()
+    }));
+    assert_eq!(oc.log.borrow().data, b"registered");
+    // Errors come back in the core's typed form.
+    assert!(matches!(
+        server_from_string("ssl:443"),
+        Err(EndpointError::Missing {
+            what: "privateKey",
+            ..
+        })
+    ));
+    assert!(matches!(
+        client_from_string("tls:host=a:port=1:trustRoots=/nonexistent/ca.pem"),
+        Err(EndpointError::InvalidValue { .. })
+    ));
+}

@@ -14,7 +14,10 @@ use torsion_tls::*;
 fn tls_client_over_a_process_pipe() {
     init_logging();
     assert!(
-        std::process::Command::new("socat").arg("-V").output().is_ok(),
+        std::process::Command::new("socat")
+            .arg("-V")
+            .output()
+            .is_ok(),
         "socat is not installed: run scripts/test.sh (scripts/apt.d/tls.txt)"
     );
     let pki = Pki::new("CA");
