@@ -631,3 +631,22 @@ fn pull_producer_through_tls_over_tcp() {
         Some(ConnectionError::Done)
     ));
 }
+
+#[test]
+fn platform_verifier_rejects_a_private_ca() {
+    // The operating system does not trust our throw-away CA.
+    let pki = Pki::new("CA");
+    let (client, _sf) = tcp_attempt(
+        pki.server_config(&["localhost"]),
+        TlsClientConfig::platform().expect("platform verifier"),
+        "localhost",
+    );
+    let failed = client.log.borrow().failed.clone().expect("rejected");
+    assert!(
+        matches!(
+            tls_error(&failed),
+            TlsError::Certificate(CertificateError::UnknownIssuer)
+        ),
+        "{failed}"
+    );
+}
