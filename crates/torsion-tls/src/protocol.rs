@@ -180,6 +180,7 @@ pub(crate) struct TlsShared {
     initial: RefCell<Option<TlsSide>>,
     outcome: RefCell<Option<OutcomeSink>>,
     lost_while_busy: RefCell<Option<Failure>>,
+    panicked: RefCell<Option<String>>,
 }
 
 /// Wraps a protocol in TLS. Place it on any stream transport.
@@ -365,6 +366,7 @@ impl TlsShared {
             initial: RefCell::new(side),
             outcome: RefCell::new(None),
             lost_while_busy: RefCell::new(None),
+            panicked: RefCell::new(None),
         })
     }
 
@@ -403,9 +405,11 @@ impl TlsShared {
             {
                 let mut st = self.st.borrow_mut();
                 if st.error.is_none() {
+                    // Stops further processing; `connection_lost` reports the panic itself.
                     st.error = Some(TlsError::Other(format!("{what} panicked: {f}")));
                 }
             }
+            *self.panicked.borrow_mut() = Some(f.to_string());
             if let Some(l) = self.lower() {
                 l.abort_connection();
             }
@@ -785,7 +789,11 @@ impl TlsShared {
         let plain_close = reason
             .downcast_ref::<ConnectionError>()
             .is_some_and(|e| matches!(e, ConnectionError::Done));
+        let panicked = self.panicked.borrow_mut().take();
         let reason = match error {
+            _ if panicked.is_some() => Failure::new(ConnectionError::ProtocolPanicked(
+                panicked.unwrap_or_default(),
+            )),
             Some(e) => Failure::new(e),
             None if tls && !handshake_done && plain_close => {
                 Failure::new(TlsError::ClosedDuringHandshake)

@@ -524,17 +524,24 @@ fn peer_closing_without_close_notify_is_truncation() {
     assert!(matches!(tls_error(&slost), TlsError::Truncated), "{slost}");
 }
 
-struct Panicky;
+struct Panicky(Log);
 impl torsion_core::Protocol for Panicky {
     fn data_received(&mut self, _data: &[u8]) {
         panic!("bug in the inner protocol");
+    }
+    fn connection_lost(&mut self, reason: torsion_core::Failure) {
+        self.0.borrow_mut().lost = Some(reason);
     }
 }
 
 #[test]
 fn a_panicking_inner_protocol_aborts_only_its_connection() {
     let pki = Pki::new("CA");
-    let server = TlsProtocol::server(Box::new(Panicky), pki.server_config(&["localhost"]));
+    let plog = Log::default();
+    let server = TlsProtocol::server(
+        Box::new(Panicky(plog.clone())),
+        pki.server_config(&["localhost"]),
+    );
     let (client, clog) = AccumulatingProtocol::new();
     let client = TlsProtocol::client(Box::new(client), pki.client_config(), "localhost");
     let pump = LoopbackPump::connect(Box::new(server), Box::new(client));
@@ -543,6 +550,18 @@ fn a_panicking_inner_protocol_aborts_only_its_connection() {
     assert!(pump.closed());
     let lost = clog.lost().expect("client saw the abort");
     assert!(!lost.is_panic());
+    let plost = plog
+        .borrow()
+        .lost
+        .clone()
+        .expect("the panicked protocol is told");
+    assert!(
+        matches!(
+            plost.downcast_ref::<ConnectionError>(),
+            Some(ConnectionError::ProtocolPanicked(m)) if m.contains("bug in the inner protocol")
+        ),
+        "{plost}"
+    );
     // A second connection with the same configuration works.
     let (pump2, _slog, clog2) = loopback(
         pki.server_config(&["localhost"]),
