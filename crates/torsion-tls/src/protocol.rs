@@ -662,17 +662,23 @@ impl TlsShared {
 
     /// The peer sent close_notify and everything before it was delivered.
     fn peer_closed(&self) {
-        let half = {
+        let already_sent = {
             let mut st = self.st.borrow_mut();
             if st.flags.peer_closed {
                 return;
             }
             st.flags.peer_closed = true;
-            self.inner_half_closeable() && !st.flags.close_sent
+            st.flags.close_sent
         };
-        if half {
+        if self.inner_half_closeable() {
             self.with_inner(|p| p.read_connection_lost(), "read_connection_lost");
-        } else {
+        }
+        if already_sent {
+            // Both directions are finished.
+            if let Some(l) = self.lower() {
+                l.lose_connection();
+            }
+        } else if !self.inner_half_closeable() {
             self.send_close(true);
         }
     }

@@ -669,3 +669,58 @@ fn platform_verifier_rejects_a_private_ca() {
         "{failed}"
     );
 }
+
+/// Replies once the peer has finished sending (half-close).
+struct ReplyAtEnd {
+    t: Option<Transport>,
+    got: Vec<u8>,
+    log: Log,
+}
+impl torsion_core::Protocol for ReplyAtEnd {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.got.extend_from_slice(data);
+    }
+    fn half_closeable(&self) -> bool {
+        true
+    }
+    fn read_connection_lost(&mut self) {
+        let t = self.t.clone().unwrap();
+        t.write(format!("got {} bytes", self.got.len()).as_bytes());
+        t.lose_connection();
+    }
+    fn connection_lost(&mut self, reason: torsion_core::Failure) {
+        self.log.borrow_mut().lost = Some(reason);
+    }
+}
+
+#[test]
+fn half_close_through_tls() {
+    let pki = Pki::new("CA");
+    let slog = Log::default();
+    let server = TlsProtocol::server(
+        Box::new(ReplyAtEnd {
+            t: None,
+            got: Vec::new(),
+            log: slog.clone(),
+        }),
+        pki.server_config(&["localhost"]),
+    );
+    let (client, clog) = AccumulatingProtocol::half_closeable();
+    let client = TlsProtocol::client(Box::new(client), pki.client_config(), "localhost");
+    let pump = LoopbackPump::connect(Box::new(server), Box::new(client));
+    let ct = clog.transport().unwrap();
+    ct.write(b"12345");
+    pump.pump();
+    // close_notify in our direction only; we keep reading.
+    ct.lose_write_connection();
+    pump.pump();
+    assert_eq!(clog.data(), b"got 5 bytes");
+    assert!(
+        clog.0.borrow().read_closed,
+        "the server's close_notify ended our reading side"
+    );
+    assert!(slog.borrow().lost.is_some());
+}
