@@ -4,8 +4,6 @@
 //! torsion web --listen tcp:8080 --path ./public
 //! ```
 
-mod endpoint;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -112,10 +110,14 @@ fn seconds(what: &str, v: f64) -> Result<Duration, String> {
 }
 
 fn web(args: WebArgs) -> Result<(), String> {
-    let addrs = args
+    // Every endpoint form the facade knows: tcp:, tcp6:, unix:, systemd:, ssl:.
+    let endpoints = args
         .listen
         .iter()
-        .map(|e| endpoint::parse_listen(e))
+        .map(|e| {
+            torsion::endpoints::server_from_string(e)
+                .map_err(|err| format!("--listen {e:?}: {err}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut files =
         File::new(&args.path).map_err(|e| format!("--path {}: {e}", args.path.display()))?;
@@ -149,16 +151,21 @@ fn web(args: WebArgs) -> Result<(), String> {
     let server = HttpServer::new(&reactor, site, cfg);
     let root = std::fs::canonicalize(&args.path).unwrap_or(args.path.clone());
     let mut ports = Vec::new();
-    for (spec, addr) in args.listen.iter().zip(addrs) {
-        let port = server
-            .listen_tcp(addr)
+    for (spec, ep) in args.listen.iter().zip(endpoints) {
+        let handle = ep
+            .listen(&reactor, server.factory())
             .map_err(|e| format!("cannot listen on {spec}: {e}"))?;
-        println!(
-            "torsion web: serving {} on http://{}/",
-            root.display(),
-            port.local_addr()
-        );
-        ports.push(port);
+        let scheme = if spec.starts_with("ssl:") {
+            "https"
+        } else {
+            "http"
+        };
+        let shown = match handle.host() {
+            torsion::Address::Tcp(a) => format!("{scheme}://{a}/"),
+            other => format!("{other} ({scheme})"),
+        };
+        println!("torsion web: serving {} on {shown}", root.display());
+        ports.push(handle);
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

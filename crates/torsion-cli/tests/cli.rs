@@ -145,9 +145,13 @@ fn access_log_is_json_with_combined_line() {
 #[test]
 fn bad_arguments_exit_non_zero_with_a_message() {
     let dir = tmpdir("bad");
+    let long_unix = format!("unix:/tmp/{}", "x".repeat(200));
+    let long_unix = long_unix.as_str();
     let cases: &[&[&str]] = &[
         &["web", "--listen", "tcp:notaport", "--path", "."],
-        &["web", "--listen", "unix:/tmp/x", "--path", "."],
+        &["web", "--listen", "bogus:8080", "--path", "."],
+        // Unix paths longer than the OS allows are refused before listening.
+        &["web", "--listen", long_unix, "--path", "."],
         &[
             "web",
             "--listen",
@@ -179,4 +183,96 @@ fn bad_arguments_exit_non_zero_with_a_message() {
         assert!(err.contains("error"), "{args:?}: {err}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A self-signed certificate for 127.0.0.1, made now with the openssl command
+/// (never committed).
+fn make_cert(dir: &std::path::Path) -> (String, String) {
+    let key = dir.join("key.pem");
+    let cert = dir.join("cert.pem");
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed by the test command");
+    assert!(st.success());
+    (key.display().to_string(), cert.display().to_string())
+}
+
+#[test]
+fn web_serves_https_on_an_ssl_endpoint_to_curl() {
+    let dir = tmpdir("ssl");
+    let (key, cert) = make_cert(&dir);
+    let spec = format!(
+        "ssl:0:interface=127.0.0.1:privateKey={}:certKey={}",
+        key.replace(':', "\\:"),
+        cert.replace(':', "\\:")
+    );
+    let mut child = torsion()
+        .args(["web", "--listen", &spec, "--path"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.split_whitespace().last().unwrap().to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "printed {line:?}");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &cert,
+            "-w",
+            "\n%{http_code} %{scheme}",
+        ])
+        .arg(format!("{url}hello.txt"))
+        .output()
+        .expect("curl is installed by the test command");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(body, "hello from disk\n\n200 HTTPS");
+    assert!(interrupt_and_wait(child).success());
+}
+
+#[test]
+fn a_port_that_is_not_a_number_is_named_in_the_error() {
+    let dir = tmpdir("badep");
+    let out = torsion()
+        .args(["web", "--listen", "tcp:port=abc", "--path"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("abc"), "stderr: {err}");
 }
