@@ -30,6 +30,7 @@ pub mod connector;
 pub mod deferred;
 pub mod error;
 pub mod failure;
+pub mod hostloop;
 pub mod protocol;
 pub mod reactor;
 pub mod reconnect;

@@ -133,6 +133,8 @@ pub(crate) struct Inner {
     pub(crate) executor: Executor,
     signals: RefCell<Option<crate::sys::SignalPipe>>,
     shutdown_grace: Cell<Duration>,
+    /// The foreign event loop driving this reactor, if one is attached (see `hostloop`).
+    host: RefCell<Option<Rc<dyn crate::hostloop::HostLoop>>>,
 }
 
 /// A handle on the event loop of the current thread. Cheap to clone; `!Send`.
@@ -241,6 +243,7 @@ impl Reactor {
                 executor,
                 signals: RefCell::new(None),
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
+                host: RefCell::new(None),
             }),
         })
     }
@@ -398,7 +401,26 @@ impl Reactor {
     // ---- running ----
 
     /// Runs the loop until `stop()` is called and shutdown completes.
+    /// With a host loop attached (see [`crate::hostloop`]), runs the host
+    /// loop instead; `stop()` then quits it.
     pub fn run(&self) -> Result<(), ReactorError> {
+        self.start_running()?;
+        let host = self.inner.host.borrow().clone();
+        match host {
+            Some(host) => host.run(self)?,
+            None => {
+                while !self.inner.stop_requested.get() {
+                    self.turn(None)?;
+                }
+            }
+        }
+        self.shutdown_sequence()
+    }
+
+    /// The first half of `run()` for a foreign loop that runs on its own:
+    /// fires the startup triggers and queues `call_when_running` calls.
+    /// Pair it with [`Reactor::finish_running`] once the foreign loop returns.
+    pub fn start_running(&self) -> Result<(), ReactorError> {
         if self.inner.in_iterate.get() {
             return Err(ReactorError::Reentrant);
         }
@@ -418,10 +440,44 @@ impl Reactor {
             self.inner.soon.borrow_mut().push_back(f);
         }
         let _ = self.fire_phase(SystemEvent::Startup, Phase::After);
-        while !self.inner.stop_requested.get() {
-            self.turn(None)?;
+        Ok(())
+    }
+
+    /// The second half of `run()` for a foreign loop: runs the shutdown
+    /// sequence (triggers, then closing ports and connections, which see
+    /// `connection_lost`) on the reactor's own poller, whether or not
+    /// `stop()` was called. Blocks for at most the shutdown grace period
+    /// plus what shutdown triggers take.
+    pub fn finish_running(&self) -> Result<(), ReactorError> {
+        if self.inner.state.get() != RunState::Running {
+            return Err(ReactorError::NotRunning);
         }
+        self.inner.stop_requested.set(true);
         self.shutdown_sequence()
+    }
+
+    /// Attaches the foreign loop that drives this reactor; fails when one
+    /// already is. Integration crates call this (through `hostloop::HostDriver`).
+    pub(crate) fn attach_host(
+        &self,
+        host: Rc<dyn crate::hostloop::HostLoop>,
+    ) -> Result<(), crate::hostloop::HostLoopError> {
+        let mut slot = self.inner.host.borrow_mut();
+        if slot.is_some() {
+            return Err(crate::hostloop::HostLoopError::AlreadyAttached);
+        }
+        *slot = Some(host);
+        Ok(())
+    }
+
+    pub(crate) fn detach_host(&self) {
+        let old = self.inner.host.borrow_mut().take();
+        drop(old);
+    }
+
+    /// True when a foreign loop drives this reactor.
+    pub fn has_host_loop(&self) -> bool {
+        self.inner.host.borrow().is_some()
     }
 
     fn shutdown_sequence(&self) -> Result<(), ReactorError> {
@@ -471,6 +527,10 @@ impl Reactor {
                 }
                 self.inner.stop_requested.set(true);
                 self.inner.remote.wake();
+                let host = self.inner.host.borrow().clone();
+                if let Some(host) = host {
+                    host.quit();
+                }
                 Ok(())
             }
             _ => Err(ReactorError::NotRunning),
