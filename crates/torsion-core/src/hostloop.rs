@@ -169,11 +169,7 @@ impl HostDriver {
         let deadline = self.reactor.now() + d;
         if !d.is_zero() {
             if let Some(a) = self.armed.get() {
-                let diff = if a > deadline {
-                    a - deadline
-                } else {
-                    deadline - a
-                };
+                let diff = a.abs_diff(deadline);
                 if diff < SAME_DEADLINE {
                     return TimerPlan::Keep;
                 }
@@ -201,7 +197,7 @@ fn round_up_ms(d: Duration) -> Duration {
     if d.is_zero() {
         return d;
     }
-    let ms = d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0);
+    let ms = d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     Duration::from_millis(ms.max(1))
 }
 

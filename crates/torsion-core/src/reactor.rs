@@ -135,6 +135,7 @@ pub(crate) struct Inner {
     shutdown_grace: Cell<Duration>,
     /// The foreign event loop driving this reactor, if one is attached (see `hostloop`).
     host: RefCell<Option<Rc<dyn crate::hostloop::HostLoop>>>,
+    hosted: Cell<bool>,
 }
 
 /// A handle on the event loop of the current thread. Cheap to clone; `!Send`.
@@ -244,6 +245,7 @@ impl Reactor {
                 signals: RefCell::new(None),
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
                 host: RefCell::new(None),
+                hosted: Cell::new(false),
             }),
         })
     }
@@ -267,6 +269,7 @@ impl Reactor {
 
     /// Runs `f` once after `delay`.
     pub fn call_later(&self, delay: Duration, f: impl FnOnce() + 'static) -> DelayedCall {
+        self.kick_host();
         DelayedCall::schedule(
             &self.inner.timers,
             self.inner.now_fn.clone(),
@@ -277,6 +280,7 @@ impl Reactor {
 
     /// Runs `f` on the next turn of the loop, after the current callback returns.
     pub fn call_soon(&self, f: impl FnOnce() + 'static) {
+        self.kick_host();
         self.inner.soon.borrow_mut().push_back(Box::new(f));
     }
 
@@ -467,12 +471,24 @@ impl Reactor {
             return Err(crate::hostloop::HostLoopError::AlreadyAttached);
         }
         *slot = Some(host);
+        self.inner.hosted.set(true);
         Ok(())
     }
 
     pub(crate) fn detach_host(&self) {
+        self.inner.hosted.set(false);
         let old = self.inner.host.borrow_mut().take();
         drop(old);
+    }
+
+    /// Work queued from outside a turn (a host loop's own callback scheduled
+    /// a timer or wrote to a transport): wake the poller so the host loop
+    /// takes a turn and re-arms its timer. Inside a turn the driver re-plans
+    /// afterwards anyway, so the hot path pays one `Cell` read.
+    pub(crate) fn kick_host(&self) {
+        if self.inner.hosted.get() && !self.inner.in_iterate.get() {
+            self.inner.remote.wake();
+        }
     }
 
     /// True when a foreign loop drives this reactor.
@@ -780,10 +796,12 @@ impl Reactor {
     }
 
     pub(crate) fn mark_dirty(&self, source: Rc<dyn Source>) {
+        self.kick_host();
         self.inner.dirty.borrow_mut().push(source);
     }
 
     pub(crate) fn want_read_turn(&self, source: Rc<dyn Source>) {
+        self.kick_host();
         self.inner.pending_io.borrow_mut().push_back(source);
     }
 
@@ -827,6 +845,7 @@ impl Clock for Reactor {
         Reactor::now(self)
     }
     fn call_later(&self, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
+        self.kick_host();
         DelayedCall::schedule(&self.inner.timers, self.inner.now_fn.clone(), delay, f)
     }
 }

@@ -158,6 +158,7 @@ impl Executor {
 impl Reactor {
     /// Runs a future on the reactor thread; returns an id to cancel it with.
     pub fn spawn_local(&self, fut: impl Future<Output = ()> + 'static) -> TaskId {
+        self.kick_host();
         self.inner.executor.spawn(Box::pin(fut))
     }
 

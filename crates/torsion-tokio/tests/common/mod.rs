@@ -1,0 +1,135 @@
+//! Test support shared by the host-loop integration tests (torsion-tokio and
+//! torsion-glib include this file): small protocols and blocking real clients.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use torsion_core::{factory_fn, Factory, Failure, Protocol, Transport};
+
+/// What the server side saw, recorded on the reactor thread.
+#[derive(Default)]
+pub struct Log {
+    pub threads: Vec<ThreadId>,
+    pub made: usize,
+    pub lost: Vec<String>,
+}
+
+pub struct Echo {
+    t: Option<Transport>,
+    log: Rc<RefCell<Log>>,
+}
+
+impl Protocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.log.borrow_mut().made += 1;
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.log
+            .borrow_mut()
+            .threads
+            .push(std::thread::current().id());
+        if let Some(t) = &self.t {
+            t.write(data);
+        }
+    }
+    fn connection_lost(&mut self, reason: Failure) {
+        self.log.borrow_mut().lost.push(reason.to_string());
+    }
+}
+
+pub fn echo_factory(log: Rc<RefCell<Log>>) -> Rc<dyn Factory> {
+    factory_fn(move || Echo {
+        t: None,
+        log: log.clone(),
+    })
+}
+
+/// A tiny HTTP/1.0 responder (the lead will swap in torsion-http): answers
+/// the first request with a fixed body and closes.
+pub struct Http {
+    t: Option<Transport>,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+pub const HTTP_BODY: &str = "served by torsion inside a host loop\n";
+
+impl Protocol for Http {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > 16 * 1024 {
+            self.done = true;
+            if let Some(t) = &self.t {
+                t.write(b"HTTP/1.0 431 Request Header Fields Too Large\r\n\r\n");
+                t.lose_connection();
+            }
+            return;
+        }
+        if self.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            self.done = true;
+            if let Some(t) = &self.t {
+                t.write(
+                    format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}",
+                        HTTP_BODY.len(),
+                        HTTP_BODY
+                    )
+                    .as_bytes(),
+                );
+                t.lose_connection();
+            }
+        }
+    }
+}
+
+pub fn http_factory() -> Rc<dyn Factory> {
+    factory_fn(|| Http {
+        t: None,
+        buf: Vec::new(),
+        done: false,
+    })
+}
+
+/// Sends `msg` and reads the same number of bytes back (blocking, bounded).
+pub fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(msg)?;
+    let mut back = vec![0; msg.len()];
+    s.read_exact(&mut back)?;
+    Ok(back)
+}
+
+/// A GET with Python's standard-library client; returns (status, body).
+pub fn python_http_get(addr: SocketAddr) -> Result<String, String> {
+    let script = format!(
+        "import http.client\n\
+         c = http.client.HTTPConnection('127.0.0.1', {}, timeout=10)\n\
+         c.request('GET', '/')\n\
+         r = c.getresponse()\n\
+         print(r.status)\n\
+         print(r.read().decode(), end='')\n",
+        addr.port()
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
