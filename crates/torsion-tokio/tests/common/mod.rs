@@ -133,3 +133,25 @@ pub fn python_http_get(addr: SocketAddr) -> Result<String, String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+thread_local! {
+    static CURRENT: RefCell<Option<torsion_core::Reactor>> = const { RefCell::new(None) };
+}
+
+/// Remembers `reactor` as this thread's, so `stop_from_thread` can reach it
+/// with a `Send` closure (a `Reactor` itself is `!Send`).
+pub fn set_current(reactor: Option<&torsion_core::Reactor>) {
+    CURRENT.with(|c| *c.borrow_mut() = reactor.cloned());
+}
+
+/// From any thread: stops the reactor registered with `set_current` on the
+/// reactor's thread.
+pub fn stop_from_thread(handle: &torsion_core::ReactorHandle) {
+    handle.call_from_thread(|| {
+        CURRENT.with(|c| {
+            if let Some(r) = c.borrow().as_ref() {
+                r.stop().unwrap();
+            }
+        })
+    });
+}
