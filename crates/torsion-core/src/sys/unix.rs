@@ -27,12 +27,59 @@ pub(crate) struct SignalPipe {
     write: RawFd,
 }
 
+#[cfg(not(target_vendor = "apple"))]
 fn nonblocking_pipe() -> io::Result<(RawFd, RawFd)> {
     let mut fds = [0; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok((fds[0], fds[1]))
+}
+
+/// Apple has no `pipe2`: set the flags after the fact (torsion-cocoa's target).
+#[cfg(target_vendor = "apple")]
+fn nonblocking_pipe() -> io::Result<(RawFd, RawFd)> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for fd in fds {
+        let ok = unsafe {
+            libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) == 0
+                && libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0
+        };
+        if !ok {
+            let e = io::Error::last_os_error();
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            return Err(e);
+        }
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// A non-blocking, close-on-exec stream socket (flags set atomically where the OS can).
+pub(crate) fn new_stream_socket(
+    domain: socket2::Domain,
+    protocol: Option<socket2::Protocol>,
+) -> io::Result<socket2::Socket> {
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        socket2::Socket::new(
+            domain,
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            protocol,
+        )
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        // socket2 sets FD_CLOEXEC (and SO_NOSIGPIPE) itself on Apple targets.
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, protocol)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    }
 }
 
 impl SignalPipe {

@@ -1,0 +1,17 @@
+# Sourced by scripts/test.sh. torsion-cocoa cannot run here; compile-check it
+# for macOS so its code (and torsion-core's Apple paths) keep building.
+# Idempotent: `rustup target add` is a no-op once the target is installed.
+foreign_cocoa_check() {
+  if ! command -v rustup >/dev/null; then
+    echo "foreign: rustup not found; skipping the x86_64-apple-darwin check of torsion-cocoa"
+    return 0
+  fi
+  if ! rustup target list --installed | grep -qx x86_64-apple-darwin; then
+    if ! rustup target add x86_64-apple-darwin; then
+      echo "foreign: could not fetch the x86_64-apple-darwin target; skipping the torsion-cocoa check"
+      return 0
+    fi
+  fi
+  cargo check -p torsion-cocoa --target x86_64-apple-darwin -j2
+}
+foreign_cocoa_check
