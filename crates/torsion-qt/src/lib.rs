@@ -130,7 +130,8 @@ impl std::fmt::Debug for CoreApplication {
 /// and detaches the reactor (do not drop it from inside a reactor callback).
 #[must_use = "dropping the QtHost detaches the reactor"]
 pub struct QtHost {
-    host: cxx::UniquePtr<ffi::QtHost>,
+    /// Held for its destructor, which deletes the Qt objects.
+    _host: cxx::UniquePtr<ffi::QtHost>,
 }
 
 impl std::fmt::Debug for QtHost {
@@ -162,5 +163,5 @@ pub fn attach(reactor: &Reactor) -> Result<QtHost, HostLoopError> {
     if let Some(h) = host.as_ref() {
         h.apply(first);
     }
-    Ok(QtHost { host })
+    Ok(QtHost { _host: host })
 }
