@@ -1,8 +1,9 @@
 //! Echo ping-pong, 50 connections, under each host loop beside the native
 //! reactor, in one run: server CPU µs per round trip and the ratio to native.
 //!
-//! `cargo bench -p torsion-tokio --bench host_loops` (BENCH_ROUNDS=N to
-//! change the rounds per connection; default 2000).
+//! `cargo bench -p torsion-hostloop-bench` (BENCH_ROUNDS=N to change the
+//! rounds per connection; default 2000). Qt runs its server thread's own
+//! `QEventLoop` under a `QCoreApplication` created on the main thread.
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -21,6 +22,7 @@ enum Mode {
     Native,
     Tokio,
     Glib,
+    Qt,
 }
 
 struct Echo(Option<Transport>);
@@ -73,6 +75,10 @@ fn serve(mode: Mode, ready: mpsc::Sender<(SocketAddr, ReactorHandle)>) {
         Mode::Glib => {
             let ml = glib::MainLoop::new(Some(&glib::MainContext::new()), false);
             let _host = torsion_glib::attach(&reactor, &ml).unwrap();
+            reactor.run().unwrap();
+        }
+        Mode::Qt => {
+            let _host = torsion_qt::attach(&reactor).unwrap();
             reactor.run().unwrap();
         }
     }
@@ -142,10 +148,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let modes = [Mode::Native, Mode::Tokio, Mode::Glib];
+    let _app = torsion_qt::CoreApplication::new();
+    let modes = [Mode::Native, Mode::Tokio, Mode::Glib, Mode::Qt];
     // Interleave repetitions and keep each mode's best: the machine is shared.
-    let mut best = [f64::INFINITY; 3];
-    let mut walls = [Duration::MAX; 3];
+    let mut best = [f64::INFINITY; 4];
+    let mut walls = [Duration::MAX; 4];
     for _rep in 0..3 {
         for (i, m) in modes.iter().enumerate() {
             let (us, wall) = measure(*m, rounds);
