@@ -99,6 +99,10 @@ pub(crate) struct Remote {
     pending: AtomicBool,
     waker: mio::Waker,
     pub(crate) thread: ThreadId,
+    /// A host loop drives the reactor and no turn is running: wakes on the
+    /// reactor thread (a task woken from a host loop's callback) must wake
+    /// the poller too, or the host loop would not know to take a turn.
+    pub(crate) idle_hosted: AtomicBool,
 }
 
 impl Remote {
@@ -219,6 +223,7 @@ impl Reactor {
             pending: AtomicBool::new(false),
             waker,
             thread: std::thread::current().id(),
+            idle_hosted: AtomicBool::new(false),
         });
         let executor = Executor::new(remote.clone());
         Ok(Reactor {
@@ -472,11 +477,16 @@ impl Reactor {
         }
         *slot = Some(host);
         self.inner.hosted.set(true);
+        self.inner.remote.idle_hosted.store(true, Ordering::Release);
         Ok(())
     }
 
     pub(crate) fn detach_host(&self) {
         self.inner.hosted.set(false);
+        self.inner
+            .remote
+            .idle_hosted
+            .store(false, Ordering::Release);
         let old = self.inner.host.borrow_mut().take();
         drop(old);
     }
@@ -613,6 +623,22 @@ impl Reactor {
             }
         }
         let _guard = Guard(&self.inner.in_iterate);
+        struct HostedGuard<'a>(Option<&'a AtomicBool>);
+        impl Drop for HostedGuard<'_> {
+            fn drop(&mut self) {
+                if let Some(idle) = self.0 {
+                    idle.store(true, Ordering::Release);
+                }
+            }
+        }
+        let hosted = self.inner.hosted.get();
+        if hosted {
+            self.inner
+                .remote
+                .idle_hosted
+                .store(false, Ordering::Release);
+        }
+        let _hosted_guard = HostedGuard(hosted.then_some(&self.inner.remote.idle_hosted));
 
         let mut wait = match (timeout, self.next_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),

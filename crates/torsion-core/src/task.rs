@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -38,7 +39,10 @@ impl Wake for TaskWaker {
             ids.push((self.id, self.generation));
             ids.len() == 1
         };
-        if first && std::thread::current().id() != self.queue.remote.thread {
+        if first
+            && (std::thread::current().id() != self.queue.remote.thread
+                || self.queue.remote.idle_hosted.load(Ordering::Acquire))
+        {
             self.queue.remote.wake();
         }
     }

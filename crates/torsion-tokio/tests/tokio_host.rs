@@ -428,3 +428,40 @@ fn reactor_work_queued_from_tokio_tasks_is_picked_up_promptly() {
         );
     });
 }
+
+#[test]
+fn a_reactor_task_woken_by_a_tokio_task_runs_promptly() {
+    local(async {
+        let reactor = Reactor::new().unwrap();
+        let host = torsion_tokio::attach(&reactor).unwrap();
+        // Only a far timer is armed: nothing else would wake the reactor.
+        let _far = reactor.call_later(Duration::from_secs(3600), || ());
+        let gate = torsion_core::Deferred::<u32>::new();
+        let done_at = Rc::new(Cell::new(None));
+        // A task on the reactor's own executor waits for the gate ...
+        let g = gate.clone();
+        let d = done_at.clone();
+        let r = reactor.clone();
+        reactor.spawn_local(async move {
+            let v = g.await.unwrap();
+            d.set(Some((v, Instant::now())));
+            r.stop().unwrap();
+        });
+        // ... which a tokio task opens, outside any reactor turn.
+        let opened_at = Rc::new(Cell::new(None));
+        let o = opened_at.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            o.set(Some(Instant::now()));
+            gate.callback(9).unwrap();
+        });
+        tokio::time::timeout(BOUND, host.run())
+            .await
+            .expect("host loop stops")
+            .unwrap();
+        let (v, done) = done_at.get().expect("the reactor task ran");
+        assert_eq!(v, 9);
+        let lag = done - opened_at.get().unwrap();
+        assert!(lag < Duration::from_secs(2), "{lag:?}");
+    });
+}
