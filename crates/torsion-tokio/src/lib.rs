@@ -128,7 +128,10 @@ impl TokioHost {
     /// `LocalSet` or a current-thread runtime's `block_on`.
     ///
     /// The shutdown sequence runs on the reactor's own poller and blocks
-    /// this thread for at most the reactor's shutdown grace period.
+    /// this thread for at most the reactor's shutdown grace period (other
+    /// tokio tasks of this thread wait meanwhile). Dropping this future
+    /// before it completes leaves the reactor marked as running; call
+    /// `Reactor::finish_running` yourself in that case.
     pub async fn run(&self) -> Result<(), ReactorError> {
         let reactor = self.driver.reactor().clone();
         reactor.start_running()?;
