@@ -49,6 +49,12 @@ pub trait HostLoop {
     /// Runs the host loop until [`HostLoop::quit`] is called (`Reactor::run`
     /// calls this between its startup and shutdown sequences).
     fn run(&self, reactor: &Reactor) -> Result<(), ReactorError>;
+    /// Says whether `run` can work here, before `Reactor::run` starts the
+    /// reactor (e.g. tokio cannot block inside a runtime).
+    fn check_run(&self, reactor: &Reactor) -> Result<(), ReactorError> {
+        let _ = reactor;
+        Ok(())
+    }
     /// Makes a running `run` return soon. Called by `Reactor::stop`, possibly
     /// from inside a reactor callback that the host loop is dispatching.
     fn quit(&self);

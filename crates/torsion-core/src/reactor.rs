@@ -413,17 +413,26 @@ impl Reactor {
     /// With a host loop attached (see [`crate::hostloop`]), runs the host
     /// loop instead; `stop()` then quits it.
     pub fn run(&self) -> Result<(), ReactorError> {
-        self.start_running()?;
         let host = self.inner.host.borrow().clone();
+        if let Some(host) = &host {
+            host.check_run(self)?;
+        }
+        self.start_running()?;
         match host {
-            Some(host) => host.run(self)?,
+            Some(host) => {
+                // Shut down even when the host loop failed: never leave the
+                // reactor marked as running with nothing driving it.
+                let ran = host.run(self);
+                let done = self.shutdown_sequence();
+                ran.and(done)
+            }
             None => {
                 while !self.inner.stop_requested.get() {
                     self.turn(None)?;
                 }
+                self.shutdown_sequence()
             }
         }
-        self.shutdown_sequence()
     }
 
     /// The first half of `run()` for a foreign loop that runs on its own:

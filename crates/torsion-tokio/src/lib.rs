@@ -50,12 +50,17 @@ struct Shared {
 struct TokioLoop(Rc<Shared>);
 
 impl HostLoop for TokioLoop {
-    fn run(&self, _reactor: &Reactor) -> Result<(), ReactorError> {
+    fn check_run(&self, _reactor: &Reactor) -> Result<(), ReactorError> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(ReactorError::Io(io::Error::other(
                 "Reactor::run() inside a tokio runtime: await TokioHost::run() instead",
             )));
         }
+        Ok(())
+    }
+
+    fn run(&self, reactor: &Reactor) -> Result<(), ReactorError> {
+        self.check_run(reactor)?;
         let driver = self
             .0
             .driver

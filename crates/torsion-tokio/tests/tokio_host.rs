@@ -317,9 +317,17 @@ fn reactor_run_outside_a_runtime_uses_tokio() {
 fn reactor_run_inside_a_runtime_is_a_clear_error() {
     local(async {
         let reactor = Reactor::new().unwrap();
-        let _host = torsion_tokio::attach(&reactor).unwrap();
+        let host = torsion_tokio::attach(&reactor).unwrap();
         let err = reactor.run().unwrap_err();
         assert!(err.to_string().contains("TokioHost::run"), "{err}");
+        // The refusal left the reactor startable the right way.
+        assert!(!reactor.is_running());
+        let r = reactor.clone();
+        reactor.call_later(Duration::from_millis(5), move || r.stop().unwrap());
+        tokio::time::timeout(BOUND, host.run())
+            .await
+            .expect("host loop stops")
+            .unwrap();
     });
 }
 
