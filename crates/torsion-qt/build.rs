@@ -2,7 +2,7 @@
 fn main() {
     let qt = pkg_config::Config::new()
         .atleast_version("6.0")
-        .probe("Qt6Core")
+        .probe("Qt6Gui")
         .unwrap_or_else(|e| {
             panic!("torsion-qt needs Qt 6 Core development files (Debian: qt6-base-dev): {e}")
         });

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include <QCoreApplication>
+#include <QGuiApplication>
 #include <QEventLoop>
 #include <QSocketNotifier>
 #include <QTimer>
@@ -47,7 +48,7 @@ std::unique_ptr<EventLoop> new_event_loop();
 
 class CoreApp {
 public:
-    CoreApp();
+    explicit CoreApp(bool gui);
     ~CoreApp();
 
 private:
@@ -56,5 +57,6 @@ private:
 
 bool has_application();
 std::unique_ptr<CoreApp> new_core_application();
+std::unique_ptr<CoreApp> new_gui_application();
 
 } // namespace torsion_qt

@@ -48,11 +48,14 @@ char app_arg0[] = "torsion";
 char* app_argv[] = {app_arg0, nullptr};
 } // namespace
 
-CoreApp::CoreApp() : app_(new QCoreApplication(app_argc, app_argv)) {}
+CoreApp::CoreApp(bool gui)
+    : app_(gui ? new QGuiApplication(app_argc, app_argv)
+               : new QCoreApplication(app_argc, app_argv)) {}
 CoreApp::~CoreApp() = default;
 
 bool has_application() { return QCoreApplication::instance() != nullptr; }
 
-std::unique_ptr<CoreApp> new_core_application() { return std::make_unique<CoreApp>(); }
+std::unique_ptr<CoreApp> new_core_application() { return std::make_unique<CoreApp>(false); }
+std::unique_ptr<CoreApp> new_gui_application() { return std::make_unique<CoreApp>(true); }
 
 } // namespace torsion_qt

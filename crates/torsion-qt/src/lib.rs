@@ -54,6 +54,7 @@ mod ffi {
         type CoreApp;
         fn has_application() -> bool;
         fn new_core_application() -> UniquePtr<CoreApp>;
+        fn new_gui_application() -> UniquePtr<CoreApp>;
     }
 }
 
@@ -102,8 +103,9 @@ impl HostLoop for QtLoop {
     }
 }
 
-/// A headless `QCoreApplication` (one per process, on the thread that will
-/// run Qt's loops). Not needed when the program already has a `QApplication`.
+/// A Qt application object made from Rust (one per process, on the thread
+/// that will run Qt's loops): a headless `QCoreApplication` or a
+/// `QGuiApplication`. Not needed when the program already has one.
 pub struct CoreApplication {
     _app: cxx::UniquePtr<ffi::CoreApp>,
 }
@@ -116,6 +118,18 @@ impl CoreApplication {
         }
         Some(CoreApplication {
             _app: ffi::new_core_application(),
+        })
+    }
+
+    /// Creates a `QGuiApplication` (GUI event dispatcher; the platform
+    /// plugin comes from `QT_QPA_PLATFORM`, e.g. `offscreen` for tests);
+    /// `None` if an application exists already.
+    pub fn new_gui() -> Option<CoreApplication> {
+        if ffi::has_application() {
+            return None;
+        }
+        Some(CoreApplication {
+            _app: ffi::new_gui_application(),
         })
     }
 }

@@ -148,6 +148,48 @@ fn stop_closes_connections_and_leaks_no_fds() -> Result<(), String> {
     ensure(before == after, format!("fds {before} -> {after}"))
 }
 
+fn a_stalled_qt_thread_delays_but_never_loses_io() -> Result<(), String> {
+    let reactor = Reactor::new().map_err(|e| e.to_string())?;
+    let _host = torsion_qt::attach(&reactor).map_err(|e| e.to_string())?;
+    set_current(Some(&reactor));
+    let guard = bound(&reactor);
+    let log = Rc::new(RefCell::new(Log::default()));
+    let port = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), echo_factory(log.clone()))
+        .map_err(|e| e.to_string())?;
+    let addr = port.local_addr();
+    // A long handler blocks the thread while clients connect and send.
+    reactor.call_later(Duration::from_millis(5), || {
+        std::thread::sleep(Duration::from_millis(300))
+    });
+    let handle = reactor.handle();
+    let client = std::thread::spawn(move || {
+        let ts: Vec<_> = (0..8)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let msg = format!("client {i} says hello").repeat(100);
+                    echo_roundtrip(addr, msg.as_bytes()).map(|b| b == msg.as_bytes())
+                })
+            })
+            .collect();
+        let out: Vec<_> = ts.into_iter().map(|t| t.join()).collect();
+        stop_from_thread(&handle);
+        out
+    });
+    reactor.run().map_err(|e| e.to_string())?;
+    set_current(None);
+    let results = client.join().map_err(|_| "client panicked")?;
+    ensure(guard.active(), "stopped by the clients, not the bound")?;
+    let _ = guard.cancel();
+    ensure(results.len() == 8, "8 clients")?;
+    for r in results {
+        let r = r.map_err(|_| "client thread panicked")?;
+        ensure(r.map_err(|e| e.to_string())?, "every byte echoed intact")?;
+    }
+    let made = log.borrow().made;
+    ensure(made == 8, format!("{made} connections"))
+}
+
 fn attaching_two_host_loops_is_an_error() -> Result<(), String> {
     let reactor = Reactor::new().map_err(|e| e.to_string())?;
     let first = torsion_qt::attach(&reactor).map_err(|e| e.to_string())?;
@@ -176,6 +218,10 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "stop_closes_connections_and_leaks_no_fds",
         stop_closes_connections_and_leaks_no_fds,
+    ),
+    (
+        "a_stalled_qt_thread_delays_but_never_loses_io",
+        a_stalled_qt_thread_delays_but_never_loses_io,
     ),
     (
         "attaching_two_host_loops_is_an_error",
