@@ -26,11 +26,15 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod basic;
 pub mod connector;
 pub mod deferred;
+pub mod endpoint;
 pub mod error;
 pub mod failure;
 pub mod hostloop;
+pub mod policies;
+pub mod process;
 pub mod protocol;
 pub mod reactor;
 pub mod reconnect;
@@ -40,8 +44,11 @@ mod sys;
 pub mod task;
 pub mod tcp;
 pub mod testing;
+pub mod threads;
 pub mod time;
 pub mod transport;
+pub mod udp;
+pub mod unix;
 
 pub use address::Address;
 pub use connector::{Connector, ConnectorState};
@@ -53,6 +60,10 @@ pub use reactor::{Phase, Reactor, ReactorHandle, SystemEvent, TriggerId};
 pub use reconnect::ReconnectingClientFactory;
 pub use stream::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
 pub use tcp::{ConnectOptions, ListeningPort, TcpListenOptions};
+pub use threads::{
+    blocking_call_from_thread, call_in_thread, defer_to_thread, defer_to_thread_pool,
+    suggest_thread_pool_size, ThreadPool, ThreadPoolError,
+};
 pub use time::{Clock, DelayedCall, DelayedCallError};
 pub use transport::{Transport, TransportImpl, UnixCredentials};
 

@@ -57,6 +57,12 @@ pub(crate) trait Source {
     fn is_connection(&self) -> bool {
         false
     }
+    /// Shutdown's grace period is over: close now, dropping unsent data.
+    fn force_close(self: Rc<Self>, _reactor: &Reactor) {}
+    /// The reactor itself is being dropped without having shut down: release
+    /// the socket now (a protocol holding its own transport would otherwise
+    /// keep it alive in a cycle).
+    fn reactor_dropped(self: Rc<Self>) {}
 }
 
 /// Phases of a system event, as in Twisted.
@@ -121,12 +127,14 @@ pub(crate) struct Inner {
     events: RefCell<Events>,
     sources: RefCell<Slab<Rc<dyn Source>>>,
     retired: RefCell<Vec<usize>>,
+    /// Reused each turn for the copied-out batch of poller events.
+    batch: RefCell<Vec<(Token, Readiness, bool)>>,
     timers: SharedTimers,
     now_fn: Rc<dyn Fn() -> Duration>,
     soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     pub(crate) remote: Arc<Remote>,
     read_buf: RefCell<Vec<u8>>,
-    dirty: RefCell<Vec<Rc<dyn Source>>>,
+    dirty: RefCell<VecDeque<Rc<dyn Source>>>,
     pending_io: RefCell<VecDeque<Rc<dyn Source>>>,
     state: Cell<RunState>,
     stop_requested: Cell<bool>,
@@ -140,6 +148,22 @@ pub(crate) struct Inner {
     /// The foreign event loop driving this reactor, if one is attached (see `hostloop`).
     host: RefCell<Option<Rc<dyn crate::hostloop::HostLoop>>>,
     hosted: Cell<bool>,
+    /// Whether the event being dispatched reported the peer's end closed
+    /// (EPOLLRDHUP/HUP): a short read then does not prove the socket drained.
+    event_read_closed: Cell<bool>,
+    /// The default thread pool, created on first use (see `threads.rs`).
+    pub(crate) thread_pool: RefCell<Option<crate::threads::ThreadPool>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let sources: Vec<Rc<dyn Source>> = self.sources.get_mut().drain().collect();
+        self.dirty.get_mut().clear();
+        self.pending_io.get_mut().clear();
+        for s in sources {
+            s.reactor_dropped();
+        }
+    }
 }
 
 /// A handle on the event loop of the current thread. Cheap to clone; `!Send`.
@@ -233,12 +257,13 @@ impl Reactor {
                 events: RefCell::new(Events::with_capacity(1024)),
                 sources: RefCell::new(Slab::new()),
                 retired: RefCell::new(Vec::new()),
+                batch: RefCell::new(Vec::new()),
                 timers: Rc::new(RefCell::new(TimerQueue::default())),
                 now_fn,
                 soon: RefCell::new(VecDeque::new()),
                 remote,
                 read_buf: RefCell::new(vec![0; READ_BUFFER_SIZE]),
-                dirty: RefCell::new(Vec::new()),
+                dirty: RefCell::new(VecDeque::new()),
                 pending_io: RefCell::new(VecDeque::new()),
                 state: Cell::new(RunState::Idle),
                 stop_requested: Cell::new(false),
@@ -251,6 +276,8 @@ impl Reactor {
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
                 host: RefCell::new(None),
                 hosted: Cell::new(false),
+                event_read_closed: Cell::new(false),
+                thread_pool: RefCell::new(None),
             }),
         })
     }
@@ -538,6 +565,20 @@ impl Reactor {
         while self.connection_count() > 0 && self.now() < grace_end {
             self.turn(Some(Duration::from_millis(50)))?;
         }
+        // Whatever could not flush in time is aborted, so every protocol still
+        // hears connection_lost and no socket outlives the loop.
+        let stuck: Vec<Rc<dyn Source>> = self
+            .inner
+            .sources
+            .borrow()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
+        for s in stuck {
+            s.force_close(self);
+        }
+        self.flush_dirty();
+        self.retire();
         let w = self.fire_phase(SystemEvent::Shutdown, Phase::After);
         self.wait_all(w, limit)?;
         self.inner.state.set(RunState::Stopped);
@@ -662,9 +703,9 @@ impl Reactor {
             if d.is_zero() {
                 d
             } else {
-                Duration::from_millis(
-                    d.as_millis().max(1) as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0),
-                )
+                // Capped: the poller takes an i32 of milliseconds anyway.
+                let ms = d.as_millis().clamp(1, i32::MAX as u128) as u64;
+                Duration::from_millis(ms + u64::from(d.subsec_nanos() % 1_000_000 != 0))
             }
         });
         let mut events = self.inner.events.borrow_mut();
@@ -673,49 +714,57 @@ impl Reactor {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(ReactorError::Io(e)),
         }
-        // Copy the batch out so user callbacks never run under the events borrow.
-        let batch: Vec<(Token, Readiness)> = events
-            .iter()
-            .map(|e| {
-                (
-                    e.token(),
-                    Readiness {
-                        readable: e.is_readable() || e.is_read_closed() || e.is_error(),
-                        writable: e.is_writable() || e.is_write_closed(),
-                    },
-                )
-            })
-            .collect();
+        // Copy the batch out so user callbacks never run under the events
+        // borrow, into a Vec the reactor keeps from turn to turn (turns do
+        // not nest: `in_iterate` guards that), so a turn allocates nothing.
+        let mut batch = std::mem::take(&mut *self.inner.batch.borrow_mut());
+        batch.extend(events.iter().map(|e| {
+            (
+                e.token(),
+                Readiness {
+                    readable: e.is_readable() || e.is_read_closed() || e.is_error(),
+                    writable: e.is_writable() || e.is_write_closed(),
+                },
+                e.is_read_closed() || e.is_error(),
+            )
+        }));
         drop(events);
 
-        for (token, readiness) in batch {
+        for &(token, readiness, read_closed) in &batch {
             match token {
                 WAKER_TOKEN => {}
                 SIGNAL_TOKEN => self.handle_signals(),
                 Token(key) => {
                     let source = self.inner.sources.borrow().get(key).cloned();
                     if let Some(source) = source {
+                        self.inner.event_read_closed.set(read_closed);
                         source.ready(self, readiness);
+                        self.inner.event_read_closed.set(false);
                         self.flush_dirty();
                     }
                 }
             }
         }
+        batch.clear();
+        *self.inner.batch.borrow_mut() = batch;
         self.retire();
 
         // Sources that stopped reading to be fair to others, or were resumed.
-        let pending: Vec<Rc<dyn Source>> = self.inner.pending_io.borrow_mut().drain(..).collect();
-        for s in pending {
-            s.ready(
-                self,
-                Readiness {
-                    readable: true,
-                    writable: false,
-                },
-            );
-            self.flush_dirty();
+        if !self.inner.pending_io.borrow().is_empty() {
+            let pending: Vec<Rc<dyn Source>> =
+                self.inner.pending_io.borrow_mut().drain(..).collect();
+            for s in pending {
+                s.ready(
+                    self,
+                    Readiness {
+                        readable: true,
+                        writable: false,
+                    },
+                );
+                self.flush_dirty();
+            }
+            self.retire();
         }
-        self.retire();
 
         self.run_remote();
         self.run_timers();
@@ -761,6 +810,10 @@ impl Reactor {
     }
 
     fn run_timers(&self) {
+        // No clock read on turns without timers.
+        if self.inner.timers.borrow_mut().next_deadline().is_none() {
+            return;
+        }
         let now = self.now();
         loop {
             let due = self.inner.timers.borrow_mut().pop_due(now);
@@ -814,13 +867,13 @@ impl Reactor {
     }
 
     fn retire(&self) {
-        let keys: Vec<usize> = std::mem::take(&mut *self.inner.retired.borrow_mut());
-        if keys.is_empty() {
+        if self.inner.retired.borrow().is_empty() {
             return;
         }
+        let keys: Vec<usize> = std::mem::take(&mut *self.inner.retired.borrow_mut());
         let mut sources = self.inner.sources.borrow_mut();
         let mut dropped = Vec::with_capacity(keys.len());
-        for k in keys {
+        for &k in &keys {
             if sources.contains(k) {
                 dropped.push(sources.remove(k));
             }
@@ -828,11 +881,24 @@ impl Reactor {
         drop(sources);
         // Sources may run destructors that touch the reactor: drop them unborrowed.
         drop(dropped);
+        // Hand the key list back (with its allocation) unless a destructor queued more.
+        let mut retired = self.inner.retired.borrow_mut();
+        if retired.is_empty() {
+            let mut keys = keys;
+            keys.clear();
+            *retired = keys;
+        }
     }
 
     pub(crate) fn mark_dirty(&self, source: Rc<dyn Source>) {
         self.kick_host();
-        self.inner.dirty.borrow_mut().push(source);
+        self.inner.dirty.borrow_mut().push_back(source);
+    }
+
+    /// True while dispatching an event that reported the peer's sending side
+    /// closed: a reader must then read until EOF even after a short read.
+    pub(crate) fn event_read_closed(&self) -> bool {
+        self.inner.event_read_closed.get()
     }
 
     pub(crate) fn want_read_turn(&self, source: Rc<dyn Source>) {
@@ -841,14 +907,12 @@ impl Reactor {
     }
 
     pub(crate) fn flush_dirty(&self) {
+        // One at a time, in the order they were marked; sources marked while
+        // settling join the back of the queue. The queue keeps its allocation.
         loop {
-            let batch: Vec<Rc<dyn Source>> = std::mem::take(&mut *self.inner.dirty.borrow_mut());
-            if batch.is_empty() {
-                return;
-            }
-            for s in batch {
-                s.settle(self);
-            }
+            let next = self.inner.dirty.borrow_mut().pop_front();
+            let Some(s) = next else { return };
+            s.settle(self);
         }
     }
 
@@ -856,13 +920,11 @@ impl Reactor {
     /// A nested use (a source read from inside another's callback) gets a
     /// temporary buffer instead of failing.
     pub(crate) fn with_read_buffer<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let mut buf = std::mem::take(&mut *self.inner.read_buf.borrow_mut());
-        if buf.len() < READ_BUFFER_SIZE {
-            buf = vec![0; READ_BUFFER_SIZE];
+        // The borrow is held while `f` runs; only a nested use finds it taken.
+        match self.inner.read_buf.try_borrow_mut() {
+            Ok(mut buf) => f(&mut buf),
+            Err(_) => f(&mut vec![0; READ_BUFFER_SIZE]),
         }
-        let r = f(&mut buf);
-        *self.inner.read_buf.borrow_mut() = buf;
-        r
     }
 
     pub(crate) fn registry(&self) -> &Registry {

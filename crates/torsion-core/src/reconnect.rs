@@ -125,14 +125,17 @@ where
         }
         let grown = (self.delay.get().as_secs_f64() * self.factor.get())
             .min(self.max_delay.get().as_secs_f64());
-        self.delay.set(Duration::from_secs_f64(grown));
+        let max = self.max_delay.get();
+        self.delay
+            .set(Duration::try_from_secs_f64(grown).map_or(max, |d| d.min(max)));
         let j = self.jitter.get();
         let jittered = if j > 0.0 {
             grown * (1.0 + j * (2.0 * self.next_random() - 1.0))
         } else {
             grown
         };
-        let wait = Duration::from_secs_f64(jittered.max(0.0));
+        // Jitter spreads clients out, but never past the promised maximum.
+        let wait = Duration::try_from_secs_f64(jittered.max(0.0)).map_or(max, |d| d.min(max));
         tracing::info!(destination = %connector.destination(), ?wait, "will retry");
         let c = connector.clone();
         let me = self.me.clone();

@@ -32,7 +32,7 @@ pub const DEFAULT_LOW_WATER: usize = 16 * 1024;
 /// Chunks at most this long are appended to; larger writes get their own chunk.
 const COALESCE_LIMIT: usize = 16 * 1024;
 /// A drained buffer keeps its allocation only up to this size (idle connections stay small).
-const KEEP_CAPACITY: usize = 4 * 1024;
+const KEEP_CAPACITY: usize = 1024;
 
 /// What the stream connection needs from a socket type.
 pub(crate) trait StreamSocket: Read + Write + mio::event::Source + 'static {
@@ -51,17 +51,35 @@ pub(crate) trait StreamSocket: Read + Write + mio::event::Source + 'static {
             transport: Self::kind(),
         })
     }
+    /// Makes the coming close reset the connection (TCP: `SO_LINGER` 0), so
+    /// the peer can tell an abort from a complete, clean close.
+    fn reset_on_close(&self) {}
     fn credentials(&self) -> Result<UnixCredentials, NotSupportedError> {
         Err(NotSupportedError {
             what: "Unix peer credentials",
             transport: Self::kind(),
         })
     }
+    /// Socket-specific extensions (Unix descriptor passing), by type.
+    fn extension(&self, _type_id: std::any::TypeId) -> Option<Rc<dyn std::any::Any>> {
+        None
+    }
 }
 
+/// Most buffers one `writev` takes from the queue.
+const MAX_IOV: usize = 64;
+
+/// Bytes written but not yet taken by the kernel.
+///
+/// The common case is one chunk (`first`), kept allocated between writes
+/// when small so steady small writes do not allocate; `more` holds later
+/// chunks only while a large backlog waits, and is freed once drained, so an
+/// idle connection holds at most one small chunk.
 #[derive(Default)]
 struct WriteBuffer {
-    chunks: VecDeque<Vec<u8>>,
+    first: Vec<u8>,
+    more: VecDeque<Vec<u8>>,
+    /// Bytes of `first` already sent.
     head: usize,
     len: usize,
 }
@@ -69,55 +87,79 @@ struct WriteBuffer {
 impl WriteBuffer {
     fn push(&mut self, data: &[u8]) {
         self.len += data.len();
-        if let Some(last) = self.chunks.back_mut() {
-            if last.len() + data.len() <= COALESCE_LIMIT.max(last.capacity())
-                && last.len() < COALESCE_LIMIT
-            {
-                last.extend_from_slice(data);
-                return;
-            }
+        if self.more.is_empty() && self.first.len() == self.head {
+            // Nothing pending: reuse the first chunk from its start.
+            self.first.clear();
+            self.head = 0;
+            self.first.extend_from_slice(data);
+            return;
         }
-        self.chunks.push_back(data.to_vec());
+        let last = self.more.back_mut().unwrap_or(&mut self.first);
+        if last.len() + data.len() <= COALESCE_LIMIT.max(last.capacity())
+            && last.len() < COALESCE_LIMIT
+        {
+            last.extend_from_slice(data);
+            return;
+        }
+        self.more.push_back(data.to_vec());
     }
 
-    fn slices(&self) -> Vec<IoSlice<'_>> {
-        self.chunks
-            .iter()
-            .take(64)
-            .enumerate()
-            .map(|(i, c)| IoSlice::new(if i == 0 { &c[self.head..] } else { c }))
-            .collect()
+    /// Fills `iov` with the pending chunks, in order; returns how many.
+    fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+        iov[0] = IoSlice::new(&self.first[self.head..]);
+        let mut n = 1;
+        for c in self.more.iter().take(MAX_IOV - 1) {
+            iov[n] = IoSlice::new(c);
+            n += 1;
+        }
+        n
+    }
+
+    /// Writes as much as `sock` takes: a plain write for one chunk, else one
+    /// writev (the slices live on the stack: no allocation per flush).
+    fn write_to<S: StreamSocket>(&self, sock: &mut S) -> io::Result<usize> {
+        if self.more.is_empty() {
+            return sock.write(&self.first[self.head..]);
+        }
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = self.fill_iov(&mut iov);
+        sock.write_vectored_io(&iov[..n])
     }
 
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.chunks.front() else {
-                break;
-            };
-            let avail = front.len() - self.head;
-            if n >= avail {
-                n -= avail;
-                self.head = 0;
-                let done = self.chunks.pop_front();
-                // Reuse a small drained chunk so steady small writes do not allocate.
-                if self.chunks.is_empty() {
-                    if let Some(mut c) = done {
-                        if c.capacity() <= KEEP_CAPACITY {
-                            c.clear();
-                            self.chunks.push_back(c);
-                        }
-                    }
-                }
-            } else {
+            let avail = self.first.len() - self.head;
+            if n < avail {
                 self.head += n;
-                n = 0;
+                break;
+            }
+            n -= avail;
+            self.head = 0;
+            match self.more.pop_front() {
+                Some(next) => self.first = next,
+                None => {
+                    self.first.clear();
+                    break;
+                }
+            }
+        }
+        if self.len == 0 {
+            self.first.clear();
+            self.head = 0;
+            // Keep a small chunk for the next write; give big ones back.
+            if self.first.capacity() > KEEP_CAPACITY {
+                self.first = Vec::new();
+            }
+            if self.more.capacity() > 0 {
+                self.more = VecDeque::new();
             }
         }
     }
 
     fn clear(&mut self) {
-        self.chunks.clear();
+        self.first = Vec::new();
+        self.more = VecDeque::new();
         self.head = 0;
         self.len = 0;
     }
@@ -134,6 +176,10 @@ mod flag {
     pub const DIRTY: u16 = 1 << 7;
     pub const READ_SHUT: u16 = 1 << 8;
     pub const STARTED: u16 = 1 << 9;
+    /// The poller reported the peer's sending side closed: read to EOF.
+    pub const PEER_HUP: u16 = 1 << 10;
+    /// This side aborted (or its protocol panicked): close with a reset.
+    pub const RESET: u16 = 1 << 11;
 }
 
 type CloseHook = Box<dyn FnOnce(&Failure)>;
@@ -253,7 +299,7 @@ impl<S: StreamSocket> Connection<S> {
         log_callback_failure(what, &self.peer, &f);
         let reason = Failure::new(ConnectionError::ProtocolPanicked(f.to_string()));
         self.fail_later(reason);
-        self.set(flag::ABORTING);
+        self.set(flag::ABORTING | flag::RESET);
     }
 
     fn fail_later(&self, f: Failure) {
@@ -269,6 +315,11 @@ impl<S: StreamSocket> Connection<S> {
     fn do_read(self: &Rc<Self>, reactor: &Reactor) {
         if self.has(flag::CLOSED | flag::READ_SHUT) || self.error.borrow().is_some() {
             return;
+        }
+        if reactor.event_read_closed() {
+            // Sticky: the EOF may only be reached on a later turn (paused
+            // reading, or MAX_READS_PER_TURN used up), and no new edge will come.
+            self.set(flag::PEER_HUP);
         }
         if self.has(flag::READ_PAUSED) {
             self.set(flag::READ_PENDING);
@@ -287,11 +338,16 @@ impl<S: StreamSocket> Connection<S> {
                         return;
                     }
                     Ok(n) => {
+                        // As in Twisted, a protocol that called lose_connection
+                        // hears no more data. The socket is still drained, so
+                        // the close sends a FIN rather than a reset that could
+                        // destroy the reply the peer has not read yet.
+                        let deliver = !self.has(flag::DISCONNECTING);
                         let res = {
                             let mut p = self.protocol.borrow_mut();
                             match p.as_mut() {
-                                Some(p) => catch(|| p.data_received(&buf[..n])),
-                                None => Ok(()),
+                                Some(p) if deliver => catch(|| p.data_received(&buf[..n])),
+                                _ => Ok(()),
                             }
                         };
                         if let Err(f) = res {
@@ -306,14 +362,16 @@ impl<S: StreamSocket> Connection<S> {
                             self.set(flag::READ_PENDING);
                             return;
                         }
-                        if n < buf.len() {
+                        // A short read drained the socket, unless the peer also
+                        // closed: its FIN raised no edge of its own, so read on to EOF.
+                        if n < buf.len() && !self.has(flag::PEER_HUP) {
                             return;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        self.fail_later(Failure::new(ConnectionError::from_io(e)));
+                        self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
                         self.set(flag::ABORTING);
                         return;
                     }
@@ -344,18 +402,24 @@ impl<S: StreamSocket> Connection<S> {
                 self.on_panic("read_connection_lost", f);
             }
             if self.has(flag::WRITE_SHUT) {
-                self.fail_later(Failure::new(ConnectionError::Done));
+                self.fail_later(Failure::without_backtrace(ConnectionError::Done));
                 self.set(flag::ABORTING);
             }
         } else {
-            self.fail_later(Failure::new(ConnectionError::Done));
-            self.set(flag::ABORTING);
+            // The peer stopped sending; it may still read. Flush what the
+            // protocol wrote (an echo of the last bytes, say), then close.
+            self.set(flag::DISCONNECTING);
+            self.mark_dirty();
         }
     }
 
     /// Writes as much of the buffer as the kernel takes.
     fn flush(&self) {
         loop {
+            // A producer callback run from after_drain may have panicked.
+            if self.has(flag::ABORTING) {
+                return;
+            }
             let mut wbuf = self.wbuf.borrow_mut();
             if wbuf.len == 0 {
                 return;
@@ -363,12 +427,7 @@ impl<S: StreamSocket> Connection<S> {
             let r = {
                 let mut sock = self.sock.borrow_mut();
                 let Some(sock) = sock.as_mut() else { return };
-                let slices = wbuf.slices();
-                if slices.len() == 1 {
-                    sock.write(&slices[0])
-                } else {
-                    sock.write_vectored_io(&slices)
-                }
+                wbuf.write_to(sock)
             };
             match r {
                 Ok(0) => return,
@@ -383,7 +442,7 @@ impl<S: StreamSocket> Connection<S> {
                 Err(e) => {
                     wbuf.clear();
                     drop(wbuf);
-                    self.fail_later(Failure::new(ConnectionError::from_io(e)));
+                    self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
                     self.set(flag::ABORTING);
                     return;
                 }
@@ -417,10 +476,17 @@ impl<S: StreamSocket> Connection<S> {
         }
         self.set(flag::CLOSED);
         self.wbuf.borrow_mut().clear();
-        if let Some(mut sock) = self.sock.borrow_mut().take() {
+        if let Some(sock) = self.sock.borrow_mut().take() {
             if let Some(r) = self.reactor() {
-                let _ = r.registry().deregister(&mut sock);
                 r.retire_source(self.token.get());
+            }
+            // No explicit deregister: the socket owns its fd (never dup'ed), and
+            // closing the last fd of a socket removes it from the epoll set, which
+            // saves an epoll_ctl per connection. A stale event that slips through
+            // (a fork holding the fd for an instant) is at worst a spurious
+            // readiness, which every source tolerates.
+            if self.has(flag::RESET) {
+                sock.reset_on_close();
             }
             drop(sock);
         }
@@ -455,7 +521,11 @@ impl<S: StreamSocket> Source for Connection<S> {
         if readiness.readable {
             self.do_read(reactor);
         }
-        self.clone().settle(reactor);
+        // Queued already (a callback wrote or asked to close): the reactor
+        // settles dirty sources right after this returns; settle only once.
+        if !self.has(flag::DIRTY) {
+            self.settle(reactor);
+        }
     }
 
     fn settle(self: Rc<Self>, _reactor: &Reactor) {
@@ -484,7 +554,7 @@ impl<S: StreamSocket> Source for Connection<S> {
         }
         let empty = self.wbuf.borrow().len == 0;
         if empty && self.has(flag::DISCONNECTING) {
-            self.close_now(Failure::new(ConnectionError::Done));
+            self.close_now(Failure::without_backtrace(ConnectionError::Done));
             return;
         }
         if empty && self.has(flag::WRITE_SHUT_PENDING) && !self.has(flag::WRITE_SHUT) {
@@ -505,13 +575,22 @@ impl<S: StreamSocket> Source for Connection<S> {
                 return;
             }
             if self.has(flag::READ_SHUT) {
-                self.close_now(Failure::new(ConnectionError::Done));
+                self.close_now(Failure::without_backtrace(ConnectionError::Done));
             }
         }
     }
 
     fn shutdown(self: Rc<Self>, _reactor: &Reactor) {
         self.lose_connection();
+    }
+
+    fn force_close(self: Rc<Self>, reactor: &Reactor) {
+        self.abort_connection();
+        self.settle(reactor);
+    }
+
+    fn reactor_dropped(self: Rc<Self>) {
+        self.close_now(Failure::new(ConnectionError::ReactorShutdown));
     }
 
     fn is_connection(&self) -> bool {
@@ -561,7 +640,7 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
         if self.has(flag::CLOSED) {
             return;
         }
-        self.set(flag::ABORTING);
+        self.set(flag::ABORTING | flag::RESET);
         self.mark_dirty();
     }
 
@@ -669,6 +748,13 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
     fn kind(&self) -> &'static str {
         S::kind()
     }
+
+    fn extension(&self, type_id: std::any::TypeId) -> Option<Rc<dyn std::any::Any>> {
+        self.sock
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.extension(type_id))
+    }
 }
 
 impl<S: StreamSocket> Connection<S> {
@@ -677,5 +763,89 @@ impl<S: StreamSocket> Connection<S> {
     pub(crate) fn set_water_marks(&self, high: usize, low: usize) {
         self.high_water.set(high);
         self.low_water.set(low.min(high));
+    }
+}
+
+#[cfg(test)]
+mod write_buffer_tests {
+    use super::*;
+
+    /// A tiny deterministic generator, so the test needs no extra crates.
+    struct Lcg(u64);
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % n.max(1)
+        }
+    }
+
+    /// Takes up to `limit` bytes the way a short writev would.
+    fn take(w: &mut WriteBuffer, limit: usize, out: &mut Vec<u8>) {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = w.fill_iov(&mut iov);
+        let mut taken = 0;
+        for s in &iov[..n] {
+            let k = s.len().min(limit - taken);
+            out.extend_from_slice(&s[..k]);
+            taken += k;
+        }
+        w.consume(taken);
+    }
+
+    #[test]
+    fn bytes_leave_in_order_through_short_writes() {
+        let mut rng = Lcg(7);
+        let mut w = WriteBuffer::default();
+        let (mut sent, mut got) = (Vec::new(), Vec::new());
+        let mut next = 0u8;
+        for _ in 0..600 {
+            let size = [1, 64, 1000, 20_000, 70_000][rng.below(5)];
+            let data: Vec<u8> = (0..size)
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
+            w.push(&data);
+            sent.extend_from_slice(&data);
+            if rng.below(3) == 0 {
+                take(&mut w, rng.below(100_000) + 1, &mut got);
+            }
+            assert_eq!(w.len, sent.len() - got.len());
+        }
+        while w.len > 0 {
+            take(&mut w, rng.below(50_000) + 1, &mut got);
+        }
+        assert!(sent == got, "bytes lost or reordered");
+    }
+
+    #[test]
+    fn drained_buffer_keeps_at_most_a_small_chunk() {
+        let mut w = WriteBuffer::default();
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            w.push(&[1; 20_000]);
+        }
+        take(&mut w, usize::MAX, &mut out);
+        while w.len > 0 {
+            take(&mut w, usize::MAX, &mut out);
+        }
+        assert_eq!(out.len(), 200_000);
+        assert_eq!(w.more.capacity(), 0);
+        assert!(w.first.capacity() <= KEEP_CAPACITY);
+        // Small writes reuse the kept chunk.
+        w.push(b"abc");
+        take(&mut w, usize::MAX, &mut out);
+        w.push(b"de");
+        let cap = w.first.capacity();
+        take(&mut w, 1, &mut out);
+        assert_eq!(&out[out.len() - 4..], b"abcd");
+        assert_eq!(w.len, 1);
+        take(&mut w, usize::MAX, &mut out);
+        assert_eq!(w.first.capacity(), cap);
+        assert_eq!(&out[out.len() - 5..], b"abcde");
     }
 }

@@ -37,6 +37,9 @@ impl StreamSocket for TcpStream {
             transport: "TCP (closed)",
         })
     }
+    fn reset_on_close(&self) {
+        let _ = SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
     fn set_keepalive(&self, on: bool) -> Result<(), NotSupportedError> {
         SockRef::from(self)
             .set_keepalive(on)
@@ -178,7 +181,13 @@ impl TcpPort {
 
     fn start_connection(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let host = stream.local_addr().unwrap_or(self.host);
+        // A port bound to one address accepts only on that address: skip the
+        // getsockname(2) unless it listens on a wildcard address.
+        let host = if self.host.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(self.host)
+        } else {
+            self.host
+        };
         let peer_addr = Address::Tcp(peer);
         let protocol = match catch(|| self.factory.build_protocol(&peer_addr)) {
             Ok(Some(p)) => p,
@@ -311,7 +320,8 @@ impl Reactor {
         factory: Rc<dyn ClientFactory>,
         opts: ConnectOptions,
     ) -> Connector {
-        let imp = Rc::new(TcpConnector {
+        let imp = Rc::new_cyclic(|me| TcpConnector {
+            me: me.clone(),
             reactor: self.downgrade(),
             target: Target::Addr(addr),
             factory,
@@ -332,7 +342,8 @@ impl Reactor {
         factory: Rc<dyn ClientFactory>,
         opts: ConnectOptions,
     ) -> Connector {
-        let imp = Rc::new(TcpConnector {
+        let imp = Rc::new_cyclic(|me| TcpConnector {
+            me: me.clone(),
             reactor: self.downgrade(),
             target: Target::Name(host.to_string(), port),
             factory,
@@ -379,6 +390,7 @@ impl fmt::Display for Target {
 }
 
 struct TcpConnector {
+    me: Weak<TcpConnector>,
     reactor: Weak<Inner>,
     target: Target,
     factory: Rc<dyn ClientFactory>,
@@ -388,22 +400,44 @@ struct TcpConnector {
 
 /// One connection attempt; the source registered while connecting.
 struct Attempt {
+    /// The connector's implementation, which holds this attempt while it
+    /// runs; the attempt lets go of it when done (the two would otherwise
+    /// keep each other, and the factory, alive forever).
+    owner: Weak<TcpConnector>,
     connector: Connector,
     factory: Rc<dyn ClientFactory>,
     reactor: Weak<Inner>,
     token: Cell<usize>,
     sock: RefCell<Option<TcpStream>>,
     addr: Cell<Option<SocketAddr>>,
+    /// Further addresses a name resolved to, tried in order when one fails.
+    rest: RefCell<Vec<SocketAddr>>,
+    bind: Cell<Option<SocketAddr>>,
     target: String,
     timeout: RefCell<Option<DelayedCall>>,
     done: Cell<bool>,
 }
 
 impl Attempt {
+    fn release(&self) {
+        if let Some(owner) = self.owner.upgrade() {
+            let mine = owner
+                .attempt
+                .borrow()
+                .as_ref()
+                .is_some_and(|a| std::ptr::eq(Rc::as_ptr(a), self));
+            if mine {
+                let me = owner.attempt.borrow_mut().take();
+                drop(me);
+            }
+        }
+    }
+
     fn fail(&self, reason: ConnectionError) {
         if self.done.replace(true) {
             return;
         }
+        self.release();
         if let Some(c) = self.timeout.borrow_mut().take() {
             let _ = c.cancel();
         }
@@ -418,6 +452,40 @@ impl Attempt {
         let f = Failure::new(reason);
         if let Err(p) = catch(|| self.factory.client_connection_failed(&self.connector, f)) {
             tracing::error!(failure = %p, "client_connection_failed panicked");
+        }
+    }
+
+    /// A failure found while starting: reported on the next turn, never from
+    /// inside `connect_tcp` itself, where the caller may still be setting up.
+    fn fail_soon(self: &Rc<Self>, reactor: &Reactor, reason: ConnectionError) {
+        let me = self.clone();
+        let weak_r = reactor.downgrade();
+        reactor.call_soon(move || {
+            if let Some(inner) = weak_r.upgrade() {
+                me.try_next_or_fail(&Reactor::from_inner(inner), reason);
+            }
+        });
+    }
+
+    /// Moves on to the next resolved address, or reports the failure.
+    fn try_next_or_fail(self: &Rc<Self>, reactor: &Reactor, reason: ConnectionError) {
+        if self.done.get() {
+            return;
+        }
+        let next = {
+            let mut rest = self.rest.borrow_mut();
+            (!rest.is_empty()).then(|| rest.remove(0))
+        };
+        match next {
+            Some(addr) => {
+                tracing::debug!(failure = %reason, next = %addr, "trying the next address");
+                if let Some(mut s) = self.sock.borrow_mut().take() {
+                    let _ = reactor.registry().deregister(&mut s);
+                    reactor.retire_source(self.token.get());
+                }
+                self.start_socket(reactor, addr, self.bind.get());
+            }
+            None => self.fail(reason),
         }
     }
 
@@ -443,7 +511,7 @@ impl Attempt {
         })();
         let mut sock = match sock {
             Ok(s) => s,
-            Err(e) => return self.fail(ConnectionError::from_connect_io(addr, e)),
+            Err(e) => return self.fail_soon(reactor, ConnectionError::from_connect_io(addr, e)),
         };
         let me = self.clone();
         match reactor.register_source(
@@ -455,36 +523,38 @@ impl Attempt {
                 self.token.set(key);
                 *self.sock.borrow_mut() = Some(sock);
             }
-            Err(e) => self.fail(ConnectionError::from_connect_io(addr, e)),
+            Err(e) => self.fail_soon(reactor, ConnectionError::from_connect_io(addr, e)),
         }
     }
 
-    fn finish(self: &Rc<Self>, reactor: &Reactor) {
-        let Some(addr) = self.addr.get() else { return };
+    /// Completes the attempt once the socket is connected; returns the new
+    /// connection, which took over the attempt's poller token.
+    fn finish(self: &Rc<Self>, reactor: &Reactor) -> Option<Rc<Connection<TcpStream>>> {
+        let addr = self.addr.get()?;
         let err = {
             let sock = self.sock.borrow();
-            let Some(s) = sock.as_ref() else { return };
+            let s = sock.as_ref()?;
             match s.take_error() {
                 Ok(Some(e)) | Err(e) => Some(e),
                 Ok(None) => match s.peer_addr() {
                     Ok(_) => None,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return None, // not yet
                     Err(e) => Some(e),
                 },
             }
         };
         if let Some(e) = err {
-            return self.fail(ConnectionError::from_connect_io(addr, e));
+            self.try_next_or_fail(reactor, ConnectionError::from_connect_io(addr, e));
+            return None;
         }
         if self.done.replace(true) {
-            return;
+            return None;
         }
+        self.release();
         if let Some(c) = self.timeout.borrow_mut().take() {
             let _ = c.cancel();
         }
-        let Some(stream) = self.sock.borrow_mut().take() else {
-            return;
-        };
+        let stream = self.sock.borrow_mut().take()?;
         let _ = stream.set_nodelay(true);
         let host = stream
             .local_addr()
@@ -493,12 +563,15 @@ impl Attempt {
         let peer = Address::Tcp(addr);
         let protocol = match catch(|| self.factory.build_protocol(&peer)) {
             Ok(Some(p)) => p,
-            Ok(None) | Err(_) => {
+            refused => {
+                if let Err(f) = refused {
+                    tracing::error!(peer = %peer, failure = %f, "build_protocol panicked; connection dropped");
+                }
                 reactor.retire_source(self.token.get());
                 let mut s = stream;
                 let _ = reactor.registry().deregister(&mut s);
                 self.connector.set_state(ConnectorState::Disconnected, None);
-                return;
+                return None;
             }
         };
         let conn = Connection::new(reactor, stream, peer, host);
@@ -512,16 +585,26 @@ impl Attempt {
         self.connector
             .set_state(ConnectorState::Connected, Some(conn.transport()));
         conn.start(reactor, protocol);
+        Some(conn)
     }
 }
 
 impl Source for Attempt {
-    fn ready(self: Rc<Self>, reactor: &Reactor, _readiness: Readiness) {
+    fn ready(self: Rc<Self>, reactor: &Reactor, readiness: Readiness) {
         if !self.done.get() {
-            self.finish(reactor);
+            if let Some(conn) = self.finish(reactor) {
+                // Edge-triggered: data that arrived with the connect completion
+                // raised its edge already, in this very event. Hand the event on.
+                if readiness.readable {
+                    conn.ready(reactor, readiness);
+                }
+            }
         }
     }
     fn shutdown(self: Rc<Self>, _reactor: &Reactor) {
+        self.fail(ConnectionError::ReactorShutdown);
+    }
+    fn reactor_dropped(self: Rc<Self>) {
         self.fail(ConnectionError::ReactorShutdown);
     }
 }
@@ -537,12 +620,15 @@ impl ConnectorImpl for TcpConnector {
         }
         me.set_state(ConnectorState::Connecting, None);
         let attempt = Rc::new(Attempt {
+            owner: self.me.clone(),
             connector: me.clone(),
             factory: self.factory.clone(),
             reactor: self.reactor.clone(),
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
             addr: Cell::new(None),
+            rest: RefCell::new(Vec::new()),
+            bind: Cell::new(self.opts.bind_address),
             target: self.target.to_string(),
             timeout: RefCell::new(None),
             done: Cell::new(false),
@@ -571,7 +657,7 @@ impl ConnectorImpl for TcpConnector {
                 // The attempt is !Send: park it in a thread-local table keyed by
                 // an id that the resolver thread hands back.
                 let id = pending::park(attempt.clone());
-                crate::resolve::resolve_in_background(host.clone(), port, move |result| {
+                reactor.resolve_in_background(host.clone(), port, move |result| {
                     handle.call_from_thread(move || {
                         let Some(attempt) = pending::take(id) else {
                             return;
@@ -585,7 +671,10 @@ impl ConnectorImpl for TcpConnector {
                         }
                         match result {
                             Ok(addrs) => match addrs.first() {
-                                Some(a) => attempt.start_socket(&reactor, *a, bind),
+                                Some(a) => {
+                                    *attempt.rest.borrow_mut() = addrs[1..].to_vec();
+                                    attempt.start_socket(&reactor, *a, bind)
+                                }
                                 None => attempt.fail(ConnectionError::DnsLookup {
                                     host,
                                     message: "no addresses".into(),
@@ -602,7 +691,9 @@ impl ConnectorImpl for TcpConnector {
     }
 
     fn stop_connecting(&self) {
-        if let Some(a) = self.attempt.borrow_mut().take() {
+        // Release the borrow first: the factory may reconnect from its callback.
+        let attempt = self.attempt.borrow_mut().take();
+        if let Some(a) = attempt {
             a.fail(ConnectionError::Cancelled);
         }
     }

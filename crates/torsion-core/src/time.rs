@@ -178,7 +178,8 @@ impl DelayedCall {
             fate2.set(Some(Fate::Called));
             func()
         });
-        let deadline = now() + delay;
+        // Saturating: `Duration::MAX` means "never", not a panic.
+        let deadline = now().saturating_add(delay);
         let (key, seq) = queue.borrow_mut().schedule(deadline, wrapped);
         DelayedCall {
             queue: Rc::downgrade(queue),
@@ -222,14 +223,14 @@ impl DelayedCall {
 
     /// Reschedules the call to run `delay` from now.
     pub fn reset(&self, delay: Duration) -> Result<(), DelayedCallError> {
-        let deadline = (self.now)() + delay;
+        let deadline = (self.now)().saturating_add(delay);
         self.move_to(deadline)
     }
 
     /// Pushes the call `delay` later than currently scheduled.
     pub fn delay(&self, delay: Duration) -> Result<(), DelayedCallError> {
         let q = self.check()?;
-        let deadline = q.borrow().entries[self.key].deadline + delay;
+        let deadline = q.borrow().entries[self.key].deadline.saturating_add(delay);
         self.move_to(deadline)
     }
 

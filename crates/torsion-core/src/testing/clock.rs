@@ -51,7 +51,7 @@ impl Clock {
 
     /// Moves time forward by `by`, running every call that falls due.
     pub fn advance(&self, by: Duration) {
-        let target = self.now.get() + by;
+        let target = self.now.get().saturating_add(by);
         loop {
             let next = self.timers.borrow_mut().next_deadline();
             match next {

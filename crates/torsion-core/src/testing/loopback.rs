@@ -118,14 +118,27 @@ impl TransportImpl for End {
         producer: Rc<dyn Producer>,
         streaming: bool,
     ) -> Result<(), ProducerError> {
+        if self.closed.get() {
+            return Err(ProducerError::Closed);
+        }
         if self.producer.borrow().is_some() {
             return Err(ProducerError::AlreadyRegistered);
         }
-        *self.producer.borrow_mut() = Some((producer, streaming));
+        *self.producer.borrow_mut() = Some((producer.clone(), streaming));
+        self.producer_paused.set(false);
+        // As over a socket: a pull producer is asked for its first piece at
+        // once; a push producer registered over a full buffer starts paused.
+        if !streaming {
+            producer.resume_producing();
+        } else if self.out.borrow().len() > DEFAULT_HIGH_WATER {
+            self.producer_paused.set(true);
+            producer.pause_producing();
+        }
         Ok(())
     }
     fn unregister_producer(&self) {
         self.producer.borrow_mut().take();
+        self.producer_paused.set(false);
     }
     fn write_buffer_len(&self) -> usize {
         self.out.borrow().len()
@@ -212,9 +225,9 @@ impl LoopbackPump {
             moved = true;
             let producer = from.producer.borrow().clone();
             if let Some((p, streaming)) = producer {
-                if !streaming {
-                    p.resume_producing();
-                } else if from.producer_paused.replace(false) {
+                // Pull producers are asked for more after every delivery;
+                // push producers only if the buffer had paused them.
+                if !streaming || from.producer_paused.replace(false) {
                     p.resume_producing();
                 }
             }

@@ -1,6 +1,12 @@
-# Sourced by scripts/test.sh. torsion-cocoa cannot run here; compile-check it
-# for macOS so its code (and torsion-core's Apple paths) keep building.
-# Idempotent: `rustup target add` is a no-op once the target is installed.
+#!/usr/bin/env bash
+# torsion-cocoa cannot run here; compile-check it for macOS. Not in
+# scripts/test.d: torsion-core itself does not build for Apple targets yet
+# (Linux-only calls in sys/unix.rs, unix.rs, udp.rs: pidfd, SO_PEERCRED,
+# MSG_CMSG_CLOEXEC, ...), so this check fails in torsion-core until that is
+# ported. Idempotent: `rustup target add` is a no-op once installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
 foreign_cocoa_check() {
   if ! command -v rustup >/dev/null; then
     echo "foreign: rustup not found; skipping the x86_64-apple-darwin check of torsion-cocoa"

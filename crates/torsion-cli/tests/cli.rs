@@ -1,0 +1,182 @@
+//! The `torsion` binary as a user runs it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn torsion() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_torsion"))
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("torsion-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("docs")).unwrap();
+    std::fs::write(d.join("hello.txt"), "hello from disk\n").unwrap();
+    std::fs::write(d.join("notes.log"), "a log").unwrap();
+    std::fs::write(d.join("docs/home.htm"), "<p>home</p>").unwrap();
+    d
+}
+
+/// Starts `torsion web` and returns the child and the addresses it printed.
+fn start(args: &[&str]) -> (Child, Vec<String>) {
+    let mut child = torsion()
+        .arg("web")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let n = args.iter().filter(|a| **a == "--listen").count();
+    let mut addrs = Vec::new();
+    for _ in 0..n {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let url = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches('/');
+        addrs.push(url.to_string());
+    }
+    (child, addrs)
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r
+}
+
+fn interrupt_and_wait(mut child: Child) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("torsion web did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn web_serves_directory_and_stops_on_ctrl_c() {
+    let dir = tmpdir("serve");
+    let (child, addrs) = start(&[
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--path",
+        dir.to_str().unwrap(),
+        "--index",
+        "home.htm",
+        "--add-header",
+        "X-Served-By: torsion-test",
+        "--mime-type",
+        "log=text/x-custom",
+        "--log-format",
+        "json",
+    ]);
+    assert_eq!(addrs.len(), 2);
+    assert_ne!(addrs[0], addrs[1]);
+    for a in &addrs {
+        let r = get(a, "/hello.txt");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.contains("x-served-by: torsion-test\r\n"));
+        assert!(r.ends_with("hello from disk\n"));
+    }
+    assert!(get(&addrs[0], "/notes.log").contains("content-type: text/x-custom\r\n"));
+    assert!(get(&addrs[0], "/docs/").ends_with("<p>home</p>"));
+    let listing = get(&addrs[0], "/");
+    assert!(listing.contains("Index of /") && listing.contains("hello.txt"));
+    let status = interrupt_and_wait(child);
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn access_log_is_json_with_combined_line() {
+    let dir = tmpdir("log");
+    let (mut child, addrs) = start(&[
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--path",
+        dir.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
+    let _ = get(&addrs[0], "/hello.txt");
+    let mut err = child.stderr.take().unwrap();
+    let status = interrupt_and_wait(child);
+    assert!(status.success());
+    let mut log = String::new();
+    err.read_to_string(&mut log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("torsion_http::access"))
+        .unwrap_or_else(|| panic!("no access log line in {log}"));
+    assert!(line.starts_with('{'), "{line}");
+    assert!(line.contains("\"site\":\"default\""), "{line}");
+    assert!(line.contains("127.0.0.1 - - ["), "{line}");
+    assert!(
+        line.contains("] \\\"GET /hello.txt HTTP/1.1\\\" 200 16 \\\"-\\\" \\\"-\\\""),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_arguments_exit_non_zero_with_a_message() {
+    let dir = tmpdir("bad");
+    let cases: &[&[&str]] = &[
+        &["web", "--listen", "tcp:notaport", "--path", "."],
+        &["web", "--listen", "unix:/tmp/x", "--path", "."],
+        &[
+            "web",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--path",
+            "/definitely/not/here",
+        ],
+        &[
+            "web",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--add-header",
+            "NoColon",
+        ],
+        &[
+            "web",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--mime-type",
+            "txt",
+        ],
+        &["web", "--log-format", "xml"],
+        &["nosuchcommand"],
+    ];
+    for args in cases {
+        let out = torsion().args(*args).current_dir(&dir).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,977 @@
+//! The sans-I/O HTTP/1.1 server connection: bytes in → events out,
+//! responses in → bytes out.
+//!
+//! [`ServerConn`] owns no socket and reads no clock. Feed it what the peer
+//! sent with [`ServerConn::receive`], pull [`Event`]s with
+//! [`ServerConn::next_event`], answer each request (in any order of
+//! readiness, but the machine only accepts writes for the oldest unanswered
+//! request: responses go out strictly in request order), and send what
+//! [`ServerConn::take_output`] hands back. Malformed requests never reach the
+//! caller as requests: the machine answers them itself with the right status
+//! (after the responses of earlier pipelined requests) and then asks for the
+//! connection to be closed.
+//!
+//! ```
+//! use torsion_http::h1::{Event, ServerConn};
+//! use torsion_http::ServerConfig;
+//! use http::{HeaderMap, StatusCode};
+//!
+//! let mut conn = ServerConn::new(ServerConfig::default());
+//! conn.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+//! let Some(Event::Head(head)) = conn.next_event() else { panic!() };
+//! assert_eq!(head.uri.path(), "/");
+//! assert!(matches!(conn.next_event(), Some(Event::End { .. })));
+//! conn.respond(head.id, StatusCode::OK, &HeaderMap::new(), Some(2)).unwrap();
+//! conn.send_data(head.id, b"hi").unwrap();
+//! conn.finish(head.id).unwrap();
+//! let out = String::from_utf8(conn.take_output()).unwrap();
+//! assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
+//! assert!(out.ends_with("content-length: 2\r\n\r\nhi"));
+//! ```
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::rc::Rc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+use crate::chunked::{self, ChunkedDecoder, ChunkedError};
+use crate::config::ServerConfig;
+
+/// The head of a request, as the machine parsed and checked it.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// Sequence number on this connection, from 0; responses are matched by it.
+    pub id: u64,
+    /// Request method.
+    pub method: Method,
+    /// Request target.
+    pub uri: Uri,
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub version: Version,
+    /// Header fields.
+    pub headers: HeaderMap,
+    /// Body length when known (`Content-Length`, or 0 without body); `None` for chunked.
+    pub content_length: Option<u64>,
+    /// True when the connection stays open after this request.
+    pub keep_alive: bool,
+    /// The client sent `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+impl RequestHead {
+    /// True when a body follows the head.
+    pub fn has_body(&self) -> bool {
+        self.content_length != Some(0)
+    }
+}
+
+/// What the machine found in the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+// Heads are the common event; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum Event {
+    /// A request head; body events for it follow.
+    Head(RequestHead),
+    /// A piece of the current request's body.
+    Data {
+        /// The request it belongs to.
+        id: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The current request's body is complete.
+    End {
+        /// The request.
+        id: u64,
+    },
+    /// The input was malformed. The machine answers with `status` itself and
+    /// closes; `id` names the request whose body was cut short, if any.
+    Error {
+        /// The request whose body failed, `None` when no head was accepted.
+        id: Option<u64>,
+        /// The status the machine answers with.
+        status: StatusCode,
+        /// What was wrong, for logs.
+        reason: &'static str,
+    },
+}
+
+impl PartialEq for RequestHead {
+    fn eq(&self, o: &Self) -> bool {
+        self.id == o.id
+            && self.method == o.method
+            && self.uri == o.uri
+            && self.version == o.version
+            && self.headers == o.headers
+            && self.content_length == o.content_length
+            && self.keep_alive == o.keep_alive
+            && self.expect_continue == o.expect_continue
+    }
+}
+impl Eq for RequestHead {}
+
+/// A response call the machine refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The id is not the oldest unanswered request (or is unknown).
+    #[error("request {0} is not the one being answered")]
+    NotCurrent(u64),
+    /// `respond` was already called for this request.
+    #[error("response head already sent")]
+    HeadAlreadySent,
+    /// `send_data`/`finish` before `respond`.
+    #[error("response head not sent yet")]
+    HeadNotSent,
+    /// More body bytes than the declared `Content-Length`.
+    #[error("body longer than its Content-Length")]
+    TooLong,
+    /// The machine answered this request itself (its input was malformed).
+    #[error("the request was answered with an error status by the machine")]
+    Superseded,
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body at all (HEAD, 204, 304): data is dropped.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 without a length: the close ends the body.
+    Close,
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    is_head: bool,
+    version: Version,
+    keep_alive: bool,
+    expect_continue: bool,
+    continue_sent: bool,
+    body_done: bool,
+    error: Option<StatusCode>,
+    /// Response state: `None` until the head is written.
+    framing: Option<Framing>,
+}
+
+#[derive(Debug)]
+enum ReadState {
+    Head,
+    Length {
+        id: u64,
+        remaining: u64,
+    },
+    Chunked {
+        id: u64,
+        dec: ChunkedDecoder,
+    },
+    /// No more requests are read (after `Connection: close` or an error).
+    Stopped,
+}
+
+/// The server side of one HTTP/1.x connection, without I/O.
+#[derive(Debug)]
+pub struct ServerConn {
+    cfg: Rc<ServerConfig>,
+    inbuf: Vec<u8>,
+    pos: usize,
+    read: ReadState,
+    pending: VecDeque<Pending>,
+    next_id: u64,
+    out: Vec<u8>,
+    /// An IMF-fixdate is always 29 bytes: no allocation per connection.
+    date: [u8; 29],
+    close_after: bool,
+    closed: bool,
+    bytes_sent_body: u64,
+    /// A body just completed: its `End` event is due next.
+    end_pending: Option<u64>,
+}
+
+const NO_BODY_EVENT_MAX: usize = 64 * 1024;
+
+impl ServerConn {
+    /// A new connection with these limits.
+    pub fn new(cfg: ServerConfig) -> Self {
+        Self::with_shared_config(Rc::new(cfg))
+    }
+
+    /// A new connection sharing its configuration with others (what a
+    /// server with many connections uses: no copy per connection).
+    pub fn with_shared_config(mut cfg: Rc<ServerConfig>) -> Self {
+        // Zero would never read a request at all.
+        if cfg.max_pipelined == 0 || cfg.max_headers == 0 {
+            let c = Rc::make_mut(&mut cfg);
+            c.max_pipelined = c.max_pipelined.max(1);
+            c.max_headers = c.max_headers.max(1);
+        }
+        let mut date = [b' '; 29];
+        date.copy_from_slice(b"Thu, 01 Jan 1970 00:00:00 GMT");
+        ServerConn {
+            cfg,
+            inbuf: Vec::new(),
+            pos: 0,
+            read: ReadState::Head,
+            pending: VecDeque::new(),
+            next_id: 0,
+            out: Vec::new(),
+            date,
+            close_after: false,
+            closed: false,
+            bytes_sent_body: 0,
+            end_pending: None,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// Sets the value of the `Date` header written from now on (the caller owns the clock).
+    /// `date` must be an IMF-fixdate (29 bytes, as `httpdate` formats);
+    /// anything else is ignored.
+    pub fn set_date(&mut self, date: &str) {
+        if let Ok(d) = <[u8; 29]>::try_from(date.as_bytes()) {
+            self.date = d;
+        }
+    }
+
+    /// Adds bytes received from the peer. Bytes arriving after the machine
+    /// stopped reading (close requested, error) are dropped.
+    pub fn receive(&mut self, data: &[u8]) {
+        if matches!(self.read, ReadState::Stopped) || self.closed {
+            return;
+        }
+        if self.pos > 0 && (self.pos == self.inbuf.len() || self.pos > 4096) {
+            self.inbuf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.inbuf.extend_from_slice(data);
+    }
+
+    /// Releases input-buffer memory once everything in it was parsed (call
+    /// when idle: an idle connection then holds no buffer).
+    pub fn compact(&mut self) {
+        if self.pos == self.inbuf.len() {
+            self.inbuf = Vec::new();
+            self.pos = 0;
+        }
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
+        }
+    }
+
+    /// Unparsed input held.
+    pub fn buffered(&self) -> usize {
+        self.inbuf.len() - self.pos
+    }
+
+    /// True when the caller should keep reading from the peer: the machine is
+    /// still reading requests and its unparsed input is small. When false,
+    /// pause the transport until events have been pulled.
+    pub fn wants_input(&self) -> bool {
+        !self.closed
+            && !matches!(self.read, ReadState::Stopped)
+            && self.buffered() < self.cfg.max_header_bytes + 64 * 1024
+    }
+
+    /// True while part of a request head has arrived but not all of it
+    /// (the header timeout runs).
+    pub fn receiving_head(&self) -> bool {
+        matches!(self.read, ReadState::Head)
+            && self.buffered() > 0
+            && self.pending.len() < self.cfg.max_pipelined
+    }
+
+    /// True while a request body is being read.
+    pub fn receiving_body(&self) -> bool {
+        matches!(
+            self.read,
+            ReadState::Length { .. } | ReadState::Chunked { .. }
+        )
+    }
+
+    /// True when nothing is in progress: no unanswered request and no input
+    /// (the idle keep-alive timeout runs).
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.buffered() == 0 && matches!(self.read, ReadState::Head)
+    }
+
+    /// The oldest request whose response is not finished.
+    pub fn current(&self) -> Option<u64> {
+        self.pending.front().map(|p| p.id)
+    }
+
+    /// Number of requests read and not yet answered.
+    pub fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True when every response is out and the connection should now be
+    /// closed (after sending [`ServerConn::take_output`]).
+    pub fn should_close(&self) -> bool {
+        self.closed
+    }
+
+    /// Bytes to send to the peer; empties the output.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Swaps the output into `dst` (which should be empty), reusing its allocation.
+    pub fn swap_output(&mut self, dst: &mut Vec<u8>) {
+        std::mem::swap(&mut self.out, dst);
+    }
+
+    /// True when output is waiting.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Parses the next event from the input, if a complete one is there.
+    pub fn next_event(&mut self) -> Option<Event> {
+        if self.closed {
+            return None;
+        }
+        if let Some(id) = self.end_pending.take() {
+            return Some(Event::End { id });
+        }
+        match &mut self.read {
+            ReadState::Stopped => None,
+            ReadState::Head => {
+                if self.pending.len() >= self.cfg.max_pipelined {
+                    return None;
+                }
+                self.parse_head()
+            }
+            ReadState::Length { id, remaining } => {
+                let id = *id;
+                let avail = self.inbuf.len() - self.pos;
+                let n = (avail as u64).min(*remaining) as usize;
+                if n == 0 {
+                    return None;
+                }
+                let n = n.min(NO_BODY_EVENT_MAX);
+                *remaining -= n as u64;
+                let data = self.inbuf[self.pos..self.pos + n].to_vec();
+                self.pos += n;
+                if *remaining == 0 {
+                    self.body_finished(id);
+                }
+                Some(Event::Data { id, data })
+            }
+            ReadState::Chunked { id, dec } => {
+                let id = *id;
+                loop {
+                    let input = &self.inbuf[self.pos..];
+                    match dec.decode(input) {
+                        Ok(step) => {
+                            let data = step.data.map(|r| input[r].to_vec());
+                            self.pos += step.consumed;
+                            if step.done {
+                                self.body_finished(id);
+                                return Some(match data {
+                                    Some(d) if !d.is_empty() => Event::Data { id, data: d },
+                                    _ => {
+                                        self.end_pending = None;
+                                        Event::End { id }
+                                    }
+                                });
+                            }
+                            if let Some(d) = data {
+                                return Some(Event::Data { id, data: d });
+                            }
+                            if step.consumed == 0 {
+                                return None;
+                            }
+                        }
+                        Err(e) => {
+                            let status = if e == ChunkedError::TooLarge {
+                                StatusCode::PAYLOAD_TOO_LARGE
+                            } else {
+                                StatusCode::BAD_REQUEST
+                            };
+                            let reason = match e {
+                                ChunkedError::InvalidSize => "invalid chunk size",
+                                ChunkedError::InvalidLineEnding => {
+                                    "bad line ending in chunked body"
+                                }
+                                ChunkedError::LineTooLong => "chunk line too long",
+                                ChunkedError::TooLarge => "body too large",
+                                ChunkedError::InvalidTrailer => "invalid trailer",
+                            };
+                            return Some(self.fail(Some(id), status, reason));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the last body byte: the End event comes next (for Length bodies).
+    fn body_finished(&mut self, id: u64) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.id == id) {
+            p.body_done = true;
+        }
+        let keep = self
+            .pending
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.keep_alive)
+            .unwrap_or(false);
+        self.read = if keep && !self.close_after {
+            ReadState::Head
+        } else {
+            ReadState::Stopped
+        };
+        // The End event comes with the next call.
+        self.end_pending = Some(id);
+    }
+
+    fn parse_head(&mut self) -> Option<Event> {
+        // RFC 9112 §2.2: ignore empty lines before a request-line.
+        while self.inbuf[self.pos..].starts_with(b"\r\n") {
+            self.pos += 2;
+        }
+        let buf = &self.inbuf[self.pos..];
+        if buf.is_empty() {
+            return None;
+        }
+        // Request-line length (414) before anything else.
+        let line_end = buf.iter().position(|&b| b == b'\n');
+        match line_end {
+            None if buf.len() > self.cfg.max_request_line => {
+                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
+            }
+            Some(i) if i > self.cfg.max_request_line => {
+                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
+            }
+            _ => {}
+        }
+        let mut stack = [httparse::EMPTY_HEADER; 128];
+        let mut heap;
+        let headers: &mut [httparse::Header<'_>] = if self.cfg.max_headers <= stack.len() {
+            &mut stack[..self.cfg.max_headers]
+        } else {
+            heap = vec![httparse::EMPTY_HEADER; self.cfg.max_headers];
+            &mut heap
+        };
+        let limit = buf.len().min(self.cfg.max_header_bytes);
+        let mut req = httparse::Request::new(headers);
+        let parsed = req.parse(&buf[..limit]);
+        let n = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() >= self.cfg.max_header_bytes {
+                    return Some(self.fail(
+                        None,
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "header block too large",
+                    ));
+                }
+                // A bare LF in the part already seen is fatal whatever follows.
+                if has_bare_lf(buf) {
+                    return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
+                }
+                return None;
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Some(self.fail(
+                    None,
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too many header fields",
+                ))
+            }
+            Err(httparse::Error::Version) => {
+                return Some(self.fail(
+                    None,
+                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                    "unsupported HTTP version",
+                ))
+            }
+            Err(_) => return Some(self.fail(None, StatusCode::BAD_REQUEST, "malformed head")),
+        };
+        if has_bare_lf(&buf[..n]) {
+            return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
+        }
+        let head = match build_head(&req, self.next_id, &self.cfg) {
+            Ok(h) => h,
+            Err((status, reason)) => return Some(self.fail(None, status, reason)),
+        };
+        self.pos += n;
+        self.next_id += 1;
+        let is_head = head.method == Method::HEAD;
+        self.pending.push_back(Pending {
+            id: head.id,
+            is_head,
+            version: head.version,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            continue_sent: false,
+            body_done: !head.has_body(),
+            error: None,
+            framing: None,
+        });
+        self.read = match head.content_length {
+            Some(0) => {
+                self.end_pending = Some(head.id);
+                if head.keep_alive {
+                    ReadState::Head
+                } else {
+                    ReadState::Stopped
+                }
+            }
+            Some(n) => ReadState::Length {
+                id: head.id,
+                remaining: n,
+            },
+            None => ReadState::Chunked {
+                id: head.id,
+                dec: ChunkedDecoder::new(self.cfg.max_body),
+            },
+        };
+        if !head.keep_alive {
+            self.close_after = true;
+        }
+        self.advance();
+        Some(Event::Head(head))
+    }
+
+    /// Malformed input: stop reading, queue the error response, report it.
+    fn fail(&mut self, id: Option<u64>, status: StatusCode, reason: &'static str) -> Event {
+        self.read = ReadState::Stopped;
+        self.close_after = true;
+        self.inbuf.clear();
+        self.pos = 0;
+        match id {
+            Some(id) => {
+                // The request's handler may already be answering; if not, the
+                // machine's error response takes its place. If it was answered
+                // already, the connection just closes.
+                if let Some(p) = self.pending.iter_mut().find(|p| p.id == id) {
+                    if p.framing.is_none() {
+                        p.error = Some(status);
+                    }
+                    p.body_done = true;
+                    p.keep_alive = false;
+                }
+            }
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.pending.push_back(Pending {
+                    id,
+                    is_head: false,
+                    version: Version::HTTP_11,
+                    keep_alive: false,
+                    expect_continue: false,
+                    continue_sent: false,
+                    body_done: true,
+                    error: Some(status),
+                    framing: None,
+                });
+            }
+        }
+        self.advance();
+        Event::Error { id, status, reason }
+    }
+
+    /// Work the machine does on its own for the front request: `100
+    /// Continue`, error responses, and noticing that everything is done.
+    fn advance(&mut self) {
+        let Some(front) = self.pending.front_mut() else {
+            if self.close_after
+                && !matches!(
+                    self.read,
+                    ReadState::Length { .. } | ReadState::Chunked { .. }
+                )
+            {
+                self.closed = true;
+            }
+            return;
+        };
+        if let (Some(status), None) = (front.error, front.framing) {
+            // An error response is always the connection's last.
+            self.pending.clear();
+            write_error_response(&mut self.out, status, &self.date, &self.cfg);
+            self.read = ReadState::Stopped;
+            self.closed = true;
+            return;
+        }
+        if front.expect_continue
+            && !front.continue_sent
+            && front.framing.is_none()
+            && !front.body_done
+        {
+            front.continue_sent = true;
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+    }
+
+    fn front_for(&mut self, id: u64) -> Result<&mut Pending, SendError> {
+        if self.closed {
+            return Err(SendError::Closed);
+        }
+        let is_front = self.pending.front().is_some_and(|p| p.id == id);
+        if !is_front {
+            let queued = self.pending.iter().any(|p| p.id == id);
+            return Err(if id < self.next_id && !queued {
+                // An id the machine already answered with an error status.
+                SendError::Superseded
+            } else {
+                SendError::NotCurrent(id)
+            });
+        }
+        self.pending.front_mut().ok_or(SendError::NotCurrent(id))
+    }
+
+    /// Writes the response head for request `id`, which must be the oldest
+    /// unanswered one. `content_length` is the body size when known; without
+    /// it the body is chunked (HTTP/1.1) or delimited by the close (HTTP/1.0).
+    /// Framing headers in `headers` (`Content-Length`, `Transfer-Encoding`,
+    /// `Connection`) are replaced by the machine's own.
+    pub fn respond(
+        &mut self,
+        id: u64,
+        status: StatusCode,
+        headers: &HeaderMap,
+        content_length: Option<u64>,
+    ) -> Result<(), SendError> {
+        let p = self.front_for(id)?;
+        if p.framing.is_some() {
+            return Err(SendError::HeadAlreadySent);
+        }
+        if status.is_informational() {
+            return Err(SendError::HeadNotSent);
+        }
+        let no_body = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let mut keep_alive = p.keep_alive;
+        // A request whose body was never asked for after `Expect: 100-continue`
+        // leaves the stream in an unknown state: close after the response.
+        if p.expect_continue && !p.continue_sent && !p.body_done {
+            keep_alive = false;
+        }
+        let framing = if no_body {
+            Framing::Empty
+        } else if let Some(n) = content_length {
+            Framing::Length(n)
+        } else if p.version == Version::HTTP_11 {
+            Framing::Chunked
+        } else {
+            keep_alive = false;
+            Framing::Close
+        };
+        if !keep_alive {
+            p.keep_alive = false;
+        }
+        let version = p.version;
+        let is_head = p.is_head;
+        p.framing = Some(if is_head { Framing::Empty } else { framing });
+        let out = &mut self.out;
+        write_status_line(out, status);
+        write_standard_headers(out, &self.date, &self.cfg);
+        for (name, value) in headers {
+            if name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+                || name == header::DATE
+                || (name == header::SERVER && self.cfg.server_name.is_some())
+            {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        match framing {
+            Framing::Length(n) => {
+                out.extend_from_slice(b"content-length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::Chunked if !is_head => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+            }
+            _ => {}
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if version == Version::HTTP_10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        self.bytes_sent_body = 0;
+        if !keep_alive {
+            self.close_after = true;
+            // Nothing after this response will be answered: stop reading
+            // new requests, but finish reading this request's body.
+            if matches!(self.read, ReadState::Head) {
+                self.read = ReadState::Stopped;
+                self.inbuf.clear();
+                self.pos = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds body bytes to the current response.
+    pub fn send_data(&mut self, id: u64, data: &[u8]) -> Result<(), SendError> {
+        let sent = self.bytes_sent_body;
+        let p = self.front_for(id)?;
+        let framing = p.framing.ok_or(SendError::HeadNotSent)?;
+        match framing {
+            Framing::Empty => {}
+            Framing::Length(n) => {
+                if sent + data.len() as u64 > n {
+                    return Err(SendError::TooLong);
+                }
+                self.out.extend_from_slice(data);
+            }
+            Framing::Chunked => chunked::encode_chunk(&mut self.out, data),
+            Framing::Close => self.out.extend_from_slice(data),
+        }
+        self.bytes_sent_body += data.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the current response; the next request's response may follow.
+    pub fn finish(&mut self, id: u64) -> Result<(), SendError> {
+        let sent = self.bytes_sent_body;
+        let p = self.front_for(id)?;
+        let framing = p.framing.ok_or(SendError::HeadNotSent)?;
+        let mut keep_alive = p.keep_alive;
+        match framing {
+            Framing::Chunked => chunked::encode_last(&mut self.out),
+            Framing::Length(n) if sent != n => keep_alive = false,
+            Framing::Close => keep_alive = false,
+            _ => {}
+        }
+        self.pending.pop_front();
+        // A handler that answered without reading the whole body leaves the
+        // rest to be read and dropped, so the stream stays in sync.
+        if !keep_alive || (self.close_after && self.pending.is_empty()) {
+            // This response ends the connection: later requests go unanswered.
+            self.pending.clear();
+            self.read = ReadState::Stopped;
+            self.closed = true;
+            return Ok(());
+        }
+        self.advance();
+        Ok(())
+    }
+
+    /// True when request `id`'s response head was written.
+    pub fn head_sent(&self, id: u64) -> bool {
+        self.pending
+            .iter()
+            .find(|p| p.id == id)
+            .is_some_and(|p| p.framing.is_some())
+    }
+}
+
+/// Appends `n` in decimal (cheaper than `write!` on the hot path).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn has_bare_lf(buf: &[u8]) -> bool {
+    buf.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+}
+
+fn build_head(
+    req: &httparse::Request<'_, '_>,
+    id: u64,
+    cfg: &ServerConfig,
+) -> Result<RequestHead, (StatusCode, &'static str)> {
+    let bad = |r| (StatusCode::BAD_REQUEST, r);
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| bad("invalid method"))?;
+    let path = req.path.unwrap_or("");
+    if path.len() > cfg.max_request_line {
+        return Err((StatusCode::URI_TOO_LONG, "URI too long"));
+    }
+    let valid_form = path.starts_with('/')
+        || (path == "*" && method == Method::OPTIONS)
+        || path.starts_with("http://")
+        || path.starts_with("https://")
+        || (method == Method::CONNECT && !path.is_empty());
+    if !valid_form {
+        return Err(bad("invalid request target"));
+    }
+    let uri: Uri = path.parse().map_err(|_| bad("invalid request target"))?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => {
+            return Err((
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "unsupported version",
+            ))
+        }
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut cl: Option<u64> = None;
+    let mut cl_count = 0;
+    let mut te: Option<&[u8]> = None;
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            cl_count += 1;
+            if cl_count > 1 {
+                return Err(bad("duplicate Content-Length"));
+            }
+            cl = Some(parse_content_length(h.value).ok_or(bad("invalid Content-Length"))?);
+        } else if name == header::TRANSFER_ENCODING {
+            if te.is_some() {
+                return Err(bad("duplicate Transfer-Encoding"));
+            }
+            te = Some(h.value);
+        } else if name == header::HOST {
+            hosts += 1;
+        }
+        headers.append(name, value);
+    }
+    if hosts > 1 {
+        return Err(bad("more than one Host"));
+    }
+    if hosts == 0 && version == Version::HTTP_11 {
+        return Err(bad("missing Host"));
+    }
+    let content_length = match (te, cl) {
+        (Some(_), Some(_)) => return Err(bad("Content-Length with Transfer-Encoding")),
+        (Some(_), None) if version == Version::HTTP_10 => {
+            return Err(bad("Transfer-Encoding in HTTP/1.0"))
+        }
+        (Some(te), None) => {
+            check_transfer_encoding(te)?;
+            None
+        }
+        (None, Some(n)) => Some(n),
+        (None, None) => Some(0),
+    };
+    if content_length.is_some_and(|n| n > cfg.max_body) {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+    }
+    let conn_tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|t| t.trim_ascii().to_ascii_lowercase())
+        .collect::<Vec<_>>();
+    let has = |t: &[u8]| conn_tokens.iter().any(|x| x == t);
+    let keep_alive = match version {
+        Version::HTTP_11 => !has(b"close"),
+        _ => has(b"keep-alive") && !has(b"close"),
+    };
+    let mut expect_continue = false;
+    if let Some(e) = headers.get(header::EXPECT) {
+        if e.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            expect_continue = version == Version::HTTP_11 && content_length != Some(0);
+        } else {
+            return Err((StatusCode::EXPECTATION_FAILED, "unsupported expectation"));
+        }
+    }
+    Ok(RequestHead {
+        id,
+        method,
+        uri,
+        version,
+        headers,
+        content_length,
+        keep_alive,
+        expect_continue,
+    })
+}
+
+fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn check_transfer_encoding(te: &[u8]) -> Result<(), (StatusCode, &'static str)> {
+    let codings: Vec<&[u8]> = te.split(|&b| b == b',').map(|c| c.trim_ascii()).collect();
+    let bad = (StatusCode::BAD_REQUEST, "invalid Transfer-Encoding");
+    if codings
+        .iter()
+        .any(|c| c.is_empty() || !c.iter().all(|&b| chunked::is_tchar(b)))
+    {
+        return Err(bad);
+    }
+    let chunked_count = codings
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case(b"chunked"))
+        .count();
+    let last_is_chunked = codings
+        .last()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    if !last_is_chunked || chunked_count != 1 {
+        return Err(bad);
+    }
+    if codings.len() > 1 {
+        return Err((StatusCode::NOT_IMPLEMENTED, "unsupported transfer coding"));
+    }
+    Ok(())
+}
+
+fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_standard_headers(out: &mut Vec<u8>, date: &[u8], cfg: &ServerConfig) {
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n");
+    if let Some(name) = &cfg.server_name {
+        out.extend_from_slice(b"server: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn write_error_response(out: &mut Vec<u8>, status: StatusCode, date: &[u8], cfg: &ServerConfig) {
+    let body = format!(
+        "{} {}\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    write_status_line(out, status);
+    write_standard_headers(out, date, cfg);
+    let _ = write!(
+        out,
+        "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    );
+}

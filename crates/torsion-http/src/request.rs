@@ -1,0 +1,382 @@
+//! The request a handler receives, with its streaming body.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use http::{HeaderMap, Method, Uri, Version};
+use torsion_core::{Address, Deferred, Failure, Reactor};
+
+/// The request body ended early: the connection broke or the input was malformed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("request body incomplete: {0}")]
+pub struct BodyError(pub String);
+
+/// A body larger than the limit the reader gave.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyTooLarge(pub usize);
+
+#[derive(Default)]
+pub(crate) struct BodyShared {
+    chunks: VecDeque<Vec<u8>>,
+    pub(crate) buffered: usize,
+    done: bool,
+    error: Option<String>,
+    waker: Option<Waker>,
+    /// A non-async reader waiting for more (see `RequestBody::poll_with`).
+    listener: Option<Rc<dyn Fn()>>,
+    /// Called (outside any borrow) when the reader took bytes: the
+    /// connection may resume reading from the peer.
+    on_consume: Option<Rc<dyn Fn()>>,
+    /// The reader is gone: drop what arrives.
+    pub(crate) discard: bool,
+}
+
+pub(crate) type SharedBody = Rc<RefCell<BodyShared>>;
+
+pub(crate) fn new_body(done: bool, on_consume: Option<Rc<dyn Fn()>>) -> SharedBody {
+    Rc::new(RefCell::new(BodyShared {
+        done,
+        on_consume,
+        ..BodyShared::default()
+    }))
+}
+
+pub(crate) fn push_body(b: &SharedBody, data: Vec<u8>) {
+    let (waker, listener) = {
+        let mut s = b.borrow_mut();
+        if s.discard || data.is_empty() {
+            return;
+        }
+        s.buffered += data.len();
+        s.chunks.push_back(data);
+        (s.waker.take(), s.listener.take())
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+    if let Some(l) = listener {
+        l();
+    }
+}
+
+pub(crate) fn discard_body(b: &SharedBody) {
+    let mut s = b.borrow_mut();
+    s.discard = true;
+    s.chunks.clear();
+    s.buffered = 0;
+}
+
+pub(crate) fn end_body(b: &SharedBody, error: Option<String>) {
+    let (waker, listener) = {
+        let mut s = b.borrow_mut();
+        if s.done {
+            return;
+        }
+        s.done = true;
+        s.error = error;
+        (s.waker.take(), s.listener.take())
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+    if let Some(l) = listener {
+        l();
+    }
+}
+
+/// The request body as a stream of chunks. Reading it is what lets the
+/// connection read more from the peer: at most
+/// [`crate::ServerConfig::body_buffer`] bytes wait here unread.
+///
+/// ```no_run
+/// # async fn f(req: torsion_http::Request) -> Result<(), torsion_core::Failure> {
+/// let mut body = req.into_body();
+/// let mut total = 0;
+/// while let Some(chunk) = body.chunk().await? {
+///     total += chunk.len();
+/// }
+/// # Ok(()) }
+/// ```
+pub struct RequestBody {
+    shared: SharedBody,
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.shared.borrow();
+        f.debug_struct("RequestBody")
+            .field("buffered", &s.buffered)
+            .field("done", &s.done)
+            .finish()
+    }
+}
+
+impl RequestBody {
+    pub(crate) fn new(shared: SharedBody) -> Self {
+        RequestBody { shared }
+    }
+
+    /// An empty, complete body.
+    pub fn empty() -> Self {
+        thread_local! {
+            // Shared by every body-less request: reading it changes nothing.
+            static EMPTY: SharedBody = new_body(true, None);
+        }
+        RequestBody::new(EMPTY.with(Rc::clone))
+    }
+
+    /// A complete body holding `data`.
+    pub fn from_bytes(data: Vec<u8>) -> Self {
+        let b = new_body(false, None);
+        push_body(&b, data);
+        end_body(&b, None);
+        RequestBody::new(b)
+    }
+
+    /// The next chunk, `Ok(None)` at the end, or an error when the body broke off.
+    pub fn chunk(&mut self) -> ChunkFuture<'_> {
+        ChunkFuture { body: self }
+    }
+
+    fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Vec<u8>>, Failure>> {
+        self.poll_inner(|s| s.waker = Some(cx.waker().clone()))
+    }
+
+    /// Like [`RequestBody::chunk`] without async: `Pending` registers
+    /// `listener`, called once when more arrives (used to stream a body
+    /// straight into a response, see [`crate::Body::from_request_body`]).
+    pub fn poll_with(&self, listener: Rc<dyn Fn()>) -> Poll<Result<Option<Vec<u8>>, Failure>> {
+        self.poll_inner(|s| s.listener = Some(listener))
+    }
+
+    fn poll_inner(
+        &self,
+        wait: impl FnOnce(&mut BodyShared),
+    ) -> Poll<Result<Option<Vec<u8>>, Failure>> {
+        let (r, notify) = {
+            let mut s = self.shared.borrow_mut();
+            if let Some(c) = s.chunks.pop_front() {
+                s.buffered -= c.len();
+                (Poll::Ready(Ok(Some(c))), s.on_consume.clone())
+            } else if s.done {
+                match &s.error {
+                    Some(e) => (Poll::Ready(Err(Failure::new(BodyError(e.clone())))), None),
+                    None => (Poll::Ready(Ok(None)), None),
+                }
+            } else {
+                wait(&mut s);
+                (Poll::Pending, None)
+            }
+        };
+        if let Some(n) = notify {
+            n();
+        }
+        r
+    }
+
+    /// Reads the whole body, failing with [`BodyTooLarge`] past `limit` bytes.
+    pub async fn bytes(mut self, limit: usize) -> Result<Vec<u8>, Failure> {
+        let mut all = Vec::new();
+        while let Some(c) = self.chunk().await? {
+            if all.len() + c.len() > limit {
+                return Err(Failure::new(BodyTooLarge(limit)));
+            }
+            all.extend_from_slice(&c);
+        }
+        Ok(all)
+    }
+
+    /// Reads the whole body on `reactor` and returns it through a Deferred.
+    pub fn read_all(self, reactor: &Reactor, limit: usize) -> Deferred<Vec<u8>> {
+        Deferred::from_future(reactor, self.bytes(limit))
+    }
+
+    /// Bytes received and waiting here unread (bounded by the server's `body_buffer` plus one read).
+    pub fn buffered(&self) -> usize {
+        self.shared.borrow().buffered
+    }
+
+    /// True when every byte was received (some may still be unread here).
+    pub fn is_complete(&self) -> bool {
+        self.shared.borrow().done
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let notify = {
+            let mut s = self.shared.borrow_mut();
+            s.discard = true;
+            s.chunks.clear();
+            s.buffered = 0;
+            s.on_consume.clone()
+        };
+        if let Some(n) = notify {
+            n();
+        }
+    }
+}
+
+/// The future of [`RequestBody::chunk`].
+pub struct ChunkFuture<'a> {
+    body: &'a mut RequestBody,
+}
+
+impl Future for ChunkFuture<'_> {
+    type Output = Result<Option<Vec<u8>>, Failure>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.body.poll_chunk(cx)
+    }
+}
+
+/// An HTTP request as handlers see it.
+///
+/// The resource tree consumes the path segment by segment: `prepath` holds
+/// the segments already matched, `postpath` those still to go (Twisted's
+/// names).
+#[derive(Debug)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Target as sent.
+    pub uri: Uri,
+    /// Protocol version.
+    pub version: Version,
+    /// Header fields.
+    pub headers: HeaderMap,
+    /// Path segments consumed by the resource tree so far (percent-decoded).
+    pub prepath: Vec<String>,
+    /// Path segments still to consume (percent-decoded).
+    pub postpath: Vec<String>,
+    body: Option<RequestBody>,
+    peer: Address,
+    reactor: Option<Reactor>,
+}
+
+impl Request {
+    /// A request built by hand (tests, internal redirects).
+    ///
+    /// ```
+    /// use torsion_http::Request;
+    /// let req = Request::new(http::Method::GET, "/a/b%20c".parse().unwrap());
+    /// assert_eq!(req.postpath, vec!["a".to_string(), "b c".to_string()]);
+    /// ```
+    pub fn new(method: Method, uri: Uri) -> Request {
+        let postpath = split_path(uri.path()).unwrap_or_default();
+        Request {
+            method,
+            uri,
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+            prepath: Vec::new(),
+            postpath,
+            body: Some(RequestBody::empty()),
+            peer: Address::Memory("test".into()),
+            reactor: None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        method: Method,
+        uri: Uri,
+        version: Version,
+        headers: HeaderMap,
+        body: RequestBody,
+        peer: Address,
+        reactor: Reactor,
+        postpath: Vec<String>,
+    ) -> Request {
+        Request {
+            method,
+            uri,
+            version,
+            headers,
+            prepath: Vec::new(),
+            postpath,
+            body: Some(body),
+            peer,
+            reactor: Some(reactor),
+        }
+    }
+
+    /// The path part of the target.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// A header's value as text, if present and valid UTF-8.
+    pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The host the client asked for (`Host` header without the port, lowercased).
+    pub fn host(&self) -> Option<String> {
+        let h = self
+            .header(http::header::HOST)
+            .map(str::to_string)
+            .or_else(|| self.uri.host().map(str::to_string))?;
+        let h = if h.starts_with('[') {
+            h.split_inclusive(']').next().unwrap_or(&h).to_string()
+        } else {
+            h.rsplit_once(':').map(|(a, _)| a.to_string()).unwrap_or(h)
+        };
+        Some(h.to_ascii_lowercase())
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> &Address {
+        &self.peer
+    }
+
+    /// Sets the peer address (for requests built by hand).
+    pub fn set_peer(&mut self, peer: Address) {
+        self.peer = peer;
+    }
+
+    /// The reactor serving the request (`None` for requests built by hand).
+    pub fn reactor(&self) -> Option<&Reactor> {
+        self.reactor.as_ref()
+    }
+
+    /// Takes the body stream (an empty body if it was taken already).
+    pub fn take_body(&mut self) -> RequestBody {
+        self.body.take().unwrap_or_else(RequestBody::empty)
+    }
+
+    /// Consumes the request for its body.
+    pub fn into_body(mut self) -> RequestBody {
+        self.take_body()
+    }
+
+    /// Replaces the body (requests built by hand).
+    pub fn set_body(&mut self, body: RequestBody) {
+        self.body = Some(body);
+    }
+
+    /// The path up to what was consumed, with a trailing `/` (for relative links).
+    pub fn prepath_url(&self) -> String {
+        let mut s = String::from("/");
+        for p in &self.prepath {
+            s.push_str(&crate::util::percent_encode_segment(p));
+            s.push('/');
+        }
+        s
+    }
+}
+
+/// Splits a path into percent-decoded segments; `None` if a segment is not UTF-8.
+pub(crate) fn split_path(path: &str) -> Option<Vec<String>> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    if path.is_empty() {
+        return Some(Vec::new());
+    }
+    path.split('/')
+        .map(|seg| String::from_utf8(crate::util::percent_decode(seg.as_bytes())).ok())
+        .collect()
+}

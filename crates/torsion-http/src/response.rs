@@ -1,0 +1,350 @@
+//! Responses: status, headers and a body that is either in memory or
+//! produced piece by piece as the client takes it.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::rc::Rc;
+
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
+use http::{HeaderMap, StatusCode};
+use torsion_core::Failure;
+
+/// A handle a pending [`BodySource`] calls when it has more to give.
+#[derive(Clone)]
+pub struct Notify(pub(crate) Rc<dyn Fn()>);
+
+impl Notify {
+    /// Wakes the connection so it pulls from the source again.
+    pub fn notify(&self) {
+        (self.0)()
+    }
+    /// A notify that does nothing (for driving sources by hand).
+    pub fn noop() -> Notify {
+        Notify(Rc::new(|| {}))
+    }
+}
+
+impl fmt::Debug for Notify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Notify")
+    }
+}
+
+/// One pull from a [`BodySource`].
+#[derive(Debug)]
+pub enum Chunk {
+    /// More bytes.
+    Data(Vec<u8>),
+    /// Nothing now; the source calls the [`Notify`] it was given when it has more.
+    Pending,
+    /// The body is complete.
+    End,
+    /// The body cannot be completed; the connection is closed.
+    Error(Failure),
+}
+
+/// A response body produced on demand. The connection pulls a chunk only
+/// when the transport's write buffer has room (it registers itself as a
+/// pull producer on the transport), so a slow client never makes the server
+/// hold more than about one buffer of the body.
+pub trait BodySource: 'static {
+    /// The next piece, at most about `max` bytes.
+    fn next_chunk(&mut self, max: usize, notify: &Notify) -> Chunk;
+}
+
+/// A response body.
+pub enum Body {
+    /// No body bytes.
+    Empty,
+    /// A body in memory.
+    Bytes(Vec<u8>),
+    /// A body pulled from a source; `len` is its length when known
+    /// (sent as `Content-Length`, otherwise the body is chunked).
+    Stream {
+        /// Total length, when known.
+        len: Option<u64>,
+        /// Where the bytes come from.
+        source: Box<dyn BodySource>,
+    },
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Empty => f.write_str("Body::Empty"),
+            Body::Bytes(b) => write!(f, "Body::Bytes({} bytes)", b.len()),
+            Body::Stream { len, .. } => write!(f, "Body::Stream(len={len:?})"),
+        }
+    }
+}
+
+impl Body {
+    /// The length when known.
+    pub fn len(&self) -> Option<u64> {
+        match self {
+            Body::Empty => Some(0),
+            Body::Bytes(b) => Some(b.len() as u64),
+            Body::Stream { len, .. } => *len,
+        }
+    }
+
+    /// True for a known-empty body.
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// A body streamed from a request's (or a client response's) body, as
+    /// it arrives; `len` is its length when known.
+    pub fn from_request_body(body: crate::RequestBody, len: Option<u64>) -> Body {
+        Body::Stream {
+            len,
+            source: Box::new(BodyStreamSource(body)),
+        }
+    }
+
+    /// A streamed body fed through a [`BodySender`] (the handler writes as it goes).
+    ///
+    /// ```
+    /// use torsion_http::{Body, Response};
+    /// let (tx, body) = Body::channel();
+    /// tx.write(b"part 1, ");
+    /// tx.write(b"part 2");
+    /// tx.finish();
+    /// let resp = Response::new(http::StatusCode::OK).with_body(body);
+    /// assert_eq!(resp.body.len(), None);
+    /// ```
+    pub fn channel() -> (BodySender, Body) {
+        let shared = Rc::new(RefCell::new(ChannelState::default()));
+        (
+            BodySender {
+                shared: shared.clone(),
+            },
+            Body::Stream {
+                len: None,
+                source: Box::new(ChannelSource { shared }),
+            },
+        )
+    }
+}
+
+#[derive(Default)]
+struct ChannelState {
+    chunks: VecDeque<Vec<u8>>,
+    buffered: usize,
+    finished: bool,
+    error: Option<Failure>,
+    notify: Option<Notify>,
+}
+
+/// The writing end of [`Body::channel`].
+#[derive(Clone)]
+pub struct BodySender {
+    shared: Rc<RefCell<ChannelState>>,
+}
+
+impl fmt::Debug for BodySender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BodySender({} bytes queued)", self.buffered())
+    }
+}
+
+impl BodySender {
+    fn wake(&self) {
+        let n = self.shared.borrow_mut().notify.take();
+        if let Some(n) = n {
+            n.notify();
+        }
+    }
+    /// Queues bytes for the client.
+    pub fn write(&self, data: &[u8]) {
+        {
+            let mut s = self.shared.borrow_mut();
+            if s.finished || data.is_empty() {
+                return;
+            }
+            s.buffered += data.len();
+            s.chunks.push_back(data.to_vec());
+        }
+        self.wake();
+    }
+    /// Ends the body.
+    pub fn finish(&self) {
+        self.shared.borrow_mut().finished = true;
+        self.wake();
+    }
+    /// Breaks the body off; the connection is closed.
+    pub fn abort(&self, why: Failure) {
+        {
+            let mut s = self.shared.borrow_mut();
+            s.error = Some(why);
+            s.finished = true;
+        }
+        self.wake();
+    }
+    /// Bytes written and not yet taken by the connection: a writer producing
+    /// much data should wait while this is large.
+    pub fn buffered(&self) -> usize {
+        self.shared.borrow().buffered
+    }
+}
+
+impl Drop for ChannelSource {
+    fn drop(&mut self) {
+        self.shared.borrow_mut().finished = true;
+    }
+}
+
+struct ChannelSource {
+    shared: Rc<RefCell<ChannelState>>,
+}
+
+impl BodySource for ChannelSource {
+    fn next_chunk(&mut self, _max: usize, notify: &Notify) -> Chunk {
+        let mut s = self.shared.borrow_mut();
+        if let Some(c) = s.chunks.pop_front() {
+            s.buffered -= c.len();
+            return Chunk::Data(c);
+        }
+        if let Some(e) = s.error.take() {
+            return Chunk::Error(e);
+        }
+        if s.finished {
+            return Chunk::End;
+        }
+        s.notify = Some(notify.clone());
+        Chunk::Pending
+    }
+}
+
+struct BodyStreamSource(crate::RequestBody);
+
+impl BodySource for BodyStreamSource {
+    fn next_chunk(&mut self, _max: usize, notify: &Notify) -> Chunk {
+        match self.0.poll_with(notify.0.clone()) {
+            std::task::Poll::Ready(Ok(Some(d))) => Chunk::Data(d),
+            std::task::Poll::Ready(Ok(None)) => Chunk::End,
+            std::task::Poll::Ready(Err(f)) => Chunk::Error(f),
+            std::task::Poll::Pending => Chunk::Pending,
+        }
+    }
+}
+
+/// An HTTP response.
+///
+/// ```
+/// use torsion_http::Response;
+/// let r = Response::text("Hello, World!").header("x-demo", "1");
+/// assert_eq!(r.status, http::StatusCode::OK);
+/// assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
+/// ```
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: StatusCode,
+    /// Header fields (framing headers are set by the server).
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Body,
+}
+
+impl Response {
+    /// An empty response with `status`.
+    pub fn new(status: StatusCode) -> Response {
+        Response {
+            status,
+            headers: HeaderMap::new(),
+            body: Body::Empty,
+        }
+    }
+
+    /// 200 with a UTF-8 text body.
+    pub fn text(body: impl Into<String>) -> Response {
+        let mut r = Response::new(StatusCode::OK).with_body(Body::Bytes(body.into().into_bytes()));
+        r.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+
+    /// 200 with an HTML body.
+    pub fn html(body: impl Into<String>) -> Response {
+        let mut r = Response::new(StatusCode::OK).with_body(Body::Bytes(body.into().into_bytes()));
+        r.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r
+    }
+
+    /// A plain-text error page for `status`.
+    pub fn error(status: StatusCode) -> Response {
+        let text = format!(
+            "{} {}\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
+        );
+        let mut r = Response::text(text);
+        r.status = status;
+        r
+    }
+
+    /// A redirect to `location` with `status` (301, 302, 303, 307, 308).
+    pub fn redirect(status: StatusCode, location: &str) -> Response {
+        let esc = crate::util::html_escape(location);
+        let mut r = Response::html(format!(
+            "<!DOCTYPE html><title>Moved</title><p>Moved to <a href=\"{esc}\">{esc}</a>.</p>\n"
+        ));
+        r.status = status;
+        if let Ok(v) = HeaderValue::from_str(location) {
+            r.headers.insert(LOCATION, v);
+        }
+        r
+    }
+
+    /// Sets the status.
+    pub fn with_status(mut self, status: StatusCode) -> Response {
+        self.status = status;
+        self
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: Body) -> Response {
+        self.body = body;
+        self
+    }
+
+    /// Adds a header; invalid names or values are ignored with a warning.
+    pub fn header<K, V>(mut self, name: K, value: V) -> Response
+    where
+        K: TryInto<HeaderName>,
+        V: TryInto<HeaderValue>,
+    {
+        match (name.try_into(), value.try_into()) {
+            (Ok(n), Ok(v)) => {
+                self.headers.append(n, v);
+            }
+            _ => tracing::warn!("invalid response header ignored"),
+        }
+        self
+    }
+}
+
+impl From<&'static str> for Response {
+    fn from(s: &'static str) -> Self {
+        Response::text(s)
+    }
+}
+
+impl From<String> for Response {
+    fn from(s: String) -> Self {
+        Response::text(s)
+    }
+}
+
+impl From<StatusCode> for Response {
+    fn from(s: StatusCode) -> Self {
+        Response::error(s)
+    }
+}

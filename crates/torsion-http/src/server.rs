@@ -1,0 +1,899 @@
+//! The adapter: runs [`ServerConn`] as a [`Protocol`] over any transport.
+//!
+//! One rule keeps it simple and free of `RefCell` double borrows: every
+//! outside event (bytes received, a handler finished, the body reader took
+//! bytes, the transport drained, a timer fired) only records what happened
+//! and calls `kick`, which runs `step` until nothing changes. `step` never
+//! holds a borrow while user code or the transport runs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::time::SystemTime;
+
+use http::StatusCode;
+use torsion_core::{
+    Address, Deferred, DelayedCall, Factory, Failure, ListeningPort, Phase, Producer, Protocol,
+    Reactor, SystemEvent, Transport,
+};
+
+use crate::config::ServerConfig;
+use crate::h1::{Event, RequestHead, SendError, ServerConn};
+use crate::request::{self, Request, RequestBody, SharedBody};
+use crate::resource::{Handler, Reply};
+use crate::response::{Body, BodySource, Chunk, Notify, Response};
+
+/// Bytes the transport may hold before a streamed body waits for it to drain.
+const STREAM_HIGH_WATER: usize = 64 * 1024;
+/// Largest piece pulled from a body source at once.
+const STREAM_CHUNK: usize = 32 * 1024;
+/// How long a closing connection keeps draining the peer's input.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pieces pulled per step before yielding to other connections.
+const STREAM_PIECES_PER_STEP: usize = 16;
+
+struct Shared {
+    reactor: Reactor,
+    handler: Rc<dyn Handler>,
+    cfg: Rc<ServerConfig>,
+    conns: RefCell<Vec<Weak<Conn>>>,
+    draining: Cell<bool>,
+    drained: RefCell<Vec<Deferred<()>>>,
+}
+
+/// An HTTP server: a handler (a [`crate::Site`], a closure, ...) plus
+/// limits, usable as a factory on any listening port.
+///
+/// ```no_run
+/// use torsion_core::Reactor;
+/// use torsion_http::{handler_fn, HttpServer, Response, ServerConfig};
+/// let reactor = Reactor::new()?;
+/// let server = HttpServer::new(&reactor, handler_fn(|_req| async { Ok(Response::text("hi")) }), ServerConfig::default());
+/// let port = server.listen_tcp("127.0.0.1:0".parse()?)?;
+/// println!("listening on {}", port.local_addr());
+/// server.stop_gracefully_on_shutdown();
+/// reactor.install_signal_handlers()?;
+/// reactor.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct HttpServer {
+    shared: Rc<Shared>,
+}
+
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("connections", &self.connection_count())
+            .finish()
+    }
+}
+
+impl HttpServer {
+    /// A server answering with `handler`.
+    pub fn new(reactor: &Reactor, handler: impl Handler, cfg: ServerConfig) -> HttpServer {
+        Self::with_handler(reactor, Rc::new(handler), cfg)
+    }
+
+    /// A server answering with a shared handler.
+    pub fn with_handler(reactor: &Reactor, handler: Rc<dyn Handler>, cfg: ServerConfig) -> Self {
+        HttpServer {
+            shared: Rc::new(Shared {
+                reactor: reactor.clone(),
+                handler,
+                cfg: Rc::new(cfg),
+                conns: RefCell::new(Vec::new()),
+                draining: Cell::new(false),
+                drained: RefCell::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The factory to hand to a listening port.
+    pub fn factory(&self) -> Rc<dyn Factory> {
+        Rc::new(ServerFactory(self.shared.clone()))
+    }
+
+    /// Listens on a TCP address.
+    pub fn listen_tcp(&self, addr: SocketAddr) -> std::io::Result<ListeningPort> {
+        self.shared.reactor.listen_tcp(addr, self.factory())
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        let mut c = self.shared.conns.borrow_mut();
+        c.retain(|w| w.upgrade().is_some_and(|c| !c.closed.get()));
+        c.len()
+    }
+
+    /// Stops taking new requests: idle connections close now, busy ones
+    /// after their current responses. The Deferred fires when all are closed.
+    pub fn drain(&self) -> Deferred<()> {
+        self.shared.draining.set(true);
+        let d = Deferred::new();
+        self.shared.drained.borrow_mut().push(d.clone());
+        let conns: Vec<Rc<Conn>> = self
+            .shared
+            .conns
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for c in conns {
+            c.kick();
+        }
+        check_drained(&self.shared);
+        d
+    }
+
+    /// On reactor shutdown, finish in-flight responses before connections
+    /// are closed (bounded by the reactor's shutdown limits).
+    pub fn stop_gracefully_on_shutdown(&self) {
+        let me = self.clone();
+        self.shared.reactor.add_system_event_trigger(
+            Phase::Before,
+            SystemEvent::Shutdown,
+            move || Some(me.drain()),
+        );
+    }
+}
+
+fn check_drained(shared: &Rc<Shared>) {
+    if !shared.draining.get() {
+        return;
+    }
+    let open = {
+        let mut c = shared.conns.borrow_mut();
+        c.retain(|w| w.upgrade().is_some_and(|c| !c.closed.get()));
+        c.len()
+    };
+    if open == 0 {
+        let waiting = std::mem::take(&mut *shared.drained.borrow_mut());
+        for d in waiting {
+            let _ = d.callback(());
+        }
+    }
+}
+
+struct ServerFactory(Rc<Shared>);
+
+impl Factory for ServerFactory {
+    fn build_protocol(&self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        if self.0.draining.get() {
+            return None;
+        }
+        Some(Box::new(HttpProtocol {
+            shared: self.0.clone(),
+            conn: None,
+        }))
+    }
+}
+
+/// The per-connection protocol object the reactor owns.
+struct HttpProtocol {
+    shared: Rc<Shared>,
+    conn: Option<Rc<Conn>>,
+}
+
+impl Protocol for HttpProtocol {
+    fn connection_made(&mut self, transport: Transport) {
+        let conn = Rc::new_cyclic(|me| Conn {
+            me: me.clone(),
+            shared: self.shared.clone(),
+            peer: transport.peer(),
+            transport,
+            machine: RefCell::new(ServerConn::with_shared_config(self.shared.cfg.clone())),
+            slots: RefCell::new(VecDeque::new()),
+            body: RefCell::new(None),
+            running: Cell::new(false),
+            again: Cell::new(false),
+            closed: Cell::new(false),
+            closing: Cell::new(false),
+            reading_paused: Cell::new(false),
+            timer: RefCell::new(None),
+            producer: Cell::new(false),
+            out: RefCell::new(Vec::new()),
+        });
+        self.shared.conns.borrow_mut().push(Rc::downgrade(&conn));
+        conn.kick();
+        self.conn = Some(conn);
+    }
+
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(c) = &self.conn {
+            // After the last response, what the peer still sends is dropped.
+            if c.closing.get() {
+                return;
+            }
+            // Progress on a body restarts its timer.
+            if c.timer
+                .borrow()
+                .as_ref()
+                .is_some_and(|(k, _)| *k == TimerKind::Body)
+            {
+                c.cancel_timer();
+            }
+            c.machine.borrow_mut().receive(data);
+            c.kick();
+        }
+    }
+
+    fn connection_lost(&mut self, reason: Failure) {
+        if let Some(c) = self.conn.take() {
+            c.lost(reason);
+        }
+        check_drained(&self.shared);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum TimerKind {
+    Header,
+    Idle,
+    Body,
+}
+
+enum SlotState {
+    Waiting,
+    Ready(Response),
+    Streaming(Box<dyn BodySource>),
+    /// The source is out being polled (its slot must not be touched).
+    Busy,
+}
+
+struct Slot {
+    id: u64,
+    /// HEAD: a streamed body is never pulled.
+    is_head: bool,
+    state: SlotState,
+    deferred: Option<Deferred<Response>>,
+    log: Option<Box<LogInfo>>,
+}
+
+struct LogInfo {
+    request_line: String,
+    referer: String,
+    user_agent: String,
+    status: u16,
+    bytes: u64,
+    time: SystemTime,
+}
+
+struct Conn {
+    me: Weak<Conn>,
+    shared: Rc<Shared>,
+    transport: Transport,
+    peer: Address,
+    machine: RefCell<ServerConn>,
+    slots: RefCell<VecDeque<Slot>>,
+    /// The request whose body is arriving now.
+    body: RefCell<Option<(u64, SharedBody)>>,
+    running: Cell<bool>,
+    again: Cell<bool>,
+    closed: Cell<bool>,
+    closing: Cell<bool>,
+    reading_paused: Cell<bool>,
+    timer: RefCell<Option<(TimerKind, DelayedCall)>>,
+    producer: Cell<bool>,
+    out: RefCell<Vec<u8>>,
+}
+
+/// Pull producer registered while a body streams: the transport asks for
+/// more when its buffer drained.
+struct ConnProducer(Weak<Conn>);
+
+impl Producer for ConnProducer {
+    fn pause_producing(&self) {}
+    fn resume_producing(&self) {
+        if let Some(c) = self.0.upgrade() {
+            c.kick();
+        }
+    }
+    fn stop_producing(&self) {}
+}
+
+thread_local! {
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Sets the machine's `Date` value from a per-thread cache renewed each second.
+fn set_http_date(machine: &mut ServerConn) {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        machine.set_date(&d.1);
+    })
+}
+
+fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "torsion_http::access", tracing::Level::INFO)
+}
+
+impl Conn {
+    fn kick(&self) {
+        if self.closed.get() {
+            return;
+        }
+        if self.running.get() {
+            self.again.set(true);
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        self.running.set(true);
+        for _ in 0..1000 {
+            self.again.set(false);
+            me.step();
+            if !self.again.get() || self.closed.get() {
+                break;
+            }
+        }
+        self.running.set(false);
+    }
+
+    fn notify(&self) -> Notify {
+        let me = self.me.clone();
+        Notify(Rc::new(move || {
+            if let Some(c) = me.upgrade() {
+                c.kick();
+            }
+        }))
+    }
+
+    fn body_full(&self) -> bool {
+        self.body
+            .borrow()
+            .as_ref()
+            .is_some_and(|(_, b)| b.borrow().buffered >= self.shared.cfg.body_buffer)
+    }
+
+    fn step(self: &Rc<Self>) {
+        if self.closed.get() {
+            return;
+        }
+        set_http_date(&mut self.machine.borrow_mut());
+        // 1. Requests and their bodies.
+        if !self.closing.get() {
+            for _ in 0..256 {
+                if self.body_full() {
+                    break;
+                }
+                let ev = self.machine.borrow_mut().next_event();
+                let Some(ev) = ev else { break };
+                self.on_event(ev);
+            }
+        }
+        // 2. Responses, in request order.
+        self.write_responses();
+        // 3. Bytes out.
+        self.flush();
+        // 4. Closing.
+        let should_close = self.machine.borrow().should_close();
+        let drain_now = self.shared.draining.get()
+            && self.slots.borrow().is_empty()
+            && self.machine.borrow().queued() == 0;
+        if (should_close || drain_now) && !self.closing.get() {
+            self.linger();
+            return;
+        }
+        // 5. Read flow control.
+        let want_read = {
+            let m = self.machine.borrow();
+            m.wants_input() && !self.body_full()
+        };
+        if want_read && self.reading_paused.get() {
+            self.reading_paused.set(false);
+            self.transport.resume_producing();
+        } else if !want_read && !self.reading_paused.get() {
+            self.reading_paused.set(true);
+            self.transport.pause_producing();
+        }
+        // 6. Timers.
+        self.update_timer();
+        // An idle keep-alive connection holds no buffers.
+        if self.machine.borrow().is_idle() {
+            self.machine.borrow_mut().compact();
+            let mut slots = self.slots.borrow_mut();
+            if slots.is_empty() && slots.capacity() > 0 {
+                *slots = VecDeque::new();
+            }
+            drop(slots);
+            let mut out = self.out.borrow_mut();
+            if out.capacity() > 0 {
+                *out = Vec::new();
+            }
+        }
+    }
+
+    fn on_event(self: &Rc<Self>, ev: Event) {
+        match ev {
+            Event::Head(head) => {
+                // A complete head: the header timer starts afresh for the next one.
+                self.cancel_timer();
+                self.dispatch(head)
+            }
+            Event::Data { id, data } => {
+                let b = self.body.borrow().clone();
+                if let Some((bid, b)) = b {
+                    if bid == id {
+                        request::push_body(&b, data);
+                    }
+                }
+            }
+            Event::End { id } => {
+                let b = self.body.borrow_mut().take();
+                if let Some((bid, b)) = b {
+                    if bid == id {
+                        request::end_body(&b, None);
+                    }
+                }
+            }
+            Event::Error { id, status, reason } => {
+                tracing::debug!(peer = %self.peer, %status, reason, "bad request");
+                if id.is_some() {
+                    let b = self.body.borrow_mut().take();
+                    if let Some((_, b)) = b {
+                        request::end_body(&b, Some(reason.to_string()));
+                    }
+                } else if access_log_enabled() {
+                    access_log(
+                        &self.shared.cfg.log_name,
+                        &self.peer,
+                        &LogInfo {
+                            request_line: "-".into(),
+                            referer: "-".into(),
+                            user_agent: "-".into(),
+                            status: status.as_u16(),
+                            bytes: 0,
+                            time: SystemTime::now(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn dispatch(self: &Rc<Self>, head: RequestHead) {
+        let body = if head.has_body() {
+            let me = self.me.clone();
+            let on_consume: Rc<dyn Fn()> = Rc::new(move || {
+                if let Some(c) = me.upgrade() {
+                    c.kick();
+                }
+            });
+            let shared_body = request::new_body(false, Some(on_consume));
+            *self.body.borrow_mut() = Some((head.id, shared_body.clone()));
+            RequestBody::new(shared_body)
+        } else {
+            RequestBody::empty()
+        };
+        // The access log line's parts are kept only when someone listens.
+        let log = access_log_enabled().then(|| {
+            let hv = |n| {
+                head.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            Box::new(LogInfo {
+                request_line: format!("{} {} {:?}", head.method, head.uri, head.version),
+                referer: hv(http::header::REFERER),
+                user_agent: hv(http::header::USER_AGENT),
+                status: 0,
+                bytes: 0,
+                time: SystemTime::now(),
+            })
+        });
+        let id = head.id;
+        self.slots.borrow_mut().push_back(Slot {
+            id,
+            is_head: head.method == http::Method::HEAD,
+            state: SlotState::Waiting,
+            deferred: None,
+            log,
+        });
+        let postpath = request::split_path(head.uri.path());
+        let Some(postpath) = postpath else {
+            self.set_response(id, Ok(Response::error(StatusCode::BAD_REQUEST)));
+            return;
+        };
+        let req = Request::from_parts(
+            head.method,
+            head.uri,
+            head.version,
+            head.headers,
+            body,
+            self.peer.clone(),
+            self.shared.reactor.clone(),
+            postpath,
+        );
+        let handler = self.shared.handler.clone();
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(req)));
+        match reply {
+            Ok(Reply::Now(r)) => self.set_response(id, Ok(r)),
+            Ok(Reply::Later(d)) => {
+                if let Some(s) = self.slots.borrow_mut().iter_mut().find(|s| s.id == id) {
+                    s.deferred = Some(d.clone());
+                }
+                let me = self.me.clone();
+                d.finally(move |r| {
+                    if let Some(c) = me.upgrade() {
+                        c.set_response(id, r);
+                        c.kick();
+                    }
+                });
+            }
+            Err(p) => {
+                let f = Failure::from_panic(p);
+                self.set_response(id, Err(f));
+            }
+        }
+    }
+
+    fn set_response(&self, id: u64, r: Result<Response, Failure>) {
+        let resp = match r {
+            Ok(r) => r,
+            Err(f) => {
+                tracing::error!(peer = %self.peer, failure = %f, "request handler failed");
+                Response::error(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        };
+        let mut slots = self.slots.borrow_mut();
+        if let Some(s) = slots.iter_mut().find(|s| s.id == id) {
+            if matches!(s.state, SlotState::Waiting) {
+                s.deferred = None;
+                s.state = SlotState::Ready(resp);
+            }
+        }
+        drop(slots);
+        self.again.set(true);
+    }
+
+    fn write_responses(self: &Rc<Self>) {
+        let mut pieces = 0;
+        loop {
+            let Some(front) = self.machine.borrow().current() else {
+                // Every request answered; slots left over were superseded.
+                self.slots.borrow_mut().clear();
+                return;
+            };
+            // Drop slots the machine is done with (answered with an error by it).
+            let state = {
+                let mut slots = self.slots.borrow_mut();
+                while slots.front().is_some_and(|s| s.id < front) {
+                    slots.pop_front();
+                }
+                match slots.front_mut() {
+                    Some(s) if s.id == front => std::mem::replace(&mut s.state, SlotState::Busy),
+                    _ => return,
+                }
+            };
+            match state {
+                SlotState::Waiting | SlotState::Busy => {
+                    self.put_state(front, state);
+                    return;
+                }
+                SlotState::Ready(resp) => {
+                    let Response {
+                        status,
+                        headers,
+                        body,
+                    } = resp;
+                    let len = body.len();
+                    let r = self
+                        .machine
+                        .borrow_mut()
+                        .respond(front, status, &headers, len);
+                    self.with_slot(front, |s| {
+                        if let Some(l) = s.log.as_mut() {
+                            l.status = status.as_u16();
+                        }
+                    });
+                    if let Err(e) = r {
+                        self.response_refused(front, e);
+                        continue;
+                    }
+                    match body {
+                        Body::Empty => self.finish(front),
+                        Body::Bytes(b) => {
+                            let r = self.machine.borrow_mut().send_data(front, &b);
+                            self.with_slot(front, |s| {
+                                if let Some(l) = s.log.as_mut() {
+                                    l.bytes = b.len() as u64;
+                                }
+                            });
+                            if let Err(e) = r {
+                                self.response_refused(front, e);
+                                continue;
+                            }
+                            self.finish(front);
+                        }
+                        Body::Stream { source, .. } => {
+                            let is_head = self
+                                .slots
+                                .borrow()
+                                .iter()
+                                .any(|s| s.id == front && s.is_head);
+                            if is_head {
+                                drop(source);
+                                self.finish(front);
+                            } else {
+                                self.put_state(front, SlotState::Streaming(source));
+                            }
+                        }
+                    }
+                }
+                SlotState::Streaming(mut source) => {
+                    if !self.producer.get() {
+                        self.producer.set(true);
+                        let p: Rc<dyn Producer> = Rc::new(ConnProducer(self.me.clone()));
+                        // Registering a pull producer asks it for data at once:
+                        // that re-enters kick, which only sets `again`.
+                        let _ = self.transport.register_producer(p, false);
+                    }
+                    loop {
+                        self.flush();
+                        if self.closed.get() || self.closing.get() {
+                            return;
+                        }
+                        if self.transport.write_buffer_len() >= STREAM_HIGH_WATER {
+                            // The producer is resumed when the buffer drains.
+                            self.put_state(front, SlotState::Streaming(source));
+                            return;
+                        }
+                        if pieces >= STREAM_PIECES_PER_STEP {
+                            self.put_state(front, SlotState::Streaming(source));
+                            let me = self.me.clone();
+                            self.shared.reactor.call_soon(move || {
+                                if let Some(c) = me.upgrade() {
+                                    c.kick();
+                                }
+                            });
+                            return;
+                        }
+                        pieces += 1;
+                        let notify = self.notify();
+                        let chunk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            source.next_chunk(STREAM_CHUNK, &notify)
+                        }))
+                        .unwrap_or_else(|p| Chunk::Error(Failure::from_panic(p)));
+                        match chunk {
+                            Chunk::Data(d) => {
+                                let r = self.machine.borrow_mut().send_data(front, &d);
+                                self.with_slot(front, |s| {
+                                    if let Some(l) = s.log.as_mut() {
+                                        l.bytes += d.len() as u64;
+                                    }
+                                });
+                                if let Err(e) = r {
+                                    tracing::error!(peer = %self.peer, error = %e, "streamed body does not fit its response");
+                                    self.abort();
+                                    return;
+                                }
+                            }
+                            Chunk::Pending => {
+                                self.put_state(front, SlotState::Streaming(source));
+                                return;
+                            }
+                            Chunk::End => {
+                                drop(source);
+                                self.finish(front);
+                                break;
+                            }
+                            Chunk::Error(f) => {
+                                tracing::error!(peer = %self.peer, failure = %f, "response body failed");
+                                self.abort();
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn put_state(&self, id: u64, state: SlotState) {
+        self.with_slot(id, |s| s.state = state);
+    }
+
+    fn with_slot(&self, id: u64, f: impl FnOnce(&mut Slot)) {
+        if let Some(s) = self.slots.borrow_mut().iter_mut().find(|s| s.id == id) {
+            f(s);
+        }
+    }
+
+    fn response_refused(&self, id: u64, e: SendError) {
+        if e != SendError::Superseded {
+            tracing::error!(peer = %self.peer, error = %e, "response refused");
+        }
+        self.slots.borrow_mut().retain(|s| s.id != id);
+    }
+
+    fn finish(&self, id: u64) {
+        // Body bytes still arriving for an answered request are dropped.
+        if let Some((bid, b)) = self.body.borrow().as_ref() {
+            if *bid == id {
+                request::discard_body(b);
+            }
+        }
+        let r = self.machine.borrow_mut().finish(id);
+        if let Err(e) = r {
+            tracing::error!(peer = %self.peer, error = %e, "finishing response failed");
+        }
+        let slot = {
+            let mut slots = self.slots.borrow_mut();
+            let pos = slots.iter().position(|s| s.id == id);
+            pos.and_then(|p| slots.remove(p))
+        };
+        if let Some(l) = slot.and_then(|s| s.log) {
+            access_log(&self.shared.cfg.log_name, &self.peer, &l);
+        }
+        if self.producer.get() {
+            self.producer.set(false);
+            self.transport.unregister_producer();
+        }
+    }
+
+    fn flush(&self) {
+        let mut buf = std::mem::take(&mut *self.out.borrow_mut());
+        self.machine.borrow_mut().swap_output(&mut buf);
+        if !buf.is_empty() {
+            self.transport.write(&buf);
+            buf.clear();
+        }
+        // Keep a small buffer for reuse; idle connections must stay small.
+        if buf.capacity() <= 4 * 1024 {
+            *self.out.borrow_mut() = buf;
+        }
+    }
+
+    /// Closes after the last response without losing it: send FIN once the
+    /// output is flushed, keep reading (and dropping) what the peer still
+    /// sends, and close when it closes or after `LINGER`. Closing with
+    /// unread input would make the kernel send a reset, which can destroy
+    /// the response before the client read it (e.g. an early 413 during an
+    /// upload).
+    fn linger(&self) {
+        self.closing.set(true);
+        self.cancel_timer();
+        self.transport.lose_write_connection();
+        if self.reading_paused.replace(false) {
+            self.transport.resume_producing();
+        }
+        let t = self.transport.clone();
+        self.shared.reactor.call_later(LINGER, move || {
+            if t.is_connected() {
+                t.lose_connection();
+            }
+        });
+    }
+
+    fn abort(&self) {
+        self.closing.set(true);
+        self.cancel_timer();
+        self.transport.lose_connection();
+    }
+
+    fn cancel_timer(&self) {
+        if let Some((_, t)) = self.timer.borrow_mut().take() {
+            let _ = t.cancel();
+        }
+    }
+
+    fn update_timer(&self) {
+        let want = {
+            let m = self.machine.borrow();
+            // Also for a pipelined head behind unanswered requests: the
+            // header timer bounds how long any head may take.
+            if m.receiving_head() {
+                Some(TimerKind::Header)
+            } else if m.receiving_body() && !self.reading_paused.get() {
+                // Waiting for body bytes the handler is ready for.
+                Some(TimerKind::Body)
+            } else if m.is_idle() && self.slots.borrow().is_empty() {
+                Some(TimerKind::Idle)
+            } else {
+                None
+            }
+        };
+        let current = self
+            .timer
+            .borrow()
+            .as_ref()
+            .filter(|(_, t)| t.active())
+            .map(|(k, _)| *k);
+        if want == current {
+            return;
+        }
+        self.cancel_timer();
+        let Some(kind) = want else { return };
+        let delay = match kind {
+            TimerKind::Header => self.shared.cfg.header_timeout,
+            TimerKind::Idle => self.shared.cfg.idle_timeout,
+            TimerKind::Body => self.shared.cfg.body_timeout,
+        };
+        let me = self.me.clone();
+        let t = self.shared.reactor.call_later(delay, move || {
+            if let Some(c) = me.upgrade() {
+                c.timed_out(kind);
+            }
+        });
+        *self.timer.borrow_mut() = Some((kind, t));
+    }
+
+    fn timed_out(&self, kind: TimerKind) {
+        if self.closed.get() || self.closing.get() {
+            return;
+        }
+        self.timer.borrow_mut().take();
+        match kind {
+            TimerKind::Header => {
+                tracing::info!(peer = %self.peer, "request head not received in time; closing");
+                if self.slots.borrow().is_empty() && self.machine.borrow().queued() == 0 {
+                    self.transport.write(
+                        b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                    );
+                }
+            }
+            TimerKind::Idle => {
+                tracing::debug!(peer = %self.peer, "idle keep-alive connection closed")
+            }
+            TimerKind::Body => {
+                tracing::info!(peer = %self.peer, "request body stalled; closing");
+                let b = self.body.borrow_mut().take();
+                if let Some((_, b)) = b {
+                    request::end_body(&b, Some("request body timed out".into()));
+                }
+            }
+        }
+        self.closing.set(true);
+        self.transport.lose_connection();
+    }
+
+    fn lost(&self, reason: Failure) {
+        self.closed.set(true);
+        self.cancel_timer();
+        tracing::trace!(peer = %self.peer, %reason, "HTTP connection closed");
+        let b = self.body.borrow_mut().take();
+        if let Some((_, b)) = b {
+            request::end_body(&b, Some("connection lost".into()));
+        }
+        // Cancel handlers still working for this connection.
+        let slots = std::mem::take(&mut *self.slots.borrow_mut());
+        for s in slots {
+            if let Some(d) = s.deferred {
+                d.cancel();
+            }
+        }
+    }
+}
+
+fn access_log(site: &str, peer: &Address, l: &LogInfo) {
+    let host = match peer.socket_addr() {
+        Some(a) => a.ip().to_string(),
+        None => peer.to_string(),
+    };
+    let bytes = if l.bytes == 0 {
+        "-".to_string()
+    } else {
+        l.bytes.to_string()
+    };
+    tracing::info!(
+        target: "torsion_http::access",
+        site,
+        "{host} - - [{}] \"{}\" {} {bytes} \"{}\" \"{}\"",
+        crate::util::log_time(l.time),
+        l.request_line.replace('"', "\\\""),
+        l.status,
+        l.referer.replace('"', "\\\""),
+        l.user_agent.replace('"', "\\\""),
+    );
+}

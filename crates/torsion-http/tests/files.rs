@@ -1,0 +1,256 @@
+//! Static files over real TCP: traversal vectors, ranges, conditionals, listing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use common::*;
+use torsion_core::Reactor;
+use torsion_http::{File, ServerConfig, Site};
+
+/// A fresh directory tree: `<tmp>/secret.txt` outside the root `<tmp>/root`.
+pub fn fixture(tag: &str) -> (PathBuf, PathBuf) {
+    let base = std::env::temp_dir().join(format!("torsion-http-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::create_dir_all(root.join("withindex")).unwrap();
+    std::fs::write(base.join("secret.txt"), "TOP SECRET").unwrap();
+    std::fs::write(root.join("a.txt"), "hello world\n").unwrap();
+    std::fs::write(root.join("sp ace.txt"), "spaced").unwrap();
+    std::fs::write(root.join("data.log"), "log line").unwrap();
+    std::fs::write(root.join("sub/b.html"), "<p>b</p>").unwrap();
+    std::fs::write(root.join("withindex/index.html"), "<h1>index</h1>").unwrap();
+    std::fs::write(root.join("<script>.txt"), "x").unwrap();
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    std::os::unix::fs::symlink(&base, root.join("out")).unwrap();
+    std::os::unix::fs::symlink(root.join("a.txt"), root.join("in")).unwrap();
+    (base, root)
+}
+
+fn site(root: &Path) -> impl FnOnce(&Reactor) -> Site {
+    let root = root.to_path_buf();
+    move |_| {
+        let mut f = File::new(&root).unwrap();
+        f.set_mime_type("log", "text/x-log");
+        Site::new(Rc::new(f))
+    }
+}
+
+fn get(addr: std::net::SocketAddr, target: &str, extra: &str) -> Resp {
+    request(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn traversal_vectors_never_escape_the_root() {
+    let (base, root) = fixture("trav");
+    with_server(ServerConfig::default(), site(&root), |addr| {
+        let table: &[(&str, u16)] = &[
+            ("/../secret.txt", 400),
+            ("/%2e%2e/secret.txt", 400),
+            ("/%2E%2E/secret.txt", 400),
+            ("/.%2e/secret.txt", 400),
+            ("/sub/../../secret.txt", 400),
+            ("/sub/%2e%2e/%2e%2e/secret.txt", 400),
+            ("/sub/..%2f..%2fsecret.txt", 400),
+            ("/%2fetc%2fpasswd", 400),
+            ("/..%5csecret.txt", 400),
+            ("/sub\\..\\..\\secret.txt", 400),
+            ("/a.txt%00.html", 400),
+            ("http://t/../secret.txt", 400),
+            ("/out/secret.txt", 403),
+            ("/out/", 403),
+            ("/..;/secret.txt", 404),
+            ("/nonexistent", 404),
+            ("/a.txt/", 404),
+            ("/in", 200),
+            ("/./a.txt", 200),
+            ("//a.txt", 200),
+            ("/sp%20ace.txt", 200),
+        ];
+        let mut bad = Vec::new();
+        for (target, want) in table {
+            let r = get(addr, target, "");
+            if r.status != *want || r.text().contains("TOP SECRET") {
+                bad.push(format!("{target}: got {} want {want}", r.status));
+            }
+        }
+        assert!(bad.is_empty(), "{bad:#?}");
+    });
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn files_types_ranges_and_conditionals() {
+    let (base, root) = fixture("ranges");
+    let root2 = root.clone();
+    with_server(ServerConfig::default(), site(&root), move |addr| {
+        let root = root2;
+        let r = get(addr, "/a.txt", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "hello world\n");
+        assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(r.header("accept-ranges"), Some("bytes"));
+        let etag = r.header("etag").unwrap().to_string();
+        let lm = r.header("last-modified").unwrap().to_string();
+        assert_eq!(
+            get(addr, "/sub/b.html", "").header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert_eq!(
+            get(addr, "/data.log", "").header("content-type"),
+            Some("text/x-log")
+        );
+
+        // Conditionals.
+        let r = get(addr, "/a.txt", &format!("If-None-Match: {etag}\r\n"));
+        assert_eq!(r.status, 304);
+        assert_eq!(r.header("etag"), Some(etag.as_str()));
+        assert_eq!(
+            get(addr, "/a.txt", "If-None-Match: \"other\"\r\n").status,
+            200
+        );
+        assert_eq!(
+            get(addr, "/a.txt", &format!("If-Modified-Since: {lm}\r\n")).status,
+            304
+        );
+        assert_eq!(
+            get(
+                addr,
+                "/a.txt",
+                "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+            )
+            .status,
+            200
+        );
+
+        // Ranges.
+        let r = get(addr, "/a.txt", "Range: bytes=0-4\r\n");
+        assert_eq!((r.status, r.text().as_str()), (206, "hello"));
+        assert_eq!(r.header("content-range"), Some("bytes 0-4/12"));
+        let r = get(addr, "/a.txt", "Range: bytes=-6\r\n");
+        assert_eq!((r.status, r.text().as_str()), (206, "world\n"));
+        let r = get(addr, "/a.txt", "Range: bytes=100-\r\n");
+        assert_eq!(
+            (r.status, r.header("content-range")),
+            (416, Some("bytes */12"))
+        );
+        let r = get(addr, "/a.txt", "Range: bytes=0-1,6-7\r\n");
+        assert_eq!(r.status, 206);
+        let ct = r.header("content-type").unwrap();
+        let boundary = ct.strip_prefix("multipart/byteranges; boundary=").unwrap();
+        let body = r.text();
+        assert_eq!(body.matches(&format!("--{boundary}\r\n")).count(), 2);
+        assert!(body.contains("content-range: bytes 0-1/12\r\n\r\nhe\r\n"));
+        assert!(body.contains("content-range: bytes 6-7/12\r\n\r\nwo\r\n"));
+        assert!(body.ends_with(&format!("--{boundary}--\r\n")));
+        // If-Range with a stale validator: the whole file.
+        let r = get(
+            addr,
+            "/a.txt",
+            "Range: bytes=0-4\r\nIf-Range: \"stale\"\r\n",
+        );
+        assert_eq!((r.status, r.body.len()), (200, 12));
+
+        // HEAD.
+        let r = request(addr, b"HEAD /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(r.header("content-length"), Some("3145728"));
+
+        // A large file, streamed; and a range in the middle of it.
+        let big = std::fs::read(root.join("big.bin")).unwrap();
+        let r = get(addr, "/big.bin", "");
+        assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+        assert!(r.body == big);
+        let r = get(addr, "/big.bin", "Range: bytes=1000000-1999999\r\n");
+        assert!(r.body == big[1_000_000..2_000_000]);
+    });
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn directories_redirect_index_and_listing() {
+    let (base, root) = fixture("dirs");
+    with_server(ServerConfig::default(), site(&root), |addr| {
+        let r = get(addr, "/sub?x=1", "");
+        assert_eq!((r.status, r.header("location")), (301, Some("/sub/?x=1")));
+        let r = get(addr, "/withindex/", "");
+        assert_eq!(r.text(), "<h1>index</h1>");
+        let r = get(addr, "/", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        let html = r.text();
+        assert!(html.contains("<title>Index of /</title>"));
+        assert!(html.contains("<a href=\"sub/\">sub/</a>"));
+        assert!(html.contains("<a href=\"a.txt\">a.txt</a>"));
+        assert!(html.contains("<a href=\"sp%20ace.txt\">sp ace.txt</a>"));
+        assert!(html.contains("title=\"12 bytes\">12 B</span>"));
+        assert!(html.contains("3.0 MiB"));
+        // Names are escaped.
+        assert!(html.contains("&lt;script&gt;.txt"));
+        assert!(!html.contains("<script>"));
+        // Directories first.
+        assert!(html.find("sub/").unwrap() < html.find("a.txt").unwrap());
+        let sub = get(addr, "/sub/", "").text();
+        assert!(sub.contains("<a href=\"../\">../</a>"));
+        assert!(sub.contains("b.html"));
+    });
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn gzip_for_text_types_when_enabled() {
+    use std::io::Read;
+    let (base, root) = fixture("gzip");
+    let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(root.join("long.txt"), &text).unwrap();
+    let r2 = root.clone();
+    let make = move |_: &Reactor| {
+        let mut f = File::new(&r2).unwrap();
+        f.set_gzip(true);
+        Site::new(Rc::new(f))
+    };
+    with_server(ServerConfig::default(), make, move |addr| {
+        let r = get(addr, "/long.txt", "Accept-Encoding: br, gzip;q=0.8\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert_eq!(r.header("vary"), Some("accept-encoding"));
+        assert!(
+            r.body.len() < text.len() / 3,
+            "compressed to {}",
+            r.body.len()
+        );
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(&r.body[..])
+            .read_to_string(&mut plain)
+            .unwrap();
+        assert_eq!(plain, text);
+        let gz_etag = r.header("etag").unwrap().to_string();
+        // Not for clients that refuse it, nor for binary types or ranges.
+        let r = get(addr, "/long.txt", "Accept-Encoding: gzip;q=0\r\n");
+        assert_eq!(
+            (r.header("content-encoding"), r.body.len()),
+            (None, text.len())
+        );
+        assert_ne!(r.header("etag"), Some(gz_etag.as_str()));
+        let r = get(addr, "/big.bin", "Accept-Encoding: gzip\r\n");
+        assert_eq!(r.header("content-encoding"), None);
+        let r = get(
+            addr,
+            "/long.txt",
+            "Accept-Encoding: gzip\r\nRange: bytes=0-6\r\n",
+        );
+        assert_eq!((r.status, r.text().as_str()), (206, "line 0\n"));
+        let r = get(
+            addr,
+            "/long.txt",
+            &format!("Accept-Encoding: gzip\r\nIf-None-Match: {gz_etag}\r\n"),
+        );
+        assert_eq!(r.status, 304);
+    });
+    let _ = std::fs::remove_dir_all(base);
+}

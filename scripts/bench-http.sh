@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# HTTP benchmark: Torsion (examples/http_hello), hyper 1.x current-thread
+# (bench/hyper-hello) and a raw epoll loop (examples/raw_hello), each server
+# pinned to CPU 0 and wrk to CPU 1, only on 127.0.0.1.
+#   scripts/bench-http.sh [SECONDS]        (default 5 s per run; needs wrk, python3, taskset)
+# Prints a Markdown table: requests/s and server CPU µs per request, without
+# and with pipelining (depth 16), and RSS per idle keep-alive connection
+# (10,000 connections). Then 1 MiB static-file throughput of `torsion web`
+# (and nginx, when installed). Numbers, not assertions: a shared machine
+# makes them noisy, so compare ratios within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+idle=${IDLE_CONNECTIONS:-10000}
+target=${CARGO_TARGET_DIR:-$PWD/target}
+export CARGO_TARGET_DIR=$target
+for tool in wrk python3 taskset; do
+  command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }
+done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo build -q --release -p torsion-http --example http_hello --example raw_hello
+cargo build -q --release -p torsion-cli
+(cd bench/hyper-hello && CARGO_TARGET_DIR=$target/hyper-hello cargo build -q --release)
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat >"$work/pipeline.lua" <<'EOF'
+init = function(args)
+  local r = {}
+  for i = 1, 16 do r[i] = wrk.format(nil, "/") end
+  req = table.concat(r)
+end
+request = function() return req end
+EOF
+
+cat >"$work/idle.py" <<'EOF'
+import socket, sys, time
+pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def rss():
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith("VmRSS"): return int(l.split()[1]) * 1024
+socks = []
+for i in range(100):  # warm-up, not counted
+    s = socket.create_connection(("127.0.0.1", port)); socks.append(s)
+time.sleep(0.2)
+before = rss()
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    socks.append(s)
+for s in socks[100:]:
+    d = b""
+    while not d.endswith(b"Hello, World!"):
+        d += s.recv(4096)
+time.sleep(0.5)
+print((rss() - before) / n)
+EOF
+
+start() { # name cmd... ; prints "pid port"
+  local log="$work/$1.log"; shift
+  taskset -c 0 "$@" >"$log" 2>/dev/null &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 100); do grep -q 'http://' "$log" && break; sleep 0.05; done
+  local port
+  port=$(grep -o 'http://[^/]*' "$log" | head -1 | sed 's/.*://')
+  echo "$pid $port"
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run_wrk() { # pid port [script] ; prints "req_per_s us_per_req"
+  local pid=$1 port=$2 script=${3:-}
+  local args=(-t1 -c50 -d"${secs}s" --timeout 5s)
+  [ -n "$script" ] && args+=(-s "$script")
+  local t0 t1 out
+  t0=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 wrk "${args[@]}" "http://127.0.0.1:$port/")
+  t1=$(cpu_ticks "$pid")
+  local n rps
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  local tck; tck=$(getconf CLK_TCK)
+  python3 -c "print('%.0f %.2f' % ($rps, ($t1 - $t0) * 1e6 / $tck / max($n, 1)))"
+}
+
+declare -A R
+for name in torsion hyper raw; do
+  case $name in
+    torsion) set -- $(start torsion "$target/release/examples/http_hello" 127.0.0.1:0) ;;
+    hyper) set -- $(start hyper "$target/hyper-hello/release/hyper-hello" 127.0.0.1:0) ;;
+    raw) set -- $(start raw "$target/release/examples/raw_hello" 127.0.0.1:0) ;;
+  esac
+  pid=$1 port=$2
+  R[$name.plain]=$(run_wrk "$pid" "$port")
+  R[$name.pipe]=$(run_wrk "$pid" "$port" "$work/pipeline.lua")
+  R[$name.idle]=$(python3 "$work/idle.py" "$pid" "$port" "$idle")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+
+f() { echo "${R[$1]}" | awk -v i="$2" '{print $i}'; }
+echo
+echo "| server | req/s | CPU µs/req | req/s pipelined (16) | CPU µs/req pipelined | RSS bytes per idle conn |"
+echo "|---|---:|---:|---:|---:|---:|"
+for name in torsion hyper raw; do
+  printf '| %s | %s | %s | %s | %s | %.0f |\n' "$name" \
+    "$(f $name.plain 1)" "$(f $name.plain 2)" "$(f $name.pipe 1)" "$(f $name.pipe 2)" "${R[$name.idle]}"
+done
+python3 - "$(f torsion.plain 2)" "$(f hyper.plain 2)" "$(f raw.plain 2)" \
+  "$(f torsion.pipe 2)" "$(f hyper.pipe 2)" "$(f raw.pipe 2)" <<'EOF'
+import sys
+t, h, r, tp, hp, rp = map(float, sys.argv[1:])
+print(f"\nCPU per request vs raw loop: torsion {t/r:.2f}x, hyper {h/r:.2f}x; "
+      f"pipelined: torsion {tp/rp:.2f}x, hyper {hp/rp:.2f}x")
+EOF
+
+# Static 1 MiB file.
+mkdir -p "$work/www"
+head -c 1048576 /dev/urandom >"$work/www/1m.bin"
+set -- $(start web "$target/release/torsion" web --listen tcp:0:interface=127.0.0.1 --path "$work/www")
+out=$(taskset -c 1 wrk -t1 -c10 -d"${secs}s" "http://127.0.0.1:$2/1m.bin")
+echo
+echo "static 1 MiB: torsion web $(echo "$out" | awk '/Transfer\/sec/ {print $2}')/s"
+kill "$1"
+if command -v nginx >/dev/null; then
+  cat >"$work/nginx.conf" <<EOF
+daemon off; worker_processes 1; pid $work/nginx.pid; error_log stderr crit;
+events {}
+http { access_log off; sendfile on; server { listen 127.0.0.1:18999; root $work/www; } }
+EOF
+  taskset -c 0 nginx -c "$work/nginx.conf" 2>/dev/null &
+  pids+=($!)
+  sleep 0.5
+  out=$(taskset -c 1 wrk -t1 -c10 -d"${secs}s" "http://127.0.0.1:18999/1m.bin")
+  echo "static 1 MiB: nginx $(echo "$out" | awk '/Transfer\/sec/ {print $2}')/s"
+fi
