@@ -3,8 +3,6 @@
 //! starts listening. Networking and GUI share the GTK thread: the reactor is
 //! driven by glib through torsion-glib.
 //!
-//! The HTTP side is a tiny HTTP/1.0 responder until torsion-http lands.
-//!
 //! ```text
 //! torsion-gtk-example [--port N] [--screenshot FILE.png] [--quit-after-requests N]
 //!                     [--toggle-after-requests N]
@@ -24,43 +22,20 @@ use std::rc::Rc;
 use gtk::glib;
 use gtk::prelude::*;
 use gtk4 as gtk;
-use torsion_core::{factory_fn, ListeningPort, Protocol, Reactor, Transport};
+use torsion_core::{ListeningPort, Reactor};
+use torsion_http::{Handler, HttpServer, Reply, Request, Response, ServerConfig};
 
-/// Answers one HTTP/1.0-style request with the running count, then closes.
-struct Responder {
-    t: Option<Transport>,
-    buf: Vec<u8>,
-    done: bool,
+/// Answers every request with the running count (the HTTP work is torsion-http's).
+struct Counter {
     on_request: Rc<dyn Fn() -> u64>,
 }
 
-impl Protocol for Responder {
-    fn connection_made(&mut self, t: Transport) {
-        self.t = Some(t);
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        if self.done {
-            return;
-        }
-        self.buf.extend_from_slice(data);
-        let Some(t) = &self.t else { return };
-        if self.buf.len() > 16 * 1024 {
-            self.done = true;
-            t.write(b"HTTP/1.0 431 Request Header Fields Too Large\r\n\r\n");
-            t.lose_connection();
-        } else if self.buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            self.done = true;
-            let n = (self.on_request)();
-            let body = format!("request {n} served by torsion inside GTK\n");
-            t.write(
-                format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            );
-            t.lose_connection();
-        }
+impl Handler for Counter {
+    fn handle(&self, _req: Request) -> Reply {
+        let n = (self.on_request)();
+        Reply::Now(Response::text(format!(
+            "request {n} served by torsion inside GTK\n"
+        )))
     }
 }
 
@@ -201,25 +176,18 @@ fn main() {
 
     let bind: SocketAddr = ([127, 0, 0, 1], opts.port).into();
     let port: Rc<RefCell<Option<ListeningPort>>> = Rc::default();
+    let server = HttpServer::new(
+        &reactor,
+        Counter {
+            on_request: on_request.clone(),
+        },
+        ServerConfig::default(),
+    );
     let listen = {
-        let (reactor, port, addr_label, on_request) = (
-            reactor.clone(),
-            port.clone(),
-            addr_label.clone(),
-            on_request.clone(),
-        );
+        let (port, addr_label) = (port.clone(), addr_label.clone());
         Rc::new(move |at: SocketAddr| -> Result<SocketAddr, String> {
-            let on_request = on_request.clone();
-            let p = reactor
-                .listen_tcp(
-                    at,
-                    factory_fn(move || Responder {
-                        t: None,
-                        buf: Vec::new(),
-                        done: false,
-                        on_request: on_request.clone(),
-                    }),
-                )
+            let p = server
+                .listen_tcp(at)
                 .map_err(|e| format!("cannot listen on {at}: {e}"))?;
             let local = p.local_addr();
             addr_label.set_text(&format!("Listening on http://{local}/"));
