@@ -41,7 +41,7 @@ fn echo_and_http_served_while_glib_runs() {
         .listen_tcp("127.0.0.1:0".parse().unwrap(), echo_factory(log.clone()))
         .unwrap();
     let http = reactor
-        .listen_tcp("127.0.0.1:0".parse().unwrap(), http_factory())
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), http_factory(&reactor))
         .unwrap();
     let (ea, ha) = (echo.local_addr(), http.local_addr());
     // A glib source of the program's own keeps running meanwhile.

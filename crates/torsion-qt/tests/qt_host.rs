@@ -44,7 +44,7 @@ fn echo_and_http_served_while_qt_runs() -> Result<(), String> {
         .listen_tcp("127.0.0.1:0".parse().unwrap(), echo_factory(log.clone()))
         .map_err(|e| e.to_string())?;
     let http = reactor
-        .listen_tcp("127.0.0.1:0".parse().unwrap(), http_factory())
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), http_factory(&reactor))
         .map_err(|e| e.to_string())?;
     let (ea, ha) = (echo.local_addr(), http.local_addr());
     let handle = reactor.handle();

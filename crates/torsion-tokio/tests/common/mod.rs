@@ -50,56 +50,18 @@ pub fn echo_factory(log: Rc<RefCell<Log>>) -> Rc<dyn Factory> {
     })
 }
 
-/// A tiny HTTP/1.0 responder (the lead will swap in torsion-http): answers
-/// the first request with a fixed body and closes.
-pub struct Http {
-    t: Option<Transport>,
-    buf: Vec<u8>,
-    done: bool,
-}
-
 pub const HTTP_BODY: &str = "served by torsion inside a host loop\n";
 
-impl Protocol for Http {
-    fn connection_made(&mut self, t: Transport) {
-        self.t = Some(t);
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        if self.done {
-            return;
-        }
-        self.buf.extend_from_slice(data);
-        if self.buf.len() > 16 * 1024 {
-            self.done = true;
-            if let Some(t) = &self.t {
-                t.write(b"HTTP/1.0 431 Request Header Fields Too Large\r\n\r\n");
-                t.lose_connection();
-            }
-            return;
-        }
-        if self.buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            self.done = true;
-            if let Some(t) = &self.t {
-                t.write(
-                    format!(
-                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}",
-                        HTTP_BODY.len(),
-                        HTTP_BODY
-                    )
-                    .as_bytes(),
-                );
-                t.lose_connection();
-            }
+/// An HTTP server (torsion-http) answering every request with `HTTP_BODY`.
+pub fn http_factory(reactor: &torsion_core::Reactor) -> Rc<dyn Factory> {
+    use torsion_http::{Handler, HttpServer, Reply, Request, Response, ServerConfig};
+    struct Fixed;
+    impl Handler for Fixed {
+        fn handle(&self, _req: Request) -> Reply {
+            Reply::Now(Response::text(HTTP_BODY))
         }
     }
-}
-
-pub fn http_factory() -> Rc<dyn Factory> {
-    factory_fn(|| Http {
-        t: None,
-        buf: Vec::new(),
-        done: false,
-    })
+    HttpServer::new(reactor, Fixed, ServerConfig::default()).factory()
 }
 
 /// Sends `msg` and reads the same number of bytes back (blocking, bounded).
