@@ -146,8 +146,9 @@ impl TokioHost {
         finished
     }
 
-    /// Serves the reactor's I/O and timers until [`TokioHost::quit`] (or
-    /// `Reactor::stop()`), without its startup and shutdown sequences.
+    /// Serves the reactor's I/O and timers until [`TokioHost::quit`],
+    /// without its startup and shutdown sequences (the reactor is not
+    /// "running", so `Reactor::stop()` does not apply).
     pub async fn serve(&self) -> io::Result<()> {
         drive(&self.driver, &self.shared).await
     }
