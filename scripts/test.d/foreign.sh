@@ -1,12 +1,7 @@
-#!/usr/bin/env bash
-# torsion-cocoa cannot run here; compile-check it for macOS. Not in
-# scripts/test.d: torsion-core itself does not build for Apple targets yet
-# (Linux-only calls in sys/unix.rs, unix.rs, udp.rs: pidfd, SO_PEERCRED,
-# MSG_CMSG_CLOEXEC, ...), so this check fails in torsion-core until that is
-# ported. Idempotent: `rustup target add` is a no-op once installed.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
+# Sourced by scripts/test.sh. torsion-cocoa cannot run here; compile-check it
+# (and torsion-core's Apple code paths) for macOS. About a minute the first
+# time (rustup fetches the target's standard library), seconds afterwards.
+# Idempotent: `rustup target add` is a no-op once the target is installed.
 foreign_cocoa_check() {
   if ! command -v rustup >/dev/null; then
     echo "foreign: rustup not found; skipping the x86_64-apple-darwin check of torsion-cocoa"
