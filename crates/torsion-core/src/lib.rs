@@ -35,6 +35,7 @@ pub mod deferred;
 pub mod endpoint;
 pub mod error;
 pub mod failure;
+pub mod hostloop;
 pub mod looping;
 pub mod policies;
 pub mod process;

@@ -105,6 +105,10 @@ pub(crate) struct Remote {
     pending: AtomicBool,
     waker: mio::Waker,
     pub(crate) thread: ThreadId,
+    /// A host loop drives the reactor and no turn is running: wakes on the
+    /// reactor thread (a task woken from a host loop's callback) must wake
+    /// the poller too, or the host loop would not know to take a turn.
+    pub(crate) idle_hosted: AtomicBool,
 }
 
 impl Remote {
@@ -141,6 +145,9 @@ pub(crate) struct Inner {
     pub(crate) executor: Executor,
     signals: RefCell<Option<crate::sys::SignalPipe>>,
     shutdown_grace: Cell<Duration>,
+    /// The foreign event loop driving this reactor, if one is attached (see `hostloop`).
+    host: RefCell<Option<Rc<dyn crate::hostloop::HostLoop>>>,
+    hosted: Cell<bool>,
     /// Whether the event being dispatched reported the peer's end closed
     /// (EPOLLRDHUP/HUP): a short read then does not prove the socket drained.
     event_read_closed: Cell<bool>,
@@ -240,6 +247,7 @@ impl Reactor {
             pending: AtomicBool::new(false),
             waker,
             thread: std::thread::current().id(),
+            idle_hosted: AtomicBool::new(false),
         });
         let executor = Executor::new(remote.clone());
         Ok(Reactor {
@@ -266,6 +274,8 @@ impl Reactor {
                 executor,
                 signals: RefCell::new(None),
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
+                host: RefCell::new(None),
+                hosted: Cell::new(false),
                 event_read_closed: Cell::new(false),
                 thread_pool: RefCell::new(None),
             }),
@@ -291,6 +301,7 @@ impl Reactor {
 
     /// Runs `f` once after `delay`.
     pub fn call_later(&self, delay: Duration, f: impl FnOnce() + 'static) -> DelayedCall {
+        self.kick_host();
         DelayedCall::schedule(
             &self.inner.timers,
             self.inner.now_fn.clone(),
@@ -301,6 +312,7 @@ impl Reactor {
 
     /// Runs `f` on the next turn of the loop, after the current callback returns.
     pub fn call_soon(&self, f: impl FnOnce() + 'static) {
+        self.kick_host();
         self.inner.soon.borrow_mut().push_back(Box::new(f));
     }
 
@@ -425,7 +437,35 @@ impl Reactor {
     // ---- running ----
 
     /// Runs the loop until `stop()` is called and shutdown completes.
+    /// With a host loop attached (see [`crate::hostloop`]), runs the host
+    /// loop instead; `stop()` then quits it.
     pub fn run(&self) -> Result<(), ReactorError> {
+        let host = self.inner.host.borrow().clone();
+        if let Some(host) = &host {
+            host.check_run(self)?;
+        }
+        self.start_running()?;
+        match host {
+            Some(host) => {
+                // Shut down even when the host loop failed: never leave the
+                // reactor marked as running with nothing driving it.
+                let ran = host.run(self);
+                let done = self.shutdown_sequence();
+                ran.and(done)
+            }
+            None => {
+                while !self.inner.stop_requested.get() {
+                    self.turn(None)?;
+                }
+                self.shutdown_sequence()
+            }
+        }
+    }
+
+    /// The first half of `run()` for a foreign loop that runs on its own:
+    /// fires the startup triggers and queues `call_when_running` calls.
+    /// Pair it with [`Reactor::finish_running`] once the foreign loop returns.
+    pub fn start_running(&self) -> Result<(), ReactorError> {
         if self.inner.in_iterate.get() {
             return Err(ReactorError::Reentrant);
         }
@@ -445,10 +485,61 @@ impl Reactor {
             self.inner.soon.borrow_mut().push_back(f);
         }
         let _ = self.fire_phase(SystemEvent::Startup, Phase::After);
-        while !self.inner.stop_requested.get() {
-            self.turn(None)?;
+        Ok(())
+    }
+
+    /// The second half of `run()` for a foreign loop: runs the shutdown
+    /// sequence (triggers, then closing ports and connections, which see
+    /// `connection_lost`) on the reactor's own poller, whether or not
+    /// `stop()` was called. Blocks for at most the shutdown grace period
+    /// plus what shutdown triggers take.
+    pub fn finish_running(&self) -> Result<(), ReactorError> {
+        if self.inner.state.get() != RunState::Running {
+            return Err(ReactorError::NotRunning);
         }
+        self.inner.stop_requested.set(true);
         self.shutdown_sequence()
+    }
+
+    /// Attaches the foreign loop that drives this reactor; fails when one
+    /// already is. Integration crates call this (through `hostloop::HostDriver`).
+    pub(crate) fn attach_host(
+        &self,
+        host: Rc<dyn crate::hostloop::HostLoop>,
+    ) -> Result<(), crate::hostloop::HostLoopError> {
+        let mut slot = self.inner.host.borrow_mut();
+        if slot.is_some() {
+            return Err(crate::hostloop::HostLoopError::AlreadyAttached);
+        }
+        *slot = Some(host);
+        self.inner.hosted.set(true);
+        self.inner.remote.idle_hosted.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn detach_host(&self) {
+        self.inner.hosted.set(false);
+        self.inner
+            .remote
+            .idle_hosted
+            .store(false, Ordering::Release);
+        let old = self.inner.host.borrow_mut().take();
+        drop(old);
+    }
+
+    /// Work queued from outside a turn (a host loop's own callback scheduled
+    /// a timer or wrote to a transport): wake the poller so the host loop
+    /// takes a turn and re-arms its timer. Inside a turn the driver re-plans
+    /// afterwards anyway, so the hot path pays one `Cell` read.
+    pub(crate) fn kick_host(&self) {
+        if self.inner.hosted.get() && !self.inner.in_iterate.get() {
+            self.inner.remote.wake();
+        }
+    }
+
+    /// True when a foreign loop drives this reactor.
+    pub fn has_host_loop(&self) -> bool {
+        self.inner.host.borrow().is_some()
     }
 
     fn shutdown_sequence(&self) -> Result<(), ReactorError> {
@@ -512,6 +603,10 @@ impl Reactor {
                 }
                 self.inner.stop_requested.set(true);
                 self.inner.remote.wake();
+                let host = self.inner.host.borrow().clone();
+                if let Some(host) = host {
+                    host.quit();
+                }
                 Ok(())
             }
             _ => Err(ReactorError::NotRunning),
@@ -578,6 +673,22 @@ impl Reactor {
             }
         }
         let _guard = Guard(&self.inner.in_iterate);
+        struct HostedGuard<'a>(Option<&'a AtomicBool>);
+        impl Drop for HostedGuard<'_> {
+            fn drop(&mut self) {
+                if let Some(idle) = self.0 {
+                    idle.store(true, Ordering::Release);
+                }
+            }
+        }
+        let hosted = self.inner.hosted.get();
+        if hosted {
+            self.inner
+                .remote
+                .idle_hosted
+                .store(false, Ordering::Release);
+        }
+        let _hosted_guard = HostedGuard(hosted.then_some(&self.inner.remote.idle_hosted));
 
         let mut wait = match (timeout, self.next_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -780,6 +891,7 @@ impl Reactor {
     }
 
     pub(crate) fn mark_dirty(&self, source: Rc<dyn Source>) {
+        self.kick_host();
         self.inner.dirty.borrow_mut().push_back(source);
     }
 
@@ -790,6 +902,7 @@ impl Reactor {
     }
 
     pub(crate) fn want_read_turn(&self, source: Rc<dyn Source>) {
+        self.kick_host();
         self.inner.pending_io.borrow_mut().push_back(source);
     }
 
@@ -829,6 +942,7 @@ impl Clock for Reactor {
         Reactor::now(self)
     }
     fn call_later(&self, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
+        self.kick_host();
         DelayedCall::schedule(&self.inner.timers, self.inner.now_fn.clone(), delay, f)
     }
 }

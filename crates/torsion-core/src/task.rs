@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -39,7 +40,10 @@ impl Wake for TaskWaker {
             ids.push((self.id, self.generation));
             ids.len() == 1
         };
-        if first && std::thread::current().id() != self.queue.remote.thread {
+        if first
+            && (std::thread::current().id() != self.queue.remote.thread
+                || self.queue.remote.idle_hosted.load(Ordering::Acquire))
+        {
             self.queue.remote.wake();
         }
     }
@@ -164,6 +168,7 @@ impl Executor {
 impl Reactor {
     /// Runs a future on the reactor thread; returns an id to cancel it with.
     pub fn spawn_local(&self, fut: impl Future<Output = ()> + 'static) -> TaskId {
+        self.kick_host();
         self.inner.executor.spawn(Box::pin(fut))
     }
 

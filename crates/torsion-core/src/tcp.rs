@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
-use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket};
 
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
@@ -224,12 +224,7 @@ fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
     } else {
         Domain::IPV6
     };
-    let s = Socket::new(
-        domain,
-        Type::STREAM.nonblocking().cloexec(),
-        Some(SockProtocol::TCP),
-    )?;
-    Ok(s)
+    crate::sys::new_stream_socket(domain, Some(SockProtocol::TCP))
 }
 
 impl Reactor {

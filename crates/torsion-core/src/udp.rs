@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 
 use mio::Interest;
-use socket2::{Domain, Protocol as SockProtocol, SockAddr, SockRef, Socket, Type};
+use socket2::{Domain, Protocol as SockProtocol, SockAddr, SockRef, Type};
 
 use crate::address::Address;
 use crate::failure::catch;
@@ -580,11 +580,7 @@ fn udp_socket(addr: SocketAddr, opts: &UdpOptions) -> io::Result<mio::net::UdpSo
     } else {
         Domain::IPV6
     };
-    let s = Socket::new(
-        domain,
-        Type::DGRAM.nonblocking().cloexec(),
-        Some(SockProtocol::UDP),
-    )?;
+    let s = crate::sys::new_socket(domain, Type::DGRAM, Some(SockProtocol::UDP))?;
     if opts.reuse {
         s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;

@@ -540,7 +540,7 @@ fn bind_unix(path: &UnixPath, ty: Type) -> Result<(Socket, bool), UnixError> {
     if let UnixPath::File(p) = path {
         clear_stale(p)?;
     }
-    let s = Socket::new(Domain::UNIX, ty.nonblocking().cloexec(), None)?;
+    let s = crate::sys::new_socket(Domain::UNIX, ty, None)?;
     match s.bind(&sa) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -611,7 +611,7 @@ impl ConnectorImpl for UnixConnector {
                         addr: path.to_string(),
                         source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
                     })?;
-                let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)
+                let s = crate::sys::new_socket(Domain::UNIX, Type::STREAM, None)
                     .map_err(|e| ConnectionError::from_connect_io(&path, e))?;
                 match s.connect(&sa) {
                     Ok(()) => {}
@@ -820,7 +820,7 @@ impl Reactor {
         protocol: Box<dyn DatagramProtocol>,
     ) -> Result<DatagramTransport, UnixError> {
         let sa = path.sockaddr()?;
-        let s = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)?;
+        let s = crate::sys::new_socket(Domain::UNIX, Type::DGRAM, None)?;
         s.connect(&sa)?;
         let std_sock: std::os::unix::net::UnixDatagram = s.into();
         let t = self.open_datagram(

@@ -27,12 +27,64 @@ pub(crate) struct SignalPipe {
     write: RawFd,
 }
 
+#[cfg(not(target_vendor = "apple"))]
 fn nonblocking_pipe() -> io::Result<(RawFd, RawFd)> {
     let mut fds = [0; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok((fds[0], fds[1]))
+}
+
+/// Apple has no `pipe2`: set the flags after the fact (torsion-cocoa's target).
+#[cfg(target_vendor = "apple")]
+fn nonblocking_pipe() -> io::Result<(RawFd, RawFd)> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for fd in fds {
+        let ok = unsafe {
+            libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) == 0
+                && libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0
+        };
+        if !ok {
+            let e = io::Error::last_os_error();
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            return Err(e);
+        }
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// A non-blocking, close-on-exec stream socket (flags set atomically where the OS can).
+pub(crate) fn new_stream_socket(
+    domain: socket2::Domain,
+    protocol: Option<socket2::Protocol>,
+) -> io::Result<socket2::Socket> {
+    new_socket(domain, socket2::Type::STREAM, protocol)
+}
+
+/// A non-blocking, close-on-exec socket of any type (flags set atomically where the OS can).
+pub(crate) fn new_socket(
+    domain: socket2::Domain,
+    ty: socket2::Type,
+    protocol: Option<socket2::Protocol>,
+) -> io::Result<socket2::Socket> {
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        socket2::Socket::new(domain, ty.nonblocking().cloexec(), protocol)
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        // socket2 sets FD_CLOEXEC (and SO_NOSIGPIPE) itself on Apple targets.
+        let s = socket2::Socket::new(domain, ty, protocol)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    }
 }
 
 impl SignalPipe {
@@ -124,19 +176,40 @@ pub(crate) fn dup_cloexec_at_least(fd: RawFd, min: RawFd) -> io::Result<OwnedFd>
 /// A close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    #[cfg(not(target_vendor = "apple"))]
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    #[cfg(target_vendor = "apple")]
+    let r = unsafe { libc::pipe(fds.as_mut_ptr()) };
+    if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    #[cfg(target_vendor = "apple")]
+    for fd in [fds[0], fds[1]] {
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(pair)
 }
 
 /// A descriptor that becomes readable when process `pid` exits (Linux ≥ 5.3).
+#[cfg(target_os = "linux")]
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Process descriptors are Linux-only; elsewhere spawning reports this error.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn pidfd_open(_pid: u32) -> io::Result<OwnedFd> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "child processes need pidfd (Linux) in this version",
+    ))
 }
 
 /// How a reaped child ended.
@@ -189,8 +262,9 @@ pub(crate) fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
             &mut master,
             &mut slave,
             std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
+            // null_mut coerces to the `*const` Linux takes and is what Apple takes.
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
         )
     };
     if r != 0 {
@@ -234,6 +308,7 @@ pub(crate) unsafe fn child_place_fd(src: RawFd, dst: RawFd) -> io::Result<()> {
 }
 
 /// `SO_PEERCRED` of a connected Unix socket: (pid, uid, gid).
+#[cfg(target_os = "linux")]
 pub(crate) fn peer_credentials(fd: RawFd) -> io::Result<(i32, u32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
@@ -256,7 +331,35 @@ pub(crate) fn peer_credentials(fd: RawFd) -> io::Result<(i32, u32, u32)> {
     Ok((cred.pid, cred.uid, cred.gid))
 }
 
+/// Peer credentials with a pid are Linux-only (`SO_PEERCRED`) in this version.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn peer_credentials(_fd: RawFd) -> io::Result<(i32, u32, u32)> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "peer credentials need SO_PEERCRED (Linux) in this version",
+    ))
+}
+
+/// The address family of a socket (from its local address), or an error for a non-socket.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn socket_domain(fd: RawFd) -> io::Result<i32> {
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockname(
+            fd,
+            &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(i32::from(storage.ss_family))
+}
+
 /// The address family of a socket (`SO_DOMAIN`), or an error for a non-socket.
+#[cfg(target_os = "linux")]
 pub(crate) fn socket_domain(fd: RawFd) -> io::Result<i32> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -348,7 +451,12 @@ pub(crate) fn recv_with_fds(
     msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
     msg.msg_controllen = CMSG_SPACE_FDS as _;
     let n = loop {
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        #[cfg(target_os = "linux")]
+        let flags = libc::MSG_CMSG_CLOEXEC;
+        // Elsewhere received descriptors get FD_CLOEXEC right after (below).
+        #[cfg(not(target_os = "linux"))]
+        let flags = 0;
+        let n = unsafe { libc::recvmsg(sock, &mut msg, flags) };
         if n >= 0 {
             break n as usize;
         }
@@ -372,6 +480,8 @@ pub(crate) fn recv_with_fds(
                         &mut fd as *mut RawFd as *mut u8,
                         std::mem::size_of::<RawFd>(),
                     );
+                    #[cfg(not(target_os = "linux"))]
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                     fds.push(OwnedFd::from_raw_fd(fd));
                 }
             }
@@ -410,6 +520,13 @@ pub(crate) fn recv_from_trunc(
 /// Linux delivers multicast to every socket bound to the port whose group
 /// *any* socket on the host joined, unless `IP_MULTICAST_ALL` is off; turn it
 /// off so a socket hears only the groups it joined itself.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_multicast_all(_fd: RawFd, _ipv6: bool, _on: bool) -> io::Result<()> {
+    // Only Linux delivers other sockets' groups; nothing to turn off elsewhere.
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
 pub(crate) fn set_multicast_all(fd: RawFd, ipv6: bool, on: bool) -> io::Result<()> {
     let v: libc::c_int = on.into();
     let (level, name) = if ipv6 {
