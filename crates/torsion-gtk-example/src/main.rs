@@ -210,7 +210,7 @@ fn main() {
             let current = port.borrow_mut().take();
             match current {
                 Some(p) => {
-                    let _ = p.stop_listening();
+                    drop(p.stop_listening());
                     addr_label.set_text("Not listening");
                     b.set_label("Start listening");
                     println!("stopped listening");
