@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+mod accept;
 pub mod address;
 pub mod basic;
 pub mod connector;

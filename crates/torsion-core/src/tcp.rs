@@ -11,6 +11,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket};
 
+use crate::accept::{accept_some, AcceptState, Acceptor};
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
@@ -109,11 +110,8 @@ struct TcpPort {
     listener: RefCell<Option<TcpListener>>,
     factory: Rc<dyn Factory>,
     host: SocketAddr,
-    backoff: Cell<Duration>,
-    retry: RefCell<Option<DelayedCall>>,
+    accept: AcceptState,
 }
-
-const ACCEPTS_PER_TURN: usize = 128;
 
 impl TcpPort {
     fn close(&self) {
@@ -125,58 +123,12 @@ impl TcpPort {
             let _ = r.registry().deregister(&mut l);
             r.retire_source(self.token.get());
         }
-        if let Some(c) = self.retry.borrow_mut().take() {
-            let _ = c.cancel();
-        }
+        self.accept.cancel();
         drop(l);
         if let Err(f) = catch(|| self.factory.stop_factory()) {
             tracing::error!(failure = %f, "stop_factory panicked");
         }
         tracing::info!(addr = %self.host, "stopped listening");
-    }
-
-    fn accept_some(self: &Rc<Self>, reactor: &Reactor) {
-        for _ in 0..ACCEPTS_PER_TURN {
-            let r = match self.listener.borrow().as_ref() {
-                Some(l) => l.accept(),
-                None => return,
-            };
-            match r {
-                Ok((stream, peer)) => {
-                    self.backoff.set(Duration::ZERO);
-                    self.start_connection(reactor, stream, peer);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ECONNABORTED) | Some(libc::EPROTO)
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays
-                    // in the backlog. Retry after a short, growing pause rather than
-                    // spinning on a readiness we cannot act on.
-                    let next = (self.backoff.get() * 2)
-                        .clamp(Duration::from_millis(10), Duration::from_secs(1));
-                    self.backoff.set(next);
-                    tracing::warn!(addr = %self.host, error = %e, retry_in = ?next, "accept failed; retrying");
-                    let me = Rc::downgrade(self);
-                    let weak_r = reactor.downgrade();
-                    let call = reactor.call_later(next, move || {
-                        if let (Some(me), Some(r)) = (me.upgrade(), weak_r.upgrade()) {
-                            me.accept_some(&Reactor::from_inner(r));
-                        }
-                    });
-                    *self.retry.borrow_mut() = Some(call);
-                    return;
-                }
-            }
-        }
-        reactor.want_read_turn(self.clone());
     }
 
     fn start_connection(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {
@@ -206,10 +158,28 @@ impl TcpPort {
     }
 }
 
+impl Acceptor for TcpPort {
+    fn accept_one(self: &Rc<Self>, reactor: &Reactor) -> io::Result<bool> {
+        let r = match self.listener.borrow().as_ref() {
+            Some(l) => l.accept(),
+            None => return Ok(false),
+        };
+        let (stream, peer) = r?;
+        self.start_connection(reactor, stream, peer);
+        Ok(true)
+    }
+    fn accept_state(&self) -> &AcceptState {
+        &self.accept
+    }
+    fn describe(&self) -> &dyn fmt::Display {
+        &self.host
+    }
+}
+
 impl Source for TcpPort {
     fn ready(self: Rc<Self>, reactor: &Reactor, readiness: Readiness) {
-        if readiness.readable && self.retry.borrow().as_ref().is_none_or(|c| !c.active()) {
-            self.accept_some(reactor);
+        if readiness.readable && !self.accept.waiting() {
+            accept_some(&self, reactor);
         }
     }
 
@@ -293,8 +263,7 @@ impl Reactor {
                 listener: RefCell::new(None),
                 factory: f2,
                 host,
-                backoff: Cell::new(Duration::ZERO),
-                retry: RefCell::new(None),
+                accept: AcceptState::default(),
             });
             *slot2.borrow_mut() = Some(port.clone());
             port

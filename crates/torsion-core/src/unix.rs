@@ -36,6 +36,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::accept::{accept_some, AcceptState, Acceptor};
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
@@ -415,6 +416,7 @@ struct UnixPortInner {
     factory: Rc<dyn Factory>,
     path: UnixPath,
     owns_file: bool,
+    accept: AcceptState,
 }
 
 impl UnixPortInner {
@@ -427,6 +429,7 @@ impl UnixPortInner {
             let _ = r.registry().deregister(&mut l);
             r.retire_source(self.token.get());
         }
+        self.accept.cancel();
         drop(l);
         if let (true, UnixPath::File(p)) = (self.owns_file, &self.path) {
             let _ = std::fs::remove_file(p);
@@ -435,37 +438,34 @@ impl UnixPortInner {
             tracing::error!(failure = %f, "stop_factory panicked");
         }
     }
+}
 
-    fn accept_some(self: &Rc<Self>, reactor: &Reactor) {
-        for _ in 0..128 {
-            let r = match self.listener.borrow().as_ref() {
-                Some(l) => l.accept(),
-                None => return,
-            };
-            match r {
-                Ok((stream, addr)) => {
-                    let peer = match addr.as_pathname() {
-                        Some(p) => Address::Unix(Some(p.to_path_buf())),
-                        None => Address::Unix(None),
-                    };
-                    start_unix_connection(
-                        reactor,
-                        &self.factory,
-                        stream,
-                        peer,
-                        self.path.address(),
-                        None,
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(path = %self.path, error = %e, "accept failed");
-                    return;
-                }
-            }
-        }
-        reactor.want_read_turn(self.clone());
+impl Acceptor for UnixPortInner {
+    fn accept_one(self: &Rc<Self>, reactor: &Reactor) -> io::Result<bool> {
+        let r = match self.listener.borrow().as_ref() {
+            Some(l) => l.accept(),
+            None => return Ok(false),
+        };
+        let (stream, addr) = r?;
+        let peer = match addr.as_pathname() {
+            Some(p) => Address::Unix(Some(p.to_path_buf())),
+            None => Address::Unix(None),
+        };
+        start_unix_connection(
+            reactor,
+            &self.factory,
+            stream,
+            peer,
+            self.path.address(),
+            None,
+        );
+        Ok(true)
+    }
+    fn accept_state(&self) -> &AcceptState {
+        &self.accept
+    }
+    fn describe(&self) -> &dyn fmt::Display {
+        &self.path
     }
 }
 
@@ -505,8 +505,8 @@ fn start_unix_connection(
 
 impl Source for UnixPortInner {
     fn ready(self: Rc<Self>, reactor: &Reactor, readiness: Readiness) {
-        if readiness.readable {
-            self.accept_some(reactor);
+        if readiness.readable && !self.accept.waiting() {
+            accept_some(&self, reactor);
         }
     }
     fn shutdown(self: Rc<Self>, _reactor: &Reactor) {
@@ -714,6 +714,7 @@ impl Reactor {
                 factory: f2,
                 path: p2,
                 owns_file,
+                accept: AcceptState::default(),
             });
             *slot2.borrow_mut() = Some(port.clone());
             port
@@ -753,6 +754,7 @@ impl Reactor {
                 factory: f2,
                 path: p2,
                 owns_file: false,
+                accept: AcceptState::default(),
             });
             *slot2.borrow_mut() = Some(port.clone());
             port

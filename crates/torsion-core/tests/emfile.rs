@@ -9,10 +9,27 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream as StdStream;
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::Duration;
 
 use common::*;
-use torsion_core::{Phase, Reactor, SystemEvent};
+use torsion_core::unix::{UnixListenOptions, UnixPath};
+use torsion_core::{factory_fn, Phase, Reactor, SystemEvent};
+
+/// A client socket of either kind.
+trait Client: Read + Write {
+    fn set_timeout(&self, d: Duration);
+}
+impl Client for StdStream {
+    fn set_timeout(&self, d: Duration) {
+        self.set_read_timeout(Some(d)).unwrap();
+    }
+}
+impl Client for StdUnixStream {
+    fn set_timeout(&self, d: Duration) {
+        self.set_read_timeout(Some(d)).unwrap();
+    }
+}
 
 #[test]
 #[ignore = "helper: run as a child process by accept_errors_back_off_and_nothing_is_lost"]
@@ -22,7 +39,20 @@ fn emfile_child() {
     }
     let (logs, _guard) = capture_logs();
     let reactor = Reactor::new().unwrap();
-    let addr = echo_server(&reactor).local_addr();
+    // The same listener loop serves TCP and Unix sockets: test either.
+    let ready = match std::env::var("TORSION_EMFILE_UNIX") {
+        Ok(path) => {
+            reactor
+                .listen_unix(
+                    UnixPath::File(path.clone().into()),
+                    factory_fn(Echo::default),
+                    UnixListenOptions::default(),
+                )
+                .unwrap();
+            path
+        }
+        Err(_) => echo_server(&reactor).local_addr().port().to_string(),
+    };
     reactor.install_signal_handlers().unwrap();
     let headroom: u64 = 6;
     let open = torsion_core::open_fd_count().unwrap() as u64;
@@ -45,7 +75,7 @@ fn emfile_child() {
         println!("STATS failures={failures} emfile={emfile} cpu_ms={cpu_ms}");
         None
     });
-    println!("READY {}", addr.port());
+    println!("READY {ready}");
     std::io::stdout().flush().unwrap();
     let r = reactor.clone();
     reactor.call_later(Duration::from_secs(40), move || {
@@ -58,8 +88,24 @@ fn emfile_child() {
 
 #[test]
 fn accept_errors_back_off_and_nothing_is_lost() {
+    flood(None);
+}
+
+#[test]
+fn unix_accept_errors_back_off_and_nothing_is_lost() {
+    let path = std::env::temp_dir().join(format!("torsion-emfile-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    flood(Some(path.display().to_string()));
+    let _ = std::fs::remove_file(&path);
+}
+
+fn flood(unix: Option<String>) {
     let exe = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new(exe)
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(p) = &unix {
+        cmd.env("TORSION_EMFILE_UNIX", p);
+    }
+    let mut child = cmd
         .args(["--ignored", "--exact", "emfile_child", "--nocapture"])
         .env("TORSION_EMFILE_CHILD", "1")
         .stdout(std::process::Stdio::piped())
@@ -67,7 +113,7 @@ fn accept_errors_back_off_and_nothing_is_lost() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut port = None;
+    let mut ready = None;
     let mut line = String::new();
     for _ in 0..50 {
         line.clear();
@@ -75,15 +121,20 @@ fn accept_errors_back_off_and_nothing_is_lost() {
             break;
         }
         if let Some(p) = line.trim().strip_prefix("READY ") {
-            port = Some(p.parse::<u16>().unwrap());
+            ready = Some(p.to_string());
             break;
         }
     }
-    let port = port.expect("child never became ready");
+    let ready = ready.expect("child never became ready");
     const N: usize = 30;
-    let mut conns: Vec<Option<StdStream>> = (0..N)
+    let mut conns: Vec<Option<Box<dyn Client>>> = (0..N)
         .map(|i| {
-            let mut s = StdStream::connect(("127.0.0.1", port)).unwrap();
+            let mut s: Box<dyn Client> = match &unix {
+                Some(path) => Box::new(StdUnixStream::connect(path).unwrap()),
+                None => Box::new(
+                    StdStream::connect(("127.0.0.1", ready.parse::<u16>().unwrap())).unwrap(),
+                ),
+            };
             s.write_all(format!("conn{i:02}").as_bytes()).unwrap();
             Some(s)
         })
@@ -96,8 +147,7 @@ fn accept_errors_back_off_and_nothing_is_lost() {
         // The first connection is accepted first (FIFO): wait for it as long
         // as a loaded machine needs; the rest get a short look.
         let wait = if i == 0 { 10_000 } else { 50 };
-        s.set_read_timeout(Some(Duration::from_millis(wait)))
-            .unwrap();
+        s.set_timeout(Duration::from_millis(wait));
         let mut b = [0u8; 6];
         if s.read_exact(&mut b).is_ok() {
             assert_eq!(&b, format!("conn{i:02}").as_bytes());
@@ -124,7 +174,7 @@ fn accept_errors_back_off_and_nothing_is_lost() {
             continue;
         }
         let s = c.as_mut().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.set_timeout(Duration::from_secs(15));
         let mut b = [0u8; 6];
         s.read_exact(&mut b)
             .unwrap_or_else(|e| panic!("pending connection {i} never served: {e}"));

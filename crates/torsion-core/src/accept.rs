@@ -1,0 +1,90 @@
+//! The accept loop shared by every stream listener (TCP, Unix).
+//!
+//! Listening sockets are registered edge-triggered, so a listener must accept
+//! until `WouldBlock` or it will not hear of the connections still queued.
+//! When accepting fails for lack of resources (EMFILE, ENFILE, ENOBUFS,
+//! ENOMEM) the pending connections stay in the kernel's backlog and no new
+//! edge will come for them: the loop retries after a short pause that grows
+//! up to one second, instead of spinning or giving up.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::reactor::{Reactor, Source};
+use crate::time::DelayedCall;
+
+/// Accepts per readiness event before yielding to other sources.
+const ACCEPTS_PER_TURN: usize = 128;
+
+/// Retry state of one listener.
+#[derive(Default)]
+pub(crate) struct AcceptState {
+    backoff: Cell<Duration>,
+    retry: RefCell<Option<DelayedCall>>,
+}
+
+impl AcceptState {
+    /// True while a retry after an accept failure is scheduled: readiness
+    /// events are then ignored, the retry will drain the backlog.
+    pub(crate) fn waiting(&self) -> bool {
+        self.retry.borrow().as_ref().is_some_and(|c| c.active())
+    }
+
+    /// Cancels a scheduled retry (the listener is closing).
+    pub(crate) fn cancel(&self) {
+        if let Some(c) = self.retry.borrow_mut().take() {
+            let _ = c.cancel();
+        }
+    }
+}
+
+/// A listener the shared loop can drive.
+pub(crate) trait Acceptor: Source + 'static {
+    /// Accepts one connection and starts it. `Ok(false)`: the listener is closed.
+    fn accept_one(self: &Rc<Self>, reactor: &Reactor) -> io::Result<bool>;
+    /// Its retry state.
+    fn accept_state(&self) -> &AcceptState;
+    /// Where it listens, for logs.
+    fn describe(&self) -> &dyn fmt::Display;
+}
+
+/// Accepts until the backlog is empty, the turn is used up, or resources run out.
+pub(crate) fn accept_some<A: Acceptor>(me: &Rc<A>, reactor: &Reactor) {
+    for _ in 0..ACCEPTS_PER_TURN {
+        match me.accept_one(reactor) {
+            Ok(true) => me.accept_state().backoff.set(Duration::ZERO),
+            Ok(false) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The peer gave up before we accepted: nothing to serve, go on.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNABORTED) | Some(libc::EPROTO)
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                let state = me.accept_state();
+                let next = (state.backoff.get() * 2)
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                state.backoff.set(next);
+                tracing::warn!(listener = %me.describe(), error = %e, retry_in = ?next, "accept failed; retrying");
+                let weak_me = Rc::downgrade(me);
+                let weak_r = reactor.downgrade();
+                let call = reactor.call_later(next, move || {
+                    if let (Some(me), Some(r)) = (weak_me.upgrade(), weak_r.upgrade()) {
+                        accept_some(&me, &Reactor::from_inner(r));
+                    }
+                });
+                *state.retry.borrow_mut() = Some(call);
+                return;
+            }
+        }
+    }
+    reactor.want_read_turn(me.clone());
+}
