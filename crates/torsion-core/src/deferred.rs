@@ -312,13 +312,72 @@ impl Core {
         if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
             return;
         }
-        let taken = {
+        let result = {
             let Ok(mut st) = core.st.try_borrow_mut() else {
                 return;
             };
             if !st.chain.is_empty() || st.chained_to.is_some() || st.running {
                 return;
             }
+            if st.canceller.is_some()
+                || st.waiting_on.is_some()
+                || st.waker.is_some()
+                || st.delivered.is_some()
+            {
+                drop(st);
+                return Core::release_slow(core);
+            }
+            if let Some(Err(f)) = &st.result {
+                tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
+            }
+            // A long chain's queue is not worth keeping around.
+            if st.chain.steps.capacity() > 256 {
+                st.chain.steps = Vec::new();
+            }
+            st.called = false;
+            st.paused = 0;
+            st.suppress_already_called = false;
+            st.awaited = false;
+            st.result.take()
+        };
+        // The common case: the result has no destructor, so no user code
+        // runs and nothing can have taken a new reference meanwhile.
+        let plain = match &result {
+            None => true,
+            Some(Ok(v)) => v.vt.drop.is_none(),
+            Some(Err(_)) => false,
+        };
+        if !plain {
+            // User values drop here, with nothing borrowed; they may make
+            // and drop Deferreds of their own.
+            drop(result);
+            if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
+                return;
+            }
+        } else {
+            std::mem::forget(result);
+        }
+        Core::pool_put(core);
+    }
+
+    #[inline]
+    fn pool_put(core: Rc<Core>) {
+        let _ = CORE_POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.len() < CORE_POOL_MAX {
+                    p.push(core);
+                }
+            }
+        });
+    }
+
+    /// `release` for a core with a canceller, a waker or a delivered result.
+    #[cold]
+    fn release_slow(core: Rc<Core>) {
+        let taken = {
+            let Ok(mut st) = core.st.try_borrow_mut() else {
+                return;
+            };
             if let Some(Err(f)) = &st.result {
                 tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
             }
@@ -329,7 +388,6 @@ impl Core {
                 st.waker.take(),
                 st.delivered.take(),
             );
-            // A long chain's queue is not worth keeping around.
             if st.chain.steps.capacity() > 256 {
                 st.chain.steps = Vec::new();
             }
@@ -345,13 +403,7 @@ impl Core {
         if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
             return;
         }
-        let _ = CORE_POOL.try_with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                if p.len() < CORE_POOL_MAX {
-                    p.push(core);
-                }
-            }
-        });
+        Core::pool_put(core);
     }
 
     fn fresh() -> Rc<Core> {
@@ -401,19 +453,20 @@ impl Core {
         }
         drop(st);
         drop(canceller);
-        run_callbacks(self.clone(), Some(outcome));
+        run_fired(self, outcome);
         Ok(())
     }
 
     #[inline]
     fn push(self: &Rc<Self>, step: Step) {
-        let run = {
-            let mut st = self.st.borrow_mut();
-            st.chain.push(step);
-            st.called && !st.running && st.paused == 0
-        };
-        if run {
-            run_callbacks(self.clone(), None);
+        let mut st = self.st.borrow_mut();
+        st.chain.push(step);
+        if st.called && !st.running && st.paused == 0 {
+            // Fired already: the new step runs at once.
+            st.running = true;
+            let result = st.result.take().unwrap_or_else(consumed);
+            drop(st);
+            run_fired(self, result);
         }
     }
 
@@ -477,12 +530,95 @@ impl Drop for Core {
     }
 }
 
+/// Runs the chain of `core`, just marked running, starting with `result`.
+///
+/// The fast path: the steps of this one Deferred run in a tight loop as
+/// long as they return plain results (or an already fired, idle
+/// Deferred), and the result lands in the state when the chain is done.
+/// Anything else — pausing, a Deferred to wait for, a task to deliver to,
+/// a Deferred waiting on this one, a panic — hands over to the general
+/// loop, [`run_callbacks`].
+#[inline]
+fn run_fired(core: &Rc<Core>, result: Outcome) {
+    match catch(|| run_local(core, result)) {
+        Ok(None) => {}
+        Ok(Some(next)) => run_callbacks(core.clone(), Some(next)),
+        Err(panic) => {
+            tracing::error!(failure = %panic, "a Deferred callback panicked");
+            {
+                let mut st = core.st.borrow_mut();
+                st.result = Some(Err(panic));
+                st.running = false;
+            }
+            run_callbacks(core.clone(), None);
+        }
+    }
+}
+
+/// The loop of [`run_fired`]: `None` when the chain is done (the result
+/// stored, `running` cleared), else what the general loop continues with
+/// (`core` still marked running).
+#[inline]
+fn run_local(core: &Rc<Core>, mut result: Outcome) -> Option<Next> {
+    loop {
+        let step = {
+            let mut st = core.st.borrow_mut();
+            if st.paused > 0 || st.chained_to.is_some() {
+                return Some(Next::Done(result));
+            }
+            match st.chain.pop_front() {
+                Some(step) => step,
+                None => {
+                    st.result = Some(result);
+                    st.running = false;
+                    return None;
+                }
+            }
+        };
+        result = match step(result) {
+            Next::Done(outcome) => outcome,
+            Next::Wait(inner) => match take_ready(core, &inner) {
+                Some(outcome) => outcome,
+                None => return Some(Next::Wait(inner)),
+            },
+            other => return Some(other),
+        };
+    }
+}
+
+/// The result of `inner`, a Deferred a step of `cur` returned, when it has
+/// fired and is idle (no step to run, not paused, not chained elsewhere):
+/// it is taken now, leaving a neutral value so that dropping `inner` does
+/// not log a failure that is ours now.
+#[inline]
+fn take_ready(cur: &Rc<Core>, inner: &Rc<Core>) -> Option<Outcome> {
+    if Rc::ptr_eq(inner, cur) {
+        return None;
+    }
+    let mut ist = inner.st.borrow_mut();
+    if ist.chained_to.is_none()
+        && ist.called
+        && ist.paused == 0
+        && !ist.running
+        && ist.chain.is_empty()
+    {
+        Some(
+            ist.result
+                .replace(Ok(Value::unit()))
+                .unwrap_or_else(consumed),
+        )
+    } else {
+        None
+    }
+}
+
 /// Runs the chain of `start`, then of the Deferreds waiting on it, in a loop.
 ///
 /// One unwind guard covers the whole run: a panicking callback leaves its
 /// Deferred as the current one, whose result becomes the panic's failure,
 /// and the run resumes with the next errback.
-fn run_callbacks(start: Rc<Core>, first: Option<Outcome>) {
+#[cold]
+fn run_callbacks(start: Rc<Core>, first: Option<Next>) {
     let mut cur = start;
     let mut first = first;
     loop {
@@ -498,35 +634,24 @@ fn run_callbacks(start: Rc<Core>, first: Option<Outcome>) {
     }
 }
 
-/// With `first`, `cur` was just fired with it and already marked running.
-fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
+/// With `first`, `cur` is already marked running and continues with it
+/// (what a step of `cur` returned, or the result it was fired with).
+fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
     'outer: loop {
-        // While a chain runs, its result lives here rather than in the
-        // state: one borrow per step instead of two.
-        let mut result = if let Some(outcome) = first.take() {
-            outcome
+        let mut next = if let Some(next) = first.take() {
+            next
         } else {
             let mut st = cur.st.borrow_mut();
             if st.running || st.paused > 0 || !st.called {
                 return;
             }
             st.running = true;
-            st.result.take().unwrap_or_else(consumed)
+            Next::Done(st.result.take().unwrap_or_else(consumed))
         };
-        loop {
-            let step = {
-                let mut st = cur.st.borrow_mut();
-                if st.paused > 0 {
-                    st.result = Some(result);
-                    st.running = false;
-                    return;
-                }
-                match st.chain.pop_front() {
-                    Some(step) => step,
-                    None => break,
-                }
-            };
-            result = match step(result) {
+        let result = loop {
+            // While a chain runs, its result lives here rather than in the
+            // state: one borrow per step instead of two.
+            let result = match next {
                 Next::Done(outcome) => outcome,
                 Next::Deliver(outcome) => {
                     let waker = {
@@ -544,21 +669,12 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
                 Next::Wait(inner) => {
                     if Rc::ptr_eq(&inner, cur) {
                         Err(Failure::new(ChainingError))
+                    } else if let Some(outcome) = take_ready(cur, &inner) {
+                        outcome
                     } else {
                         let mut ist = inner.st.borrow_mut();
                         if ist.chained_to.is_some() {
                             Err(Failure::new(ChainingError))
-                        } else if ist.called
-                            && ist.paused == 0
-                            && !ist.running
-                            && ist.chain.is_empty()
-                        {
-                            // Already fired and idle: take its result now,
-                            // leaving a neutral value so its drop does not log
-                            // a failure that is ours now.
-                            ist.result
-                                .replace(Ok(Value::unit()))
-                                .unwrap_or_else(consumed)
                         } else {
                             ist.chained_to = Some(cur.clone());
                             let inner_can_run = ist.called && ist.paused == 0 && !ist.running;
@@ -578,7 +694,20 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
                     }
                 }
             };
-        }
+            let step = {
+                let mut st = cur.st.borrow_mut();
+                if st.paused > 0 {
+                    st.result = Some(result);
+                    st.running = false;
+                    return;
+                }
+                match st.chain.pop_front() {
+                    Some(step) => step,
+                    None => break result,
+                }
+            };
+            next = step(result);
+        };
         // The chain of `cur` is exhausted: hand the result to whoever waits for it.
         let parent = {
             let mut st = cur.st.borrow_mut();
