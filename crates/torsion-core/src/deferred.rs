@@ -462,12 +462,21 @@ impl Core {
         let mut st = self.st.borrow_mut();
         st.chain.push(step);
         if st.called && !st.running && st.paused == 0 {
-            // Fired already: the new step runs at once.
-            st.running = true;
-            let result = st.result.take().unwrap_or_else(consumed);
             drop(st);
-            run_fired(self, result);
+            self.run_now();
         }
+    }
+
+    /// A step was added to a fired, idle Deferred: it runs at once. Out of
+    /// line, so that adding to an unfired Deferred stays a plain push.
+    #[inline(never)]
+    fn run_now(self: &Rc<Self>) {
+        let result = {
+            let mut st = self.st.borrow_mut();
+            st.running = true;
+            st.result.take().unwrap_or_else(consumed)
+        };
+        run_callbacks(self.clone(), Some(Next::Done(result)));
     }
 
     pub(crate) fn cancel(self: &Rc<Self>) {
