@@ -153,7 +153,94 @@ pub(crate) enum Next {
     Deliver(Outcome),
 }
 
-type Step = Box<dyn FnOnce(Outcome) -> Next>;
+type StepWords = [usize; 2];
+
+const fn fits_step<F>() -> bool {
+    std::mem::size_of::<F>() <= std::mem::size_of::<StepWords>()
+        && std::mem::align_of::<F>() <= std::mem::align_of::<StepWords>()
+}
+
+/// One step of the chain: a type-erased `FnOnce(Outcome) -> Next`. Like
+/// [`Value`], a closure of up to two words (one capturing a `Deferred`
+/// or two `Rc`s) is stored inline, so adding it allocates nothing;
+/// bigger closures are boxed.
+pub(crate) struct Step {
+    vt: &'static StepVt,
+    data: MaybeUninit<StepWords>,
+    // The closure may be `!Send`; so is its container.
+    _not_send: PhantomData<*const ()>,
+}
+
+struct StepVt {
+    /// Moves the closure out of the storage and calls it.
+    call: unsafe fn(*mut u8, Outcome) -> Next,
+    drop: Option<unsafe fn(*mut u8)>,
+}
+
+const fn step_vt<F: FnOnce(Outcome) -> Next + 'static>() -> &'static StepVt {
+    const {
+        &StepVt {
+            call: call_step::<F>,
+            drop: if !fits_step::<F>() {
+                Some(drop_boxed::<F> as unsafe fn(*mut u8))
+            } else if std::mem::needs_drop::<F>() {
+                Some(drop_inline::<F> as unsafe fn(*mut u8))
+            } else {
+                None
+            },
+        }
+    }
+}
+
+unsafe fn call_step<F: FnOnce(Outcome) -> Next>(p: *mut u8, o: Outcome) -> Next {
+    // SAFETY: the caller passes the storage `Step::new::<F>` wrote, once.
+    let f: F = unsafe {
+        if fits_step::<F>() {
+            ptr::read(p as *const F)
+        } else {
+            *Box::from_raw(ptr::read(p as *const *mut F))
+        }
+    };
+    f(o)
+}
+
+impl Step {
+    #[inline]
+    pub(crate) fn new<F: FnOnce(Outcome) -> Next + 'static>(f: F) -> Step {
+        let mut data = MaybeUninit::<StepWords>::uninit();
+        let p = data.as_mut_ptr() as *mut u8;
+        if fits_step::<F>() {
+            // SAFETY: `fits_step` checked size and alignment.
+            unsafe { ptr::write(p as *mut F, f) };
+        } else {
+            let b = Box::into_raw(Box::new(f));
+            // SAFETY: a pointer fits in the (word-aligned) storage.
+            unsafe { ptr::write(p as *mut *mut F, b) };
+        }
+        Step {
+            vt: step_vt::<F>(),
+            data,
+            _not_send: PhantomData,
+        }
+    }
+
+    #[inline]
+    fn call(self, o: Outcome) -> Next {
+        let mut me = ManuallyDrop::new(self);
+        // SAFETY: `me` is never dropped, so the closure is moved out (by
+        // `call`) exactly once; a panic inside drops it as it unwinds.
+        unsafe { (me.vt.call)(me.data.as_mut_ptr() as *mut u8, o) }
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if let Some(f) = self.vt.drop {
+            // SAFETY: the drop function was chosen for this storage's layout.
+            unsafe { f(self.data.as_mut_ptr() as *mut u8) }
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Errors.
@@ -584,7 +671,7 @@ fn run_local(core: &Rc<Core>, mut result: Outcome) -> Option<Next> {
                 }
             }
         };
-        result = match step(result) {
+        result = match step.call(result) {
             Next::Done(outcome) => outcome,
             Next::Wait(inner) => match take_ready(core, &inner) {
                 Some(outcome) => outcome,
@@ -715,7 +802,7 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
                     None => break result,
                 }
             };
-            next = step(result);
+            next = step.call(result);
         };
         // The chain of `cur` is exhausted: hand the result to whoever waits for it.
         let parent = {
@@ -773,11 +860,19 @@ fn recycle_chain(chain: Vec<Step>) {
 
 #[inline]
 fn downcast<T: 'static>(v: Value) -> Result<T, Failure> {
-    v.take::<T>().map_err(|_| {
-        Failure::new(ChainTypeError {
-            expected: std::any::type_name::<T>(),
-        })
-    })
+    match v.take::<T>() {
+        Ok(v) => Ok(v),
+        Err(other) => Err(type_error(other, std::any::type_name::<T>())),
+    }
+}
+
+/// Out of line, so that a step's code (run once per callback) does not
+/// carry the error path's allocation.
+#[cold]
+#[inline(never)]
+fn type_error(other: Value, expected: &'static str) -> Failure {
+    drop(other);
+    Failure::new(ChainTypeError { expected })
 }
 
 // ---------------------------------------------------------------------------
@@ -1018,7 +1113,7 @@ impl<T: 'static> Deferred<T> {
     /// Adds a callback that maps the value; failures pass by untouched.
     #[inline]
     pub fn add_callback<U: 'static>(self, f: impl FnOnce(T) -> U + 'static) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             Next::Done(match o {
                 Ok(v) => downcast::<T>(v).map(|v| Value::new(f(v))),
                 Err(e) => Err(e),
@@ -1032,7 +1127,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(T) -> Result<U, Failure> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             Next::Done(match o {
                 Ok(v) => downcast::<T>(v).and_then(f).map(Value::new),
                 Err(e) => Err(e),
@@ -1047,7 +1142,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(T) -> Deferred<U> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| match o {
+        self.push_raw(Step::new(move |o| match o {
             Ok(v) => match downcast::<T>(v) {
                 Ok(v) => Next::Wait(f(v).into_core()),
                 Err(e) => Next::Done(Err(e)),
@@ -1068,7 +1163,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(Failure) -> Result<T, Failure> + 'static,
     ) -> Deferred<T> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             Next::Done(match o {
                 Ok(v) => Ok(v),
                 Err(e) => f(e).map(Value::new),
@@ -1082,7 +1177,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(Failure) -> Deferred<T> + 'static,
     ) -> Deferred<T> {
-        self.push_raw(Box::new(move |o| match o {
+        self.push_raw(Step::new(move |o| match o {
             Ok(v) => Next::Done(Ok(v)),
             Err(e) => Next::Wait(f(e).into_core()),
         }));
@@ -1097,7 +1192,7 @@ impl<T: 'static> Deferred<T> {
         callback: impl FnOnce(T) -> Result<U, Failure> + 'static,
         errback: impl FnOnce(Failure) -> Result<U, Failure> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             Next::Done(match o {
                 Ok(v) => downcast::<T>(v).and_then(callback).map(Value::new),
                 Err(e) => errback(e).map(Value::new),
@@ -1111,7 +1206,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(Result<T, Failure>) -> Result<U, Failure> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             let typed = o.and_then(downcast::<T>);
             Next::Done(f(typed).map(Value::new))
         }));
@@ -1123,7 +1218,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(Result<T, Failure>) -> Deferred<U> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             let typed = o.and_then(downcast::<T>);
             Next::Wait(f(typed).into_core())
         }));
@@ -1272,7 +1367,7 @@ impl<T: 'static> Future for Deferred<T> {
             }
             this.awaiting = true;
             // May run at once (and deliver) when the Deferred has fired.
-            this.core.push(Box::new(Next::Deliver));
+            this.core.push(Step::new(Next::Deliver));
         }
         let mut st = this.core.st.borrow_mut();
         if let Some(outcome) = st.delivered.take() {
@@ -1378,19 +1473,62 @@ mod tests {
     }
 
     #[test]
+    fn steps_inline_and_boxed_run_or_drop_exactly_once() {
+        let rc = Rc::new(());
+        // Inline (one word captured) and boxed (five words captured).
+        let small = {
+            let r = rc.clone();
+            Step::new(move |o| {
+                drop(r);
+                Next::Done(o)
+            })
+        };
+        let big = {
+            let rs = [rc.clone(), rc.clone(), rc.clone(), rc.clone(), rc.clone()];
+            Step::new(move |o| {
+                drop(rs);
+                Next::Done(o.map(|v| Value::new(v.take::<u32>().map_or(0, |n| n + 1))))
+            })
+        };
+        assert_eq!(Rc::strong_count(&rc), 7);
+        let Next::Done(Ok(v)) = big.call(Ok(Value::new(41u32))) else {
+            panic!("the boxed step did not run")
+        };
+        assert_eq!(v.take::<u32>().ok(), Some(42));
+        assert_eq!(Rc::strong_count(&rc), 2);
+        drop(small);
+        assert_eq!(Rc::strong_count(&rc), 1);
+        // Dropped without running, boxed: the captures go too.
+        let r = [rc.clone(), rc.clone(), rc.clone()];
+        drop(Step::new(move |o| {
+            drop(r);
+            Next::Done(o)
+        }));
+        assert_eq!(Rc::strong_count(&rc), 1);
+        // A step that panics releases its captures as it unwinds.
+        let r = rc.clone();
+        let step = Step::new(move |_| -> Next {
+            let _keep = &r;
+            panic!("step panicked")
+        });
+        assert!(catch(move || step.call(Ok(Value::unit()))).is_err());
+        assert_eq!(Rc::strong_count(&rc), 1);
+    }
+
+    #[test]
     fn chain_drops_only_the_steps_not_yet_run() {
         let rc = Rc::new(());
         let mut chain = new_chain();
         for _ in 0..5 {
             let r = rc.clone();
-            chain.push(Box::new(move |o| {
+            chain.push(Step::new(move |o| {
                 drop(r);
                 Next::Done(o)
             }));
         }
         for _ in 0..2 {
             let step = chain.pop_front().expect("a step");
-            let _ = step(Ok(Value::unit()));
+            let _ = step.call(Ok(Value::unit()));
         }
         assert_eq!(chain.len(), 3);
         assert_eq!(Rc::strong_count(&rc), 4);
@@ -1398,7 +1536,7 @@ mod tests {
         assert_eq!(Rc::strong_count(&rc), 1);
         // Draining to the end resets the storage for reuse.
         let mut chain = new_chain();
-        chain.push(Box::new(Next::Done));
+        chain.push(Step::new(Next::Done));
         assert!(chain.pop_front().is_some());
         assert!(chain.is_empty() && chain.pop_front().is_none());
         assert!(chain.into_empty_vec().is_empty());
