@@ -224,12 +224,33 @@ impl Step {
         }
     }
 
-    #[inline]
+    #[cfg(test)]
     fn call(self, o: Outcome) -> Next {
         let mut me = ManuallyDrop::new(self);
         // SAFETY: `me` is never dropped, so the closure is moved out (by
         // `call`) exactly once; a panic inside drops it as it unwinds.
         unsafe { (me.vt.call)(me.data.as_mut_ptr() as *mut u8, o) }
+    }
+}
+
+/// A step taken off the chain but left in its slot (see
+/// `Chain::pop_front_in_place`). It must be called before anything can
+/// touch the chain again (a push may reuse or reallocate the slot):
+/// calling it moves the closure out first, before user code runs.
+struct StepInPlace {
+    vt: &'static StepVt,
+    data: *mut u8,
+}
+
+impl StepInPlace {
+    /// # Safety
+    /// Nothing may have pushed to (or dropped) the chain since the step
+    /// was taken off it.
+    #[inline]
+    unsafe fn call(self, o: Outcome) -> Next {
+        // SAFETY: per the caller, the slot still holds the step, which was
+        // taken off the chain, so this is its only use.
+        unsafe { (self.vt.call)(self.data, o) }
     }
 }
 
@@ -299,7 +320,7 @@ impl Chain {
         self.steps.push(step);
     }
 
-    #[inline]
+    #[cfg(test)]
     fn pop_front(&mut self) -> Option<Step> {
         if self.head >= self.steps.len() {
             return None;
@@ -313,6 +334,29 @@ impl Chain {
             self.head = 0;
         }
         Some(step)
+    }
+
+    /// Like `pop_front`, without moving the step out of its slot: the run
+    /// loop calls it in place, which saves copying it per callback.
+    #[inline]
+    fn pop_front_in_place(&mut self) -> Option<StepInPlace> {
+        if self.head >= self.steps.len() {
+            return None;
+        }
+        // SAFETY: `head < len`.
+        let slot = unsafe { self.steps.as_mut_ptr().add(self.head) };
+        self.head += 1;
+        if self.head == self.steps.len() {
+            // SAFETY: every slot has been (or, for this one, is about to
+            // be) moved out; forget them. The storage stays allocated.
+            unsafe { self.steps.set_len(0) };
+            self.head = 0;
+        }
+        // SAFETY: the slot holds a live step, read only through this value.
+        Some(StepInPlace {
+            vt: unsafe { (*slot).vt },
+            data: unsafe { (*slot).data.as_mut_ptr() as *mut u8 },
+        })
     }
 
     fn len(&self) -> usize {
@@ -662,7 +706,7 @@ fn run_local(core: &Rc<Core>, mut result: Outcome) -> Option<Next> {
             if st.paused > 0 || st.chained_to.is_some() {
                 return Some(Next::Done(result));
             }
-            match st.chain.pop_front() {
+            match st.chain.pop_front_in_place() {
                 Some(step) => step,
                 None => {
                     st.result = Some(result);
@@ -671,7 +715,8 @@ fn run_local(core: &Rc<Core>, mut result: Outcome) -> Option<Next> {
                 }
             }
         };
-        result = match step.call(result) {
+        // SAFETY: nothing ran since the step was taken off the chain.
+        result = match unsafe { step.call(result) } {
             Next::Done(outcome) => outcome,
             Next::Wait(inner) => match take_ready(core, &inner) {
                 Some(outcome) => outcome,
@@ -797,12 +842,13 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
                     st.running = false;
                     return;
                 }
-                match st.chain.pop_front() {
+                match st.chain.pop_front_in_place() {
                     Some(step) => step,
                     None => break result,
                 }
             };
-            next = step.call(result);
+            // SAFETY: nothing ran since the step was taken off the chain.
+            next = unsafe { step.call(result) };
         };
         // The chain of `cur` is exhausted: hand the result to whoever waits for it.
         let parent = {
