@@ -172,8 +172,9 @@ pub(crate) struct Step {
 }
 
 struct StepVt {
-    /// Moves the closure out of the storage and calls it.
-    call: unsafe fn(*mut u8, Outcome) -> Next,
+    /// Moves the closure out of the storage and calls it with the outcome
+    /// in the slot, where the step's own outcome is written back.
+    call: unsafe fn(*mut u8, *mut Outcome) -> Flow,
     drop: Option<unsafe fn(*mut u8)>,
 }
 
@@ -192,7 +193,18 @@ const fn step_vt<F: FnOnce(Outcome) -> Next + 'static>() -> &'static StepVt {
     }
 }
 
-unsafe fn call_step<F: FnOnce(Outcome) -> Next>(p: *mut u8, o: Outcome) -> Next {
+/// What a step did; its outcome (for `Done` and `Deliver`) is in the slot.
+///
+/// The outcome stays in one slot of the run loop from step to step: moving
+/// a 32-byte `Next` through return values cost store-forwarding stalls
+/// (wide loads of data just written by narrower stores) on every callback.
+pub(crate) enum Flow {
+    Done,
+    Wait(Rc<Core>),
+    Deliver,
+}
+
+unsafe fn call_step<F: FnOnce(Outcome) -> Next>(p: *mut u8, io: *mut Outcome) -> Flow {
     // SAFETY: the caller passes the storage `Step::new::<F>` wrote, once.
     let f: F = unsafe {
         if fits_step::<F>() {
@@ -201,7 +213,40 @@ unsafe fn call_step<F: FnOnce(Outcome) -> Next>(p: *mut u8, o: Outcome) -> Next 
             *Box::from_raw(ptr::read(p as *const *mut F))
         }
     };
-    f(o)
+    // SAFETY: the caller's slot holds an outcome, moved in here; it gets
+    // one back unless the step returned a Deferred to wait for.
+    match f(unsafe { ptr::read(io) }) {
+        Next::Done(o) => {
+            unsafe { ptr::write(io, o) };
+            Flow::Done
+        }
+        Next::Deliver(o) => {
+            unsafe { ptr::write(io, o) };
+            Flow::Deliver
+        }
+        Next::Wait(core) => Flow::Wait(core),
+    }
+}
+
+/// Runs `call` (a step's vtable entry) the slow way: outcome in, `Next` out.
+///
+/// # Safety
+/// As for `StepVt::call`.
+#[inline]
+unsafe fn call_next(
+    call: unsafe fn(*mut u8, *mut Outcome) -> Flow,
+    data: *mut u8,
+    o: Outcome,
+) -> Next {
+    let mut slot = MaybeUninit::new(o);
+    // SAFETY: the slot is initialised; `Flow` says whether it still is.
+    unsafe {
+        match call(data, slot.as_mut_ptr()) {
+            Flow::Done => Next::Done(slot.assume_init()),
+            Flow::Deliver => Next::Deliver(slot.assume_init()),
+            Flow::Wait(core) => Next::Wait(core),
+        }
+    }
 }
 
 impl Step {
@@ -229,7 +274,7 @@ impl Step {
         let mut me = ManuallyDrop::new(self);
         // SAFETY: `me` is never dropped, so the closure is moved out (by
         // `call`) exactly once; a panic inside drops it as it unwinds.
-        unsafe { (me.vt.call)(me.data.as_mut_ptr() as *mut u8, o) }
+        unsafe { call_next(me.vt.call, me.data.as_mut_ptr() as *mut u8, o) }
     }
 }
 
@@ -250,7 +295,18 @@ impl StepInPlace {
     unsafe fn call(self, o: Outcome) -> Next {
         // SAFETY: per the caller, the slot still holds the step, which was
         // taken off the chain, so this is its only use.
-        unsafe { (self.vt.call)(self.data, o) }
+        unsafe { call_next(self.vt.call, self.data, o) }
+    }
+
+    /// Like `call`, with the outcome in `io` and written back there.
+    ///
+    /// # Safety
+    /// As for `call`; `io` holds an outcome, and holds one afterwards
+    /// unless `Flow::Wait` is returned (or the step panics).
+    #[inline]
+    unsafe fn call_in_place(self, io: *mut Outcome) -> Flow {
+        // SAFETY: see `call`.
+        unsafe { (self.vt.call)(self.data, io) }
     }
 }
 
@@ -739,31 +795,40 @@ fn run_fired(core: &Rc<Core>, result: Outcome) {
 /// stored, `running` cleared), else what the general loop continues with
 /// (`core` still marked running).
 #[inline]
-fn run_local(core: &Rc<Core>, mut result: Outcome) -> Option<Next> {
+fn run_local(core: &Rc<Core>, result: Outcome) -> Option<Next> {
+    // Initialised except right after a step returned a Deferred to wait
+    // for; a step that panics has consumed it (nothing to drop here).
+    let mut slot = MaybeUninit::new(result);
     loop {
         let step = {
             let mut st = core.st.borrow_mut();
             if st.paused > 0 || st.chained_to.is_some() {
-                return Some(Next::Done(result));
+                // SAFETY: initialised (see the loop's end).
+                return Some(Next::Done(unsafe { slot.assume_init_read() }));
             }
             match st.chain.pop_front_in_place() {
                 Some(step) => step,
                 None => {
-                    st.result = Some(result);
+                    // SAFETY: initialised (see the loop's end).
+                    st.result = Some(unsafe { slot.assume_init_read() });
                     st.running = false;
                     return None;
                 }
             }
         };
-        // SAFETY: nothing ran since the step was taken off the chain.
-        result = match unsafe { step.call(result) } {
-            Next::Done(outcome) => outcome,
-            Next::Wait(inner) => match take_ready(core, &inner) {
-                Some(outcome) => outcome,
+        // SAFETY: nothing ran since the step was taken off the chain, and
+        // the slot is initialised.
+        match unsafe { step.call_in_place(slot.as_mut_ptr()) } {
+            Flow::Done => {}
+            Flow::Wait(inner) => match take_ready(core, &inner) {
+                Some(outcome) => {
+                    slot.write(outcome);
+                }
                 None => return Some(Next::Wait(inner)),
             },
-            other => return Some(other),
-        };
+            // SAFETY: the step wrote its outcome back.
+            Flow::Deliver => return Some(Next::Deliver(unsafe { slot.assume_init_read() })),
+        }
     }
 }
 
