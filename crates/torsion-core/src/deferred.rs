@@ -232,7 +232,7 @@ unsafe fn call_step<F: FnOnce(Outcome) -> Next>(p: *mut u8, io: *mut Outcome) ->
 ///
 /// # Safety
 /// As for `StepVt::call`.
-#[inline]
+#[cfg(test)]
 unsafe fn call_next(
     call: unsafe fn(*mut u8, *mut Outcome) -> Flow,
     data: *mut u8,
@@ -288,24 +288,16 @@ struct StepInPlace {
 }
 
 impl StepInPlace {
-    /// # Safety
-    /// Nothing may have pushed to (or dropped) the chain since the step
-    /// was taken off it.
-    #[inline]
-    unsafe fn call(self, o: Outcome) -> Next {
-        // SAFETY: per the caller, the slot still holds the step, which was
-        // taken off the chain, so this is its only use.
-        unsafe { call_next(self.vt.call, self.data, o) }
-    }
-
-    /// Like `call`, with the outcome in `io` and written back there.
+    /// Calls the step with the outcome in `io`, written back there.
     ///
     /// # Safety
-    /// As for `call`; `io` holds an outcome, and holds one afterwards
+    /// Nothing may have pushed to (or dropped) the chain since the step
+    /// was taken off it; `io` holds an outcome, and holds one afterwards
     /// unless `Flow::Wait` is returned (or the step panics).
     #[inline]
     unsafe fn call_in_place(self, io: *mut Outcome) -> Flow {
-        // SAFETY: see `call`.
+        // SAFETY: per the caller, the slot still holds the step, which was
+        // taken off the chain, so this is its only use.
         unsafe { (self.vt.call)(self.data, io) }
     }
 }
@@ -883,23 +875,40 @@ fn run_callbacks(start: Rc<Core>, first: Option<Next>) {
 /// With `first`, `cur` is already marked running and continues with it
 /// (what a step of `cur` returned, or the result it was fired with).
 fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
+    // While a chain runs, its result lives in this slot (initialised
+    // whenever `flow` is not `Wait`) rather than in the state: one borrow
+    // per step, and each step reads and writes it in place.
+    let mut slot = MaybeUninit::<Outcome>::uninit();
     'outer: loop {
-        let mut next = if let Some(next) = first.take() {
-            next
-        } else {
-            let mut st = cur.st.borrow_mut();
-            if st.running || st.paused > 0 || !st.called {
-                return;
+        let mut flow = match first.take() {
+            Some(Next::Done(outcome)) => {
+                slot.write(outcome);
+                Flow::Done
             }
-            st.running = true;
-            Next::Done(st.result.take().unwrap_or_else(consumed))
+            Some(Next::Deliver(outcome)) => {
+                slot.write(outcome);
+                Flow::Deliver
+            }
+            Some(Next::Wait(inner)) => Flow::Wait(inner),
+            None => {
+                let mut st = cur.st.borrow_mut();
+                if st.running || st.paused > 0 || !st.called {
+                    return;
+                }
+                st.running = true;
+                slot.write(st.result.take().unwrap_or_else(consumed));
+                Flow::Done
+            }
         };
-        let result = loop {
-            // While a chain runs, its result lives here rather than in the
-            // state: one borrow per step instead of two.
-            let result = match next {
-                Next::Done(outcome) => outcome,
-                Next::Deliver(outcome) => {
+        loop {
+            match flow {
+                Flow::Done => {}
+                Flow::Deliver => {
+                    // SAFETY: initialised (not `Wait`).
+                    let outcome = unsafe { slot.assume_init_read() };
+                    // The awaiting task owns the result now; what stays is
+                    // neutral so nothing is logged as unhandled.
+                    slot.write(Ok(Value::unit()));
                     let waker = {
                         let mut st = cur.st.borrow_mut();
                         st.delivered = Some(outcome);
@@ -908,19 +917,17 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
                     if let Some(w) = waker {
                         w.wake();
                     }
-                    // The awaiting task owns the result now; what stays is
-                    // neutral so nothing is logged as unhandled.
-                    Ok(Value::unit())
                 }
-                Next::Wait(inner) => {
+                Flow::Wait(inner) => {
                     if Rc::ptr_eq(&inner, cur) {
-                        Err(Failure::new(ChainingError))
+                        slot.write(Err(Failure::new(ChainingError)));
                     } else if let Some(outcome) = take_ready(cur, &inner) {
-                        outcome
+                        slot.write(outcome);
                     } else {
                         let mut ist = inner.st.borrow_mut();
                         if ist.chained_to.is_some() {
-                            Err(Failure::new(ChainingError))
+                            drop(ist);
+                            slot.write(Err(Failure::new(ChainingError)));
                         } else {
                             ist.chained_to = Some(cur.clone());
                             let inner_can_run = ist.called && ist.paused == 0 && !ist.running;
@@ -939,22 +946,26 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
                         }
                     }
                 }
-            };
+            }
             let step = {
                 let mut st = cur.st.borrow_mut();
                 if st.paused > 0 {
-                    st.result = Some(result);
+                    // SAFETY: initialised (handled above).
+                    st.result = Some(unsafe { slot.assume_init_read() });
                     st.running = false;
                     return;
                 }
                 match st.chain.pop_front_in_place() {
                     Some(step) => step,
-                    None => break result,
+                    None => break,
                 }
             };
-            // SAFETY: nothing ran since the step was taken off the chain.
-            next = unsafe { step.call(result) };
-        };
+            // SAFETY: nothing ran since the step was taken off the chain,
+            // and the slot is initialised.
+            flow = unsafe { step.call_in_place(slot.as_mut_ptr()) };
+        }
+        // SAFETY: initialised (the loop ends after a handled `flow`).
+        let result = unsafe { slot.assume_init_read() };
         // The chain of `cur` is exhausted: hand the result to whoever waits for it.
         let parent = {
             let mut st = cur.st.borrow_mut();
