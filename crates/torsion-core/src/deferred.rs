@@ -623,15 +623,35 @@ impl Core {
         })
     }
 
+    /// Inlined into `callback` and friends, so that the outcome is built
+    /// right in the slot the run loop uses: copying it out of an argument
+    /// just written by the caller stalled on store forwarding.
+    #[inline(always)]
     fn fire(self: &Rc<Self>, outcome: Outcome) -> Result<(), AlreadyCalledError> {
+        let mut slot = MaybeUninit::new(outcome);
+        self.fire_slot(&mut slot)
+    }
+
+    /// `slot` holds the outcome; it is moved out (or dropped) here.
+    #[inline(never)]
+    fn fire_slot(
+        self: &Rc<Self>,
+        slot: &mut MaybeUninit<Outcome>,
+    ) -> Result<(), AlreadyCalledError> {
+        // SAFETY (for each `assume_init_*` below): the slot is initialised
+        // and read exactly once, on whichever path is taken.
         let mut st = self.st.borrow_mut();
         {
             if st.called {
-                if st.suppress_already_called {
-                    st.suppress_already_called = false;
-                    return Ok(());
-                }
-                return Err(AlreadyCalledError);
+                let late = st.suppress_already_called;
+                st.suppress_already_called = false;
+                drop(st);
+                drop(unsafe { slot.assume_init_read() });
+                return if late {
+                    Ok(())
+                } else {
+                    Err(AlreadyCalledError)
+                };
             }
         }
         let canceller;
@@ -641,7 +661,7 @@ impl Core {
             // Paused, or nothing to run yet (no callbacks, nobody waiting
             // on us): the result just waits in the state.
             if st.paused > 0 || (st.chain.is_empty() && st.chained_to.is_none()) {
-                st.result = Some(outcome);
+                st.result = Some(unsafe { slot.assume_init_read() });
                 drop(st);
                 drop(canceller);
                 return Ok(());
@@ -651,7 +671,7 @@ impl Core {
         }
         drop(st);
         drop(canceller);
-        run_fired(self, outcome);
+        run_fired(self, slot);
         Ok(())
     }
 
@@ -767,8 +787,8 @@ impl Drop for Core {
 /// a Deferred waiting on this one, a panic — hands over to the general
 /// loop, [`run_callbacks`].
 #[inline]
-fn run_fired(core: &Rc<Core>, result: Outcome) {
-    match catch(|| run_local(core, result)) {
+fn run_fired(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
+    match catch(|| run_local(core, slot)) {
         Ok(None) => {}
         Ok(Some(next)) => run_callbacks(core.clone(), Some(next)),
         Err(panic) => {
@@ -787,10 +807,11 @@ fn run_fired(core: &Rc<Core>, result: Outcome) {
 /// stored, `running` cleared), else what the general loop continues with
 /// (`core` still marked running).
 #[inline]
-fn run_local(core: &Rc<Core>, result: Outcome) -> Option<Next> {
-    // Initialised except right after a step returned a Deferred to wait
-    // for; a step that panics has consumed it (nothing to drop here).
-    let mut slot = MaybeUninit::new(result);
+///
+/// `slot` holds the outcome on entry and is moved out by the return (a
+/// step that panics has consumed it: nothing to drop).
+fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
+    // Initialised except right after a step returned a Deferred to wait for.
     loop {
         let step = {
             let mut st = core.st.borrow_mut();
