@@ -194,17 +194,23 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is understood.
     // TORSION_BENCH_PROFILE=N runs only the Deferred chain of N callbacks
     // 10^7 callbacks' worth (for `perf record` / `perf stat`).
-    if let Some(n) = std::env::var("TORSION_BENCH_PROFILE")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        // A fixed amount of work, so `perf stat` counts compare across runs.
+    // TORSION_BENCH_PROFILE=ret (or ret_paused) runs the Deferred returning
+    // a fired (or unfired) Deferred instead, two callbacks per round.
+    if let Ok(case) = std::env::var("TORSION_BENCH_PROFILE") {
+        // A fixed amount of work, so `perf stat` / callgrind counts compare across runs.
         let total: u64 = std::env::var("TORSION_BENCH_CALLBACKS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(10_000_000);
-        for _ in 0..(total / n.max(1)) {
-            deferred_chain(n);
+        match case.as_str() {
+            "ret" => (0..total / 2).for_each(|_| deferred_returning_deferred()),
+            "ret_paused" => (0..total / 2).for_each(|_| deferred_returning_paused_deferred()),
+            n => {
+                let n = n.parse::<u64>().unwrap_or(1).max(1);
+                for _ in 0..(total / n) {
+                    deferred_chain(n);
+                }
+            }
         }
         return;
     }

@@ -153,7 +153,163 @@ pub(crate) enum Next {
     Deliver(Outcome),
 }
 
-type Step = Box<dyn FnOnce(Outcome) -> Next>;
+type StepWords = [usize; 2];
+
+const fn fits_step<F>() -> bool {
+    std::mem::size_of::<F>() <= std::mem::size_of::<StepWords>()
+        && std::mem::align_of::<F>() <= std::mem::align_of::<StepWords>()
+}
+
+/// One step of the chain: a type-erased `FnOnce(Outcome) -> Next`. Like
+/// [`Value`], a closure of up to two words (one capturing a `Deferred`
+/// or two `Rc`s) is stored inline, so adding it allocates nothing;
+/// bigger closures are boxed.
+pub(crate) struct Step {
+    vt: &'static StepVt,
+    data: MaybeUninit<StepWords>,
+    // The closure may be `!Send`; so is its container.
+    _not_send: PhantomData<*const ()>,
+}
+
+struct StepVt {
+    /// Moves the closure out of the storage and calls it with the outcome
+    /// in the slot, where the step's own outcome is written back.
+    call: unsafe fn(*mut u8, *mut Outcome) -> Flow,
+    drop: Option<unsafe fn(*mut u8)>,
+}
+
+const fn step_vt<F: FnOnce(Outcome) -> Next + 'static>() -> &'static StepVt {
+    const {
+        &StepVt {
+            call: call_step::<F>,
+            drop: if !fits_step::<F>() {
+                Some(drop_boxed::<F> as unsafe fn(*mut u8))
+            } else if std::mem::needs_drop::<F>() {
+                Some(drop_inline::<F> as unsafe fn(*mut u8))
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// What a step did; its outcome (for `Done` and `Deliver`) is in the slot.
+///
+/// The outcome stays in one slot of the run loop from step to step: moving
+/// a 32-byte `Next` through return values cost store-forwarding stalls
+/// (wide loads of data just written by narrower stores) on every callback.
+pub(crate) enum Flow {
+    Done,
+    Wait(Rc<Core>),
+    Deliver,
+}
+
+unsafe fn call_step<F: FnOnce(Outcome) -> Next>(p: *mut u8, io: *mut Outcome) -> Flow {
+    // SAFETY: the caller passes the storage `Step::new::<F>` wrote, once.
+    let f: F = unsafe {
+        if fits_step::<F>() {
+            ptr::read(p as *const F)
+        } else {
+            *Box::from_raw(ptr::read(p as *const *mut F))
+        }
+    };
+    // SAFETY: the caller's slot holds an outcome, moved in here; it gets
+    // one back unless the step returned a Deferred to wait for.
+    match f(unsafe { ptr::read(io) }) {
+        Next::Done(o) => {
+            unsafe { ptr::write(io, o) };
+            Flow::Done
+        }
+        Next::Deliver(o) => {
+            unsafe { ptr::write(io, o) };
+            Flow::Deliver
+        }
+        Next::Wait(core) => Flow::Wait(core),
+    }
+}
+
+/// Runs `call` (a step's vtable entry) the slow way: outcome in, `Next` out.
+///
+/// # Safety
+/// As for `StepVt::call`.
+#[cfg(test)]
+unsafe fn call_next(
+    call: unsafe fn(*mut u8, *mut Outcome) -> Flow,
+    data: *mut u8,
+    o: Outcome,
+) -> Next {
+    let mut slot = MaybeUninit::new(o);
+    // SAFETY: the slot is initialised; `Flow` says whether it still is.
+    unsafe {
+        match call(data, slot.as_mut_ptr()) {
+            Flow::Done => Next::Done(slot.assume_init()),
+            Flow::Deliver => Next::Deliver(slot.assume_init()),
+            Flow::Wait(core) => Next::Wait(core),
+        }
+    }
+}
+
+impl Step {
+    #[inline]
+    pub(crate) fn new<F: FnOnce(Outcome) -> Next + 'static>(f: F) -> Step {
+        let mut data = MaybeUninit::<StepWords>::uninit();
+        let p = data.as_mut_ptr() as *mut u8;
+        if fits_step::<F>() {
+            // SAFETY: `fits_step` checked size and alignment.
+            unsafe { ptr::write(p as *mut F, f) };
+        } else {
+            let b = Box::into_raw(Box::new(f));
+            // SAFETY: a pointer fits in the (word-aligned) storage.
+            unsafe { ptr::write(p as *mut *mut F, b) };
+        }
+        Step {
+            vt: step_vt::<F>(),
+            data,
+            _not_send: PhantomData,
+        }
+    }
+
+    #[cfg(test)]
+    fn call(self, o: Outcome) -> Next {
+        let mut me = ManuallyDrop::new(self);
+        // SAFETY: `me` is never dropped, so the closure is moved out (by
+        // `call`) exactly once; a panic inside drops it as it unwinds.
+        unsafe { call_next(me.vt.call, me.data.as_mut_ptr() as *mut u8, o) }
+    }
+}
+
+/// A step taken off the chain but left in its slot (see
+/// `Chain::pop_front_in_place`). It must be called before anything can
+/// touch the chain again (a push may reuse or reallocate the slot):
+/// calling it moves the closure out first, before user code runs.
+struct StepInPlace {
+    vt: &'static StepVt,
+    data: *mut u8,
+}
+
+impl StepInPlace {
+    /// Calls the step with the outcome in `io`, written back there.
+    ///
+    /// # Safety
+    /// Nothing may have pushed to (or dropped) the chain since the step
+    /// was taken off it; `io` holds an outcome, and holds one afterwards
+    /// unless `Flow::Wait` is returned (or the step panics).
+    #[inline]
+    unsafe fn call_in_place(self, io: *mut Outcome) -> Flow {
+        // SAFETY: per the caller, the slot still holds the step, which was
+        // taken off the chain, so this is its only use.
+        unsafe { (self.vt.call)(self.data, io) }
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if let Some(f) = self.vt.drop {
+            // SAFETY: the drop function was chosen for this storage's layout.
+            unsafe { f(self.data.as_mut_ptr() as *mut u8) }
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Errors.
@@ -207,12 +363,31 @@ struct Chain {
 }
 
 impl Chain {
-    #[inline]
+    #[cfg(test)]
     fn push(&mut self, step: Step) {
         self.steps.push(step);
     }
 
+    /// Pushes a step given as its parts, written field by field into the
+    /// slot (see `Core::push`).
     #[inline]
+    fn push_parts(&mut self, vt: &'static StepVt, a: MaybeUninit<usize>, b: MaybeUninit<usize>) {
+        self.steps.reserve(1);
+        let len = self.steps.len();
+        // SAFETY: there is room for one more slot; both of its fields are
+        // written before the length covers it.
+        unsafe {
+            let slot = self.steps.as_mut_ptr().add(len);
+            ptr::addr_of_mut!((*slot).vt).write(vt);
+            let data = ptr::addr_of_mut!((*slot).data) as *mut MaybeUninit<usize>;
+            data.write(a);
+            data.add(1).write(b);
+            ptr::addr_of_mut!((*slot)._not_send).write(PhantomData);
+            self.steps.set_len(len + 1);
+        }
+    }
+
+    #[cfg(test)]
     fn pop_front(&mut self) -> Option<Step> {
         if self.head >= self.steps.len() {
             return None;
@@ -226,6 +401,29 @@ impl Chain {
             self.head = 0;
         }
         Some(step)
+    }
+
+    /// Like `pop_front`, without moving the step out of its slot: the run
+    /// loop calls it in place, which saves copying it per callback.
+    #[inline]
+    fn pop_front_in_place(&mut self) -> Option<StepInPlace> {
+        if self.head >= self.steps.len() {
+            return None;
+        }
+        // SAFETY: `head < len`.
+        let slot = unsafe { self.steps.as_mut_ptr().add(self.head) };
+        self.head += 1;
+        if self.head == self.steps.len() {
+            // SAFETY: every slot has been (or, for this one, is about to
+            // be) moved out; forget them. The storage stays allocated.
+            unsafe { self.steps.set_len(0) };
+            self.head = 0;
+        }
+        // SAFETY: the slot holds a live step, read only through this value.
+        Some(StepInPlace {
+            vt: unsafe { (*slot).vt },
+            data: unsafe { (*slot).data.as_mut_ptr() as *mut u8 },
+        })
     }
 
     fn len(&self) -> usize {
@@ -312,13 +510,72 @@ impl Core {
         if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
             return;
         }
-        let taken = {
+        let result = {
             let Ok(mut st) = core.st.try_borrow_mut() else {
                 return;
             };
             if !st.chain.is_empty() || st.chained_to.is_some() || st.running {
                 return;
             }
+            if st.canceller.is_some()
+                || st.waiting_on.is_some()
+                || st.waker.is_some()
+                || st.delivered.is_some()
+            {
+                drop(st);
+                return Core::release_slow(core);
+            }
+            if let Some(Err(f)) = &st.result {
+                tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
+            }
+            // A long chain's queue is not worth keeping around.
+            if st.chain.steps.capacity() > 256 {
+                st.chain.steps = Vec::new();
+            }
+            st.called = false;
+            st.paused = 0;
+            st.suppress_already_called = false;
+            st.awaited = false;
+            st.result.take()
+        };
+        // The common case: the result has no destructor, so no user code
+        // runs and nothing can have taken a new reference meanwhile.
+        let plain = match &result {
+            None => true,
+            Some(Ok(v)) => v.vt.drop.is_none(),
+            Some(Err(_)) => false,
+        };
+        if !plain {
+            // User values drop here, with nothing borrowed; they may make
+            // and drop Deferreds of their own.
+            drop(result);
+            if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
+                return;
+            }
+        } else {
+            std::mem::forget(result);
+        }
+        Core::pool_put(core);
+    }
+
+    #[inline]
+    fn pool_put(core: Rc<Core>) {
+        let _ = CORE_POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.len() < CORE_POOL_MAX {
+                    p.push(core);
+                }
+            }
+        });
+    }
+
+    /// `release` for a core with a canceller, a waker or a delivered result.
+    #[cold]
+    fn release_slow(core: Rc<Core>) {
+        let taken = {
+            let Ok(mut st) = core.st.try_borrow_mut() else {
+                return;
+            };
             if let Some(Err(f)) = &st.result {
                 tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
             }
@@ -329,7 +586,6 @@ impl Core {
                 st.waker.take(),
                 st.delivered.take(),
             );
-            // A long chain's queue is not worth keeping around.
             if st.chain.steps.capacity() > 256 {
                 st.chain.steps = Vec::new();
             }
@@ -345,13 +601,7 @@ impl Core {
         if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
             return;
         }
-        let _ = CORE_POOL.try_with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                if p.len() < CORE_POOL_MAX {
-                    p.push(core);
-                }
-            }
-        });
+        Core::pool_put(core);
     }
 
     fn fresh() -> Rc<Core> {
@@ -373,15 +623,35 @@ impl Core {
         })
     }
 
+    /// Inlined into `callback` and friends, so that the outcome is built
+    /// right in the slot the run loop uses: copying it out of an argument
+    /// just written by the caller stalled on store forwarding.
+    #[inline(always)]
     fn fire(self: &Rc<Self>, outcome: Outcome) -> Result<(), AlreadyCalledError> {
+        let mut slot = MaybeUninit::new(outcome);
+        self.fire_slot(&mut slot)
+    }
+
+    /// `slot` holds the outcome; it is moved out (or dropped) here.
+    #[inline(never)]
+    fn fire_slot(
+        self: &Rc<Self>,
+        slot: &mut MaybeUninit<Outcome>,
+    ) -> Result<(), AlreadyCalledError> {
+        // SAFETY (for each `assume_init_*` below): the slot is initialised
+        // and read exactly once, on whichever path is taken.
         let mut st = self.st.borrow_mut();
         {
             if st.called {
-                if st.suppress_already_called {
-                    st.suppress_already_called = false;
-                    return Ok(());
-                }
-                return Err(AlreadyCalledError);
+                let late = st.suppress_already_called;
+                st.suppress_already_called = false;
+                drop(st);
+                drop(unsafe { slot.assume_init_read() });
+                return if late {
+                    Ok(())
+                } else {
+                    Err(AlreadyCalledError)
+                };
             }
         }
         let canceller;
@@ -391,7 +661,7 @@ impl Core {
             // Paused, or nothing to run yet (no callbacks, nobody waiting
             // on us): the result just waits in the state.
             if st.paused > 0 || (st.chain.is_empty() && st.chained_to.is_none()) {
-                st.result = Some(outcome);
+                st.result = Some(unsafe { slot.assume_init_read() });
                 drop(st);
                 drop(canceller);
                 return Ok(());
@@ -401,20 +671,51 @@ impl Core {
         }
         drop(st);
         drop(canceller);
-        run_callbacks(self.clone(), Some(outcome));
+        run_fired(self, slot);
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(self: &Rc<Self>, step: Step) {
-        let run = {
-            let mut st = self.st.borrow_mut();
-            st.chain.push(step);
-            st.called && !st.running && st.paused == 0
+        // The step goes over as three words in registers: a `Step` passed
+        // by reference (it is bigger than two words) is read back with one
+        // wide load right after the caller wrote it with narrower stores,
+        // a store-forwarding stall that cost ~8 ns per callback.
+        let step = ManuallyDrop::new(step);
+        // SAFETY: `step` is never dropped, so its parts are moved once;
+        // the storage is an array of two (maybe uninitialised) words.
+        let [a, b] = unsafe {
+            std::mem::transmute::<MaybeUninit<StepWords>, [MaybeUninit<usize>; 2]>(ptr::read(
+                &step.data,
+            ))
         };
-        if run {
-            run_callbacks(self.clone(), None);
+        self.push_parts(step.vt, a, b);
+    }
+
+    fn push_parts(
+        self: &Rc<Self>,
+        vt: &'static StepVt,
+        a: MaybeUninit<usize>,
+        b: MaybeUninit<usize>,
+    ) {
+        let mut st = self.st.borrow_mut();
+        st.chain.push_parts(vt, a, b);
+        if st.called && !st.running && st.paused == 0 {
+            drop(st);
+            self.run_now();
         }
+    }
+
+    /// A step was added to a fired, idle Deferred: it runs at once. Out of
+    /// line, so that adding to an unfired Deferred stays a plain push.
+    #[inline(never)]
+    fn run_now(self: &Rc<Self>) {
+        let result = {
+            let mut st = self.st.borrow_mut();
+            st.running = true;
+            st.result.take().unwrap_or_else(consumed)
+        };
+        run_callbacks(self.clone(), Some(Next::Done(result)));
     }
 
     pub(crate) fn cancel(self: &Rc<Self>) {
@@ -477,12 +778,106 @@ impl Drop for Core {
     }
 }
 
+/// Runs the chain of `core`, just marked running, starting with `result`.
+///
+/// The fast path: the steps of this one Deferred run in a tight loop as
+/// long as they return plain results (or an already fired, idle
+/// Deferred), and the result lands in the state when the chain is done.
+/// Anything else — pausing, a Deferred to wait for, a task to deliver to,
+/// a Deferred waiting on this one, a panic — hands over to the general
+/// loop, [`run_callbacks`].
+#[inline]
+fn run_fired(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
+    match catch(|| run_local(core, slot)) {
+        Ok(None) => {}
+        Ok(Some(next)) => run_callbacks(core.clone(), Some(next)),
+        Err(panic) => {
+            tracing::error!(failure = %panic, "a Deferred callback panicked");
+            {
+                let mut st = core.st.borrow_mut();
+                st.result = Some(Err(panic));
+                st.running = false;
+            }
+            run_callbacks(core.clone(), None);
+        }
+    }
+}
+
+/// The loop of [`run_fired`]: `None` when the chain is done (the result
+/// stored, `running` cleared), else what the general loop continues with
+/// (`core` still marked running).
+#[inline]
+///
+/// `slot` holds the outcome on entry and is moved out by the return (a
+/// step that panics has consumed it: nothing to drop).
+fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
+    // Initialised except right after a step returned a Deferred to wait for.
+    loop {
+        let step = {
+            let mut st = core.st.borrow_mut();
+            if st.paused > 0 || st.chained_to.is_some() {
+                // SAFETY: initialised (see the loop's end).
+                return Some(Next::Done(unsafe { slot.assume_init_read() }));
+            }
+            match st.chain.pop_front_in_place() {
+                Some(step) => step,
+                None => {
+                    // SAFETY: initialised (see the loop's end).
+                    st.result = Some(unsafe { slot.assume_init_read() });
+                    st.running = false;
+                    return None;
+                }
+            }
+        };
+        // SAFETY: nothing ran since the step was taken off the chain, and
+        // the slot is initialised.
+        match unsafe { step.call_in_place(slot.as_mut_ptr()) } {
+            Flow::Done => {}
+            Flow::Wait(inner) => match take_ready(core, &inner) {
+                Some(outcome) => {
+                    slot.write(outcome);
+                }
+                None => return Some(Next::Wait(inner)),
+            },
+            // SAFETY: the step wrote its outcome back.
+            Flow::Deliver => return Some(Next::Deliver(unsafe { slot.assume_init_read() })),
+        }
+    }
+}
+
+/// The result of `inner`, a Deferred a step of `cur` returned, when it has
+/// fired and is idle (no step to run, not paused, not chained elsewhere):
+/// it is taken now, leaving a neutral value so that dropping `inner` does
+/// not log a failure that is ours now.
+#[inline]
+fn take_ready(cur: &Rc<Core>, inner: &Rc<Core>) -> Option<Outcome> {
+    if Rc::ptr_eq(inner, cur) {
+        return None;
+    }
+    let mut ist = inner.st.borrow_mut();
+    if ist.chained_to.is_none()
+        && ist.called
+        && ist.paused == 0
+        && !ist.running
+        && ist.chain.is_empty()
+    {
+        Some(
+            ist.result
+                .replace(Ok(Value::unit()))
+                .unwrap_or_else(consumed),
+        )
+    } else {
+        None
+    }
+}
+
 /// Runs the chain of `start`, then of the Deferreds waiting on it, in a loop.
 ///
 /// One unwind guard covers the whole run: a panicking callback leaves its
 /// Deferred as the current one, whose result becomes the panic's failure,
 /// and the run resumes with the next errback.
-fn run_callbacks(start: Rc<Core>, first: Option<Outcome>) {
+#[cold]
+fn run_callbacks(start: Rc<Core>, first: Option<Next>) {
     let mut cur = start;
     let mut first = first;
     loop {
@@ -498,37 +893,43 @@ fn run_callbacks(start: Rc<Core>, first: Option<Outcome>) {
     }
 }
 
-/// With `first`, `cur` was just fired with it and already marked running.
-fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
+/// With `first`, `cur` is already marked running and continues with it
+/// (what a step of `cur` returned, or the result it was fired with).
+fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
+    // While a chain runs, its result lives in this slot (initialised
+    // whenever `flow` is not `Wait`) rather than in the state: one borrow
+    // per step, and each step reads and writes it in place.
+    let mut slot = MaybeUninit::<Outcome>::uninit();
     'outer: loop {
-        // While a chain runs, its result lives here rather than in the
-        // state: one borrow per step instead of two.
-        let mut result = if let Some(outcome) = first.take() {
-            outcome
-        } else {
-            let mut st = cur.st.borrow_mut();
-            if st.running || st.paused > 0 || !st.called {
-                return;
+        let mut flow = match first.take() {
+            Some(Next::Done(outcome)) => {
+                slot.write(outcome);
+                Flow::Done
             }
-            st.running = true;
-            st.result.take().unwrap_or_else(consumed)
-        };
-        loop {
-            let step = {
+            Some(Next::Deliver(outcome)) => {
+                slot.write(outcome);
+                Flow::Deliver
+            }
+            Some(Next::Wait(inner)) => Flow::Wait(inner),
+            None => {
                 let mut st = cur.st.borrow_mut();
-                if st.paused > 0 {
-                    st.result = Some(result);
-                    st.running = false;
+                if st.running || st.paused > 0 || !st.called {
                     return;
                 }
-                match st.chain.pop_front() {
-                    Some(step) => step,
-                    None => break,
-                }
-            };
-            result = match step(result) {
-                Next::Done(outcome) => outcome,
-                Next::Deliver(outcome) => {
+                st.running = true;
+                slot.write(st.result.take().unwrap_or_else(consumed));
+                Flow::Done
+            }
+        };
+        loop {
+            match flow {
+                Flow::Done => {}
+                Flow::Deliver => {
+                    // SAFETY: initialised (not `Wait`).
+                    let outcome = unsafe { slot.assume_init_read() };
+                    // The awaiting task owns the result now; what stays is
+                    // neutral so nothing is logged as unhandled.
+                    slot.write(Ok(Value::unit()));
                     let waker = {
                         let mut st = cur.st.borrow_mut();
                         st.delivered = Some(outcome);
@@ -537,28 +938,17 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
                     if let Some(w) = waker {
                         w.wake();
                     }
-                    // The awaiting task owns the result now; what stays is
-                    // neutral so nothing is logged as unhandled.
-                    Ok(Value::unit())
                 }
-                Next::Wait(inner) => {
+                Flow::Wait(inner) => {
                     if Rc::ptr_eq(&inner, cur) {
-                        Err(Failure::new(ChainingError))
+                        slot.write(Err(Failure::new(ChainingError)));
+                    } else if let Some(outcome) = take_ready(cur, &inner) {
+                        slot.write(outcome);
                     } else {
                         let mut ist = inner.st.borrow_mut();
                         if ist.chained_to.is_some() {
-                            Err(Failure::new(ChainingError))
-                        } else if ist.called
-                            && ist.paused == 0
-                            && !ist.running
-                            && ist.chain.is_empty()
-                        {
-                            // Already fired and idle: take its result now,
-                            // leaving a neutral value so its drop does not log
-                            // a failure that is ours now.
-                            ist.result
-                                .replace(Ok(Value::unit()))
-                                .unwrap_or_else(consumed)
+                            drop(ist);
+                            slot.write(Err(Failure::new(ChainingError)));
                         } else {
                             ist.chained_to = Some(cur.clone());
                             let inner_can_run = ist.called && ist.paused == 0 && !ist.running;
@@ -577,8 +967,26 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Outcome>) {
                         }
                     }
                 }
+            }
+            let step = {
+                let mut st = cur.st.borrow_mut();
+                if st.paused > 0 {
+                    // SAFETY: initialised (handled above).
+                    st.result = Some(unsafe { slot.assume_init_read() });
+                    st.running = false;
+                    return;
+                }
+                match st.chain.pop_front_in_place() {
+                    Some(step) => step,
+                    None => break,
+                }
             };
+            // SAFETY: nothing ran since the step was taken off the chain,
+            // and the slot is initialised.
+            flow = unsafe { step.call_in_place(slot.as_mut_ptr()) };
         }
+        // SAFETY: initialised (the loop ends after a handled `flow`).
+        let result = unsafe { slot.assume_init_read() };
         // The chain of `cur` is exhausted: hand the result to whoever waits for it.
         let parent = {
             let mut st = cur.st.borrow_mut();
@@ -635,11 +1043,19 @@ fn recycle_chain(chain: Vec<Step>) {
 
 #[inline]
 fn downcast<T: 'static>(v: Value) -> Result<T, Failure> {
-    v.take::<T>().map_err(|_| {
-        Failure::new(ChainTypeError {
-            expected: std::any::type_name::<T>(),
-        })
-    })
+    match v.take::<T>() {
+        Ok(v) => Ok(v),
+        Err(other) => Err(type_error(other, std::any::type_name::<T>())),
+    }
+}
+
+/// Out of line, so that a step's code (run once per callback) does not
+/// carry the error path's allocation.
+#[cold]
+#[inline(never)]
+fn type_error(other: Value, expected: &'static str) -> Failure {
+    drop(other);
+    Failure::new(ChainTypeError { expected })
 }
 
 // ---------------------------------------------------------------------------
@@ -880,7 +1296,7 @@ impl<T: 'static> Deferred<T> {
     /// Adds a callback that maps the value; failures pass by untouched.
     #[inline]
     pub fn add_callback<U: 'static>(self, f: impl FnOnce(T) -> U + 'static) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             Next::Done(match o {
                 Ok(v) => downcast::<T>(v).map(|v| Value::new(f(v))),
                 Err(e) => Err(e),
@@ -894,7 +1310,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(T) -> Result<U, Failure> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             Next::Done(match o {
                 Ok(v) => downcast::<T>(v).and_then(f).map(Value::new),
                 Err(e) => Err(e),
@@ -909,7 +1325,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(T) -> Deferred<U> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| match o {
+        self.push_raw(Step::new(move |o| match o {
             Ok(v) => match downcast::<T>(v) {
                 Ok(v) => Next::Wait(f(v).into_core()),
                 Err(e) => Next::Done(Err(e)),
@@ -930,7 +1346,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(Failure) -> Result<T, Failure> + 'static,
     ) -> Deferred<T> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             Next::Done(match o {
                 Ok(v) => Ok(v),
                 Err(e) => f(e).map(Value::new),
@@ -944,7 +1360,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(Failure) -> Deferred<T> + 'static,
     ) -> Deferred<T> {
-        self.push_raw(Box::new(move |o| match o {
+        self.push_raw(Step::new(move |o| match o {
             Ok(v) => Next::Done(Ok(v)),
             Err(e) => Next::Wait(f(e).into_core()),
         }));
@@ -959,7 +1375,7 @@ impl<T: 'static> Deferred<T> {
         callback: impl FnOnce(T) -> Result<U, Failure> + 'static,
         errback: impl FnOnce(Failure) -> Result<U, Failure> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             Next::Done(match o {
                 Ok(v) => downcast::<T>(v).and_then(callback).map(Value::new),
                 Err(e) => errback(e).map(Value::new),
@@ -973,7 +1389,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(Result<T, Failure>) -> Result<U, Failure> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             let typed = o.and_then(downcast::<T>);
             Next::Done(f(typed).map(Value::new))
         }));
@@ -985,7 +1401,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(Result<T, Failure>) -> Deferred<U> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Box::new(move |o| {
+        self.push_raw(Step::new(move |o| {
             let typed = o.and_then(downcast::<T>);
             Next::Wait(f(typed).into_core())
         }));
@@ -1134,7 +1550,7 @@ impl<T: 'static> Future for Deferred<T> {
             }
             this.awaiting = true;
             // May run at once (and deliver) when the Deferred has fired.
-            this.core.push(Box::new(Next::Deliver));
+            this.core.push(Step::new(Next::Deliver));
         }
         let mut st = this.core.st.borrow_mut();
         if let Some(outcome) = st.delivered.take() {
@@ -1240,19 +1656,62 @@ mod tests {
     }
 
     #[test]
+    fn steps_inline_and_boxed_run_or_drop_exactly_once() {
+        let rc = Rc::new(());
+        // Inline (one word captured) and boxed (five words captured).
+        let small = {
+            let r = rc.clone();
+            Step::new(move |o| {
+                drop(r);
+                Next::Done(o)
+            })
+        };
+        let big = {
+            let rs = [rc.clone(), rc.clone(), rc.clone(), rc.clone(), rc.clone()];
+            Step::new(move |o| {
+                drop(rs);
+                Next::Done(o.map(|v| Value::new(v.take::<u32>().map_or(0, |n| n + 1))))
+            })
+        };
+        assert_eq!(Rc::strong_count(&rc), 7);
+        let Next::Done(Ok(v)) = big.call(Ok(Value::new(41u32))) else {
+            panic!("the boxed step did not run")
+        };
+        assert_eq!(v.take::<u32>().ok(), Some(42));
+        assert_eq!(Rc::strong_count(&rc), 2);
+        drop(small);
+        assert_eq!(Rc::strong_count(&rc), 1);
+        // Dropped without running, boxed: the captures go too.
+        let r = [rc.clone(), rc.clone(), rc.clone()];
+        drop(Step::new(move |o| {
+            drop(r);
+            Next::Done(o)
+        }));
+        assert_eq!(Rc::strong_count(&rc), 1);
+        // A step that panics releases its captures as it unwinds.
+        let r = rc.clone();
+        let step = Step::new(move |_| -> Next {
+            let _keep = &r;
+            panic!("step panicked")
+        });
+        assert!(catch(move || step.call(Ok(Value::unit()))).is_err());
+        assert_eq!(Rc::strong_count(&rc), 1);
+    }
+
+    #[test]
     fn chain_drops_only_the_steps_not_yet_run() {
         let rc = Rc::new(());
         let mut chain = new_chain();
         for _ in 0..5 {
             let r = rc.clone();
-            chain.push(Box::new(move |o| {
+            chain.push(Step::new(move |o| {
                 drop(r);
                 Next::Done(o)
             }));
         }
         for _ in 0..2 {
             let step = chain.pop_front().expect("a step");
-            let _ = step(Ok(Value::unit()));
+            let _ = step.call(Ok(Value::unit()));
         }
         assert_eq!(chain.len(), 3);
         assert_eq!(Rc::strong_count(&rc), 4);
@@ -1260,7 +1719,7 @@ mod tests {
         assert_eq!(Rc::strong_count(&rc), 1);
         // Draining to the end resets the storage for reuse.
         let mut chain = new_chain();
-        chain.push(Box::new(Next::Done));
+        chain.push(Step::new(Next::Done));
         assert!(chain.pop_front().is_some());
         assert!(chain.is_empty() && chain.pop_front().is_none());
         assert!(chain.into_empty_vec().is_empty());
