@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use torsion_core::{
@@ -38,6 +38,9 @@ struct Shared {
     handler: Rc<dyn Handler>,
     cfg: Rc<ServerConfig>,
     conns: RefCell<Vec<Weak<Conn>>>,
+    /// One timer per server sweeps the connections' deadlines (header,
+    /// body, idle): no timer, closure or allocation per connection or request.
+    sweeper: RefCell<Option<DelayedCall>>,
     draining: Cell<bool>,
     drained: RefCell<Vec<Deferred<()>>>,
 }
@@ -84,6 +87,7 @@ impl HttpServer {
                 handler,
                 cfg: Rc::new(cfg),
                 conns: RefCell::new(Vec::new()),
+                sweeper: RefCell::new(None),
                 draining: Cell::new(false),
                 drained: RefCell::new(Vec::new()),
             }),
@@ -139,6 +143,57 @@ impl HttpServer {
     }
 }
 
+/// How often the sweeper looks: an eighth of the shortest timeout, between
+/// 5 ms and 1 s, so a timeout fires at most that much late.
+fn sweep_interval(cfg: &ServerConfig) -> Duration {
+    let shortest = cfg
+        .header_timeout
+        .min(cfg.body_timeout)
+        .min(cfg.idle_timeout);
+    (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1))
+}
+
+/// Runs the sweeper while the server has connections.
+fn start_sweeper(shared: &Rc<Shared>) {
+    if shared.sweeper.borrow().as_ref().is_some_and(|t| t.active()) {
+        return;
+    }
+    let weak = Rc::downgrade(shared);
+    let t = shared
+        .reactor
+        .call_later(sweep_interval(&shared.cfg), move || {
+            if let Some(s) = weak.upgrade() {
+                sweep(&s);
+            }
+        });
+    *shared.sweeper.borrow_mut() = Some(t);
+}
+
+/// Fires the timeouts that are due and forgets closed connections.
+fn sweep(shared: &Rc<Shared>) {
+    shared.sweeper.borrow_mut().take();
+    let now = shared.reactor.now();
+    let mut due = Vec::new();
+    shared.conns.borrow_mut().retain(|w| {
+        let Some(c) = w.upgrade() else { return false };
+        if c.closed.get() {
+            return false;
+        }
+        if let Some((kind, at)) = c.deadline.get() {
+            if at <= now {
+                due.push((c, kind));
+            }
+        }
+        true
+    });
+    for (c, kind) in due {
+        c.timed_out(kind);
+    }
+    if !shared.conns.borrow().is_empty() {
+        start_sweeper(shared);
+    }
+}
+
 fn check_drained(shared: &Rc<Shared>) {
     if !shared.draining.get() {
         return;
@@ -191,11 +246,12 @@ impl Protocol for HttpProtocol {
             closed: Cell::new(false),
             closing: Cell::new(false),
             reading_paused: Cell::new(false),
-            timer: RefCell::new(None),
+            deadline: Cell::new(None),
             producer: Cell::new(false),
             out: RefCell::new(Vec::new()),
         });
         self.shared.conns.borrow_mut().push(Rc::downgrade(&conn));
+        start_sweeper(&self.shared);
         conn.kick();
         self.conn = Some(conn);
     }
@@ -207,11 +263,7 @@ impl Protocol for HttpProtocol {
                 return;
             }
             // Progress on a body restarts its timer.
-            if c.timer
-                .borrow()
-                .as_ref()
-                .is_some_and(|(k, _)| *k == TimerKind::Body)
-            {
+            if c.deadline.get().is_some_and(|(k, _)| k == TimerKind::Body) {
                 c.cancel_timer();
             }
             c.machine.borrow_mut().receive(data);
@@ -274,7 +326,8 @@ struct Conn {
     closed: Cell<bool>,
     closing: Cell<bool>,
     reading_paused: Cell<bool>,
-    timer: RefCell<Option<(TimerKind, DelayedCall)>>,
+    /// The running timeout and when it expires (reactor time).
+    deadline: Cell<Option<(TimerKind, Duration)>>,
     producer: Cell<bool>,
     out: RefCell<Vec<u8>>,
 }
@@ -783,9 +836,7 @@ impl Conn {
     }
 
     fn cancel_timer(&self) {
-        if let Some((_, t)) = self.timer.borrow_mut().take() {
-            let _ = t.cancel();
-        }
+        self.deadline.set(None);
     }
 
     fn update_timer(&self) {
@@ -804,36 +855,28 @@ impl Conn {
                 None
             }
         };
-        let current = self
-            .timer
-            .borrow()
-            .as_ref()
-            .filter(|(_, t)| t.active())
-            .map(|(k, _)| *k);
+        let current = self.deadline.get().map(|(k, _)| k);
         if want == current {
             return;
         }
-        self.cancel_timer();
-        let Some(kind) = want else { return };
+        let Some(kind) = want else {
+            self.deadline.set(None);
+            return;
+        };
         let delay = match kind {
             TimerKind::Header => self.shared.cfg.header_timeout,
             TimerKind::Idle => self.shared.cfg.idle_timeout,
             TimerKind::Body => self.shared.cfg.body_timeout,
         };
-        let me = self.me.clone();
-        let t = self.shared.reactor.call_later(delay, move || {
-            if let Some(c) = me.upgrade() {
-                c.timed_out(kind);
-            }
-        });
-        *self.timer.borrow_mut() = Some((kind, t));
+        let at = self.shared.reactor.now().saturating_add(delay);
+        self.deadline.set(Some((kind, at)));
     }
 
     fn timed_out(&self, kind: TimerKind) {
         if self.closed.get() || self.closing.get() {
             return;
         }
-        self.timer.borrow_mut().take();
+        self.deadline.set(None);
         match kind {
             TimerKind::Header => {
                 tracing::info!(peer = %self.peer, "request head not received in time; closing");
