@@ -169,7 +169,8 @@ enum ReadState {
     },
     Chunked {
         id: u64,
-        dec: ChunkedDecoder,
+        // Boxed: every connection carries a ReadState, few a chunked body.
+        dec: Box<ChunkedDecoder>,
     },
     /// No more requests are read (after `Connection: close` or an error).
     Stopped,
@@ -541,7 +542,7 @@ impl ServerConn {
             },
             None => ReadState::Chunked {
                 id: head.id,
-                dec: ChunkedDecoder::new(self.cfg.max_body),
+                dec: Box::new(ChunkedDecoder::new(self.cfg.max_body)),
             },
         };
         if !head.keep_alive {

@@ -236,7 +236,6 @@ impl Protocol for HttpProtocol {
         let conn = Rc::new_cyclic(|me| Conn {
             me: me.clone(),
             shared: self.shared.clone(),
-            peer: transport.peer(),
             transport,
             machine: RefCell::new(ServerConn::with_shared_config(self.shared.cfg.clone())),
             slots: RefCell::new(VecDeque::new()),
@@ -316,7 +315,6 @@ struct Conn {
     me: Weak<Conn>,
     shared: Rc<Shared>,
     transport: Transport,
-    peer: Address,
     machine: RefCell<ServerConn>,
     slots: RefCell<VecDeque<Slot>>,
     /// The request whose body is arriving now.
@@ -489,7 +487,7 @@ impl Conn {
                 }
             }
             Event::Error { id, status, reason } => {
-                tracing::debug!(peer = %self.peer, %status, reason, "bad request");
+                tracing::debug!(peer = %self.transport.peer(), %status, reason, "bad request");
                 if id.is_some() {
                     let b = self.body.borrow_mut().take();
                     if let Some((_, b)) = b {
@@ -498,7 +496,7 @@ impl Conn {
                 } else if access_log_enabled() {
                     access_log(
                         &self.shared.cfg.log_name,
-                        &self.peer,
+                        &self.transport.peer(),
                         &LogInfo {
                             request_line: "-".into(),
                             referer: "-".into(),
@@ -564,7 +562,7 @@ impl Conn {
             head.version,
             head.headers,
             body,
-            self.peer.clone(),
+            self.transport.peer(),
             self.shared.reactor.clone(),
             postpath,
         );
@@ -595,7 +593,7 @@ impl Conn {
         let resp = match r {
             Ok(r) => r,
             Err(f) => {
-                tracing::error!(peer = %self.peer, failure = %f, "request handler failed");
+                tracing::error!(peer = %self.transport.peer(), failure = %f, "request handler failed");
                 Response::error(StatusCode::INTERNAL_SERVER_ERROR)
             }
         };
@@ -727,7 +725,7 @@ impl Conn {
                                     }
                                 });
                                 if let Err(e) = r {
-                                    tracing::error!(peer = %self.peer, error = %e, "streamed body does not fit its response");
+                                    tracing::error!(peer = %self.transport.peer(), error = %e, "streamed body does not fit its response");
                                     self.abort();
                                     return;
                                 }
@@ -742,7 +740,7 @@ impl Conn {
                                 break;
                             }
                             Chunk::Error(f) => {
-                                tracing::error!(peer = %self.peer, failure = %f, "response body failed");
+                                tracing::error!(peer = %self.transport.peer(), failure = %f, "response body failed");
                                 self.abort();
                                 return;
                             }
@@ -765,7 +763,7 @@ impl Conn {
 
     fn response_refused(&self, id: u64, e: SendError) {
         if e != SendError::Superseded {
-            tracing::error!(peer = %self.peer, error = %e, "response refused");
+            tracing::error!(peer = %self.transport.peer(), error = %e, "response refused");
         }
         self.slots.borrow_mut().retain(|s| s.id != id);
     }
@@ -779,7 +777,7 @@ impl Conn {
         }
         let r = self.machine.borrow_mut().finish(id);
         if let Err(e) = r {
-            tracing::error!(peer = %self.peer, error = %e, "finishing response failed");
+            tracing::error!(peer = %self.transport.peer(), error = %e, "finishing response failed");
         }
         let slot = {
             let mut slots = self.slots.borrow_mut();
@@ -787,7 +785,7 @@ impl Conn {
             pos.and_then(|p| slots.remove(p))
         };
         if let Some(l) = slot.and_then(|s| s.log) {
-            access_log(&self.shared.cfg.log_name, &self.peer, &l);
+            access_log(&self.shared.cfg.log_name, &self.transport.peer(), &l);
         }
         if self.producer.get() {
             self.producer.set(false);
@@ -879,7 +877,7 @@ impl Conn {
         self.deadline.set(None);
         match kind {
             TimerKind::Header => {
-                tracing::info!(peer = %self.peer, "request head not received in time; closing");
+                tracing::info!(peer = %self.transport.peer(), "request head not received in time; closing");
                 if self.slots.borrow().is_empty() && self.machine.borrow().queued() == 0 {
                     self.transport.write(
                         b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
@@ -887,10 +885,10 @@ impl Conn {
                 }
             }
             TimerKind::Idle => {
-                tracing::debug!(peer = %self.peer, "idle keep-alive connection closed")
+                tracing::debug!(peer = %self.transport.peer(), "idle keep-alive connection closed")
             }
             TimerKind::Body => {
-                tracing::info!(peer = %self.peer, "request body stalled; closing");
+                tracing::info!(peer = %self.transport.peer(), "request body stalled; closing");
                 let b = self.body.borrow_mut().take();
                 if let Some((_, b)) = b {
                     request::end_body(&b, Some("request body timed out".into()));
@@ -904,7 +902,7 @@ impl Conn {
     fn lost(&self, reason: Failure) {
         self.closed.set(true);
         self.cancel_timer();
-        tracing::trace!(peer = %self.peer, %reason, "HTTP connection closed");
+        tracing::trace!(peer = %self.transport.peer(), %reason, "HTTP connection closed");
         let b = self.body.borrow_mut().take();
         if let Some((_, b)) = b {
             request::end_body(&b, Some("connection lost".into()));
