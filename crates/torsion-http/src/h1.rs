@@ -429,7 +429,9 @@ impl ServerConn {
             .iter()
             .find(|p| p.id == id)
             .map(|p| p.keep_alive)
-            .unwrap_or(false);
+            // Already answered (a response before the body was read): its
+            // response decided, and `close_after` holds a close.
+            .unwrap_or(true);
         self.read = if keep && !self.close_after {
             ReadState::Head
         } else {

@@ -512,7 +512,8 @@ impl Conn {
     }
 
     fn dispatch(self: &Rc<Self>, head: RequestHead) {
-        let body = if head.has_body() {
+        let has_body = head.has_body();
+        let body = if has_body {
             let me = self.me.clone();
             let on_consume: Rc<dyn Fn()> = Rc::new(move || {
                 if let Some(c) = me.upgrade() {
@@ -569,6 +570,12 @@ impl Conn {
         let handler = self.shared.handler.clone();
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(req)));
         match reply {
+            // The oldest unanswered request: straight to the machine, without
+            // parking the response in its slot first.
+            // (Requests with a body take the usual way: their body events come first.)
+            Ok(Reply::Now(r)) if !has_body && self.machine.borrow().current() == Some(id) => {
+                self.emit(id, r)
+            }
             Ok(Reply::Now(r)) => self.set_response(id, Ok(r)),
             Ok(Reply::Later(d)) => {
                 if let Some(s) = self.slots.borrow_mut().iter_mut().find(|s| s.id == id) {
@@ -632,56 +639,7 @@ impl Conn {
                     self.put_state(front, state);
                     return;
                 }
-                SlotState::Ready(resp) => {
-                    let Response {
-                        status,
-                        headers,
-                        body,
-                    } = resp;
-                    let len = body.len();
-                    let r = self
-                        .machine
-                        .borrow_mut()
-                        .respond(front, status, &headers, len);
-                    self.with_slot(front, |s| {
-                        if let Some(l) = s.log.as_mut() {
-                            l.status = status.as_u16();
-                        }
-                    });
-                    if let Err(e) = r {
-                        self.response_refused(front, e);
-                        continue;
-                    }
-                    match body {
-                        Body::Empty => self.finish(front),
-                        Body::Bytes(b) => {
-                            let r = self.machine.borrow_mut().send_data(front, &b);
-                            self.with_slot(front, |s| {
-                                if let Some(l) = s.log.as_mut() {
-                                    l.bytes = b.len() as u64;
-                                }
-                            });
-                            if let Err(e) = r {
-                                self.response_refused(front, e);
-                                continue;
-                            }
-                            self.finish(front);
-                        }
-                        Body::Stream { source, .. } => {
-                            let is_head = self
-                                .slots
-                                .borrow()
-                                .iter()
-                                .any(|s| s.id == front && s.is_head);
-                            if is_head {
-                                drop(source);
-                                self.finish(front);
-                            } else {
-                                self.put_state(front, SlotState::Streaming(source));
-                            }
-                        }
-                    }
-                }
+                SlotState::Ready(resp) => self.emit(front, resp),
                 SlotState::Streaming(mut source) => {
                     if !self.producer.get() {
                         self.producer.set(true);
@@ -746,6 +704,58 @@ impl Conn {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Hands the response for `front` (the oldest unanswered request) to the machine.
+    fn emit(&self, front: u64, resp: Response) {
+        let Response {
+            status,
+            headers,
+            body,
+        } = resp;
+        let len = body.len();
+        let r = self
+            .machine
+            .borrow_mut()
+            .respond(front, status, &headers, len);
+        self.with_slot(front, |s| {
+            if let Some(l) = s.log.as_mut() {
+                l.status = status.as_u16();
+            }
+        });
+        if let Err(e) = r {
+            self.response_refused(front, e);
+            return;
+        }
+        match body {
+            Body::Empty => self.finish(front),
+            Body::Bytes(b) => {
+                let r = self.machine.borrow_mut().send_data(front, &b);
+                self.with_slot(front, |s| {
+                    if let Some(l) = s.log.as_mut() {
+                        l.bytes = b.len() as u64;
+                    }
+                });
+                if let Err(e) = r {
+                    self.response_refused(front, e);
+                    return;
+                }
+                self.finish(front);
+            }
+            Body::Stream { source, .. } => {
+                let is_head = self
+                    .slots
+                    .borrow()
+                    .iter()
+                    .any(|s| s.id == front && s.is_head);
+                if is_head {
+                    drop(source);
+                    self.finish(front);
+                } else {
+                    self.put_state(front, SlotState::Streaming(source));
                 }
             }
         }
