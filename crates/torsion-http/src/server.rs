@@ -287,7 +287,7 @@ enum TimerKind {
 
 enum SlotState {
     Waiting,
-    Ready(Response),
+    Ready(Box<Response>),
     Streaming(Box<dyn BodySource>),
     /// The source is out being polled (its slot must not be touched).
     Busy,
@@ -608,7 +608,7 @@ impl Conn {
         if let Some(s) = slots.iter_mut().find(|s| s.id == id) {
             if matches!(s.state, SlotState::Waiting) {
                 s.deferred = None;
-                s.state = SlotState::Ready(resp);
+                s.state = SlotState::Ready(Box::new(resp));
             }
         }
         drop(slots);
@@ -639,7 +639,7 @@ impl Conn {
                     self.put_state(front, state);
                     return;
                 }
-                SlotState::Ready(resp) => self.emit(front, resp),
+                SlotState::Ready(resp) => self.emit(front, *resp),
                 SlotState::Streaming(mut source) => {
                     if !self.producer.get() {
                         self.producer.set(true);
