@@ -456,3 +456,60 @@ fn agent_tunnels_http_and_https_through_connect_proxy() {
     })
     .unwrap();
 }
+
+/// A "proxy" that answers every connection with `reply` and closes.
+struct BadProxy(&'static [u8]);
+
+impl Protocol for BadProxy {
+    fn connection_made(&mut self, t: Transport) {
+        if !self.0.is_empty() {
+            t.write(self.0);
+        }
+        t.lose_connection();
+    }
+    fn data_received(&mut self, _data: &[u8]) {}
+}
+
+#[test]
+fn agent_reports_bad_proxies_as_typed_errors() {
+    run(|reactor| async move {
+        for (reply, want) in [
+            (&b"garbage\r\n\r\n"[..], "malformed response"),
+            (&b""[..], "the proxy closed before answering CONNECT"),
+            (
+                &b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"[..],
+                "407",
+            ),
+        ] {
+            let port = reactor
+                .listen_tcp(
+                    "127.0.0.1:0".parse().unwrap(),
+                    factory_fn(move || BadProxy(reply)),
+                )
+                .unwrap()
+                .local_addr()
+                .port();
+            let agent = Agent::with_config(
+                &reactor,
+                AgentConfig {
+                    proxy: Some(Proxy::new("127.0.0.1", port)),
+                    ..AgentConfig::default()
+                },
+            );
+            let f = agent
+                .get("http://127.0.0.1:9/")
+                .await
+                .expect_err("a bad proxy must fail the request");
+            let e = f.downcast_ref::<ClientError>();
+            let ok = match e {
+                Some(ClientError::BadProxyResponse(r)) => *r == want,
+                Some(ClientError::ProxyRefused(s)) => s.as_str() == want,
+                _ => false,
+            };
+            assert!(ok, "{want}: {f:?}");
+            assert_eq!(agent.open_connections("127.0.0.1", 9), 0);
+        }
+        Ok(())
+    })
+    .unwrap();
+}
