@@ -1,6 +1,10 @@
 //! The HTTP/1.1 client: [`Agent`], with a per-host connection pool,
 //! redirects, timeouts and streaming response bodies, returning Deferreds.
 //!
+//! `https://` URLs run over torsion-tls (feature `tls`, on by default) and
+//! verify the server against the URL's host; [`AgentConfig::proxy`] tunnels
+//! connections through a `CONNECT` proxy.
+//!
 //! Responses are parsed by [`ResponseParser`], a sans-I/O machine like the
 //! server's: bytes in → head, body pieces, end out, with limits.
 
@@ -39,6 +43,41 @@ pub enum ClientError {
     /// More redirects than allowed.
     #[error("too many redirects (limit {0})")]
     TooManyRedirects(usize),
+    /// The proxy answered `CONNECT` with this non-2xx status.
+    #[error("the proxy refused CONNECT with {0}")]
+    ProxyRefused(StatusCode),
+    /// The proxy's answer to `CONNECT` was malformed or the proxy closed first.
+    #[error("bad answer from the proxy: {0}")]
+    BadProxyResponse(&'static str),
+    /// No TLS client configuration could be made (platform roots), or the
+    /// host is not a valid TLS server name.
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+}
+
+/// A proxy the Agent tunnels every connection through with `CONNECT`.
+///
+/// ```
+/// use torsion_http::client::{AgentConfig, Proxy};
+/// let cfg = AgentConfig { proxy: Some(Proxy::new("127.0.0.1", 3128)), ..AgentConfig::default() };
+/// assert_eq!(cfg.proxy.unwrap().port, 3128);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// Proxy host (name or IP address).
+    pub host: String,
+    /// Proxy port.
+    pub port: u16,
+}
+
+impl Proxy {
+    /// A `CONNECT` proxy at `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Proxy {
+        Proxy {
+            host: host.into(),
+            port,
+        }
+    }
 }
 
 /// Client limits and policies.
@@ -58,6 +97,14 @@ pub struct AgentConfig {
     pub max_head_bytes: usize,
     /// `User-Agent` sent when the request has none.
     pub user_agent: String,
+    /// Tunnel every connection (`http://` and `https://`) through this proxy
+    /// with `CONNECT`; TLS then runs end to end through the tunnel.
+    pub proxy: Option<Proxy>,
+    /// TLS client configuration for `https://` URLs; `None`: the platform's
+    /// verifier and roots (made on first use). Servers are verified against
+    /// the URL's host name.
+    #[cfg(feature = "tls")]
+    pub tls: Option<torsion_tls::TlsClientConfig>,
 }
 
 impl Default for AgentConfig {
@@ -70,6 +117,9 @@ impl Default for AgentConfig {
             max_redirects: 10,
             max_head_bytes: 64 * 1024,
             user_agent: concat!("Torsion/", env!("CARGO_PKG_VERSION")).to_string(),
+            proxy: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -333,11 +383,15 @@ impl ResponseParser {
 // Agent
 // ---------------------------------------------------------------------------
 
-type Key = (String, u16);
+/// A pool key: TLS or not, host, port.
+type Key = (bool, String, u16);
 
 struct AgentInner {
     reactor: Reactor,
     cfg: AgentConfig,
+    /// The TLS configuration in use (from `cfg.tls` or the platform, made once).
+    #[cfg(feature = "tls")]
+    tls: RefCell<Option<torsion_tls::TlsClientConfig>>,
     /// Idle connections per host.
     idle: RefCell<HashMap<Key, Vec<Rc<Conn>>>>,
     /// Open connections (idle or busy) per host.
@@ -466,6 +520,8 @@ impl Agent {
         Agent {
             inner: Rc::new(AgentInner {
                 reactor: reactor.clone(),
+                #[cfg(feature = "tls")]
+                tls: RefCell::new(cfg.tls.clone()),
                 cfg,
                 idle: RefCell::new(HashMap::new()),
                 open: RefCell::new(HashMap::new()),
@@ -474,14 +530,13 @@ impl Agent {
         }
     }
 
-    /// Connections open to `host:port` (idle or busy).
+    /// Connections open to `host:port` (idle or busy, `http` and `https`).
     pub fn open_connections(&self, host: &str, port: u16) -> usize {
-        self.inner
-            .open
-            .borrow()
-            .get(&(host.to_string(), port))
-            .copied()
-            .unwrap_or(0)
+        let open = self.inner.open.borrow();
+        [false, true]
+            .iter()
+            .filter_map(|&tls| open.get(&(tls, host.to_string(), port)))
+            .sum()
     }
 
     /// GET `url`.
@@ -574,18 +629,59 @@ fn resolve_url(base: &Uri, location: &str) -> Option<Uri> {
 impl AgentInner {
     fn key(req: &ClientRequest) -> Result<Key, ClientError> {
         let u = &req.url;
-        if u.scheme_str() != Some("http") {
-            return Err(ClientError::BadUrl(format!(
-                "{u} (only http:// is supported; HTTPS needs torsion-tls)"
-            )));
-        }
+        let tls = match u.scheme_str() {
+            Some("http") => false,
+            #[cfg(feature = "tls")]
+            Some("https") => true,
+            _ => {
+                return Err(ClientError::BadUrl(format!(
+                    "{u} (http:// and, with the `tls` feature, https:// are supported)"
+                )))
+            }
+        };
         let host = u
             .host()
             .ok_or_else(|| ClientError::BadUrl(u.to_string()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        Ok((host, u.port_u16().unwrap_or(80)))
+        let port = u.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok((tls, host, port))
+    }
+
+    /// The TLS configuration: the configured one, or the platform's (made once).
+    #[cfg(feature = "tls")]
+    fn tls_config(&self) -> Result<torsion_tls::TlsClientConfig, ClientError> {
+        if let Some(c) = self.tls.borrow().as_ref() {
+            return Ok(c.clone());
+        }
+        let c = torsion_tls::TlsClientConfig::platform()
+            .map_err(|e| ClientError::TlsConfig(e.to_string()))?;
+        *self.tls.borrow_mut() = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The protocol that runs over the connection to the origin (TLS-wrapped for `https`).
+    fn origin_protocol(&self, conn: &Rc<Conn>) -> Result<Box<dyn Protocol>, ClientError> {
+        let proto = Box::new(ConnProto(conn.clone()));
+        if !conn.key.0 {
+            return Ok(proto);
+        }
+        #[cfg(feature = "tls")]
+        {
+            let cfg = self.tls_config()?;
+            let mut opts = torsion_tls::TlsOptions::with_clock(Rc::new(self.reactor.clone()));
+            opts.handshake_timeout = Some(self.cfg.connect_timeout);
+            Ok(Box::new(torsion_tls::TlsProtocol::new(
+                proto,
+                torsion_tls::TlsSide::client(cfg, &conn.key.1),
+                opts,
+            )))
+        }
+        #[cfg(not(feature = "tls"))]
+        Err(ClientError::BadUrl(
+            "https:// needs the `tls` feature".into(),
+        ))
     }
 
     fn submit(self: &Rc<Self>, job: Job) {
@@ -638,16 +734,36 @@ impl AgentInner {
             upload: RefCell::new(None),
             uploading: Cell::new(false),
         });
-        let factory: Rc<dyn ClientFactory> = Rc::new(ConnFactory(conn.clone()));
+        let tunnel = self.cfg.proxy.is_some();
+        // With a proxy, the origin's protocol is built once the tunnel stands.
+        let proto = if tunnel {
+            None
+        } else {
+            match self.origin_protocol(&conn) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    conn.fail(Failure::new(e));
+                    return;
+                }
+            }
+        };
+        let factory: Rc<dyn ClientFactory> = Rc::new(ConnFactory {
+            conn: conn.clone(),
+            proto: RefCell::new(proto),
+        });
         let opts = ConnectOptions {
             timeout: Some(self.cfg.connect_timeout),
             ..ConnectOptions::default()
         };
-        let _connector: Connector = match key.0.parse::<std::net::IpAddr>() {
+        let (host, port) = match &self.cfg.proxy {
+            Some(p) => (p.host.clone(), p.port),
+            None => (key.1.clone(), key.2),
+        };
+        let _connector: Connector = match host.parse::<std::net::IpAddr>() {
             Ok(ip) => self
                 .reactor
-                .connect_tcp(std::net::SocketAddr::new(ip, key.1), factory, opts),
-            Err(_) => self.reactor.connect_tcp_host(&key.0, key.1, factory, opts),
+                .connect_tcp(std::net::SocketAddr::new(ip, port), factory, opts),
+            Err(_) => self.reactor.connect_tcp_host(&host, port, factory, opts),
         };
     }
 
@@ -747,23 +863,141 @@ impl Producer for UploadProducer {
     fn stop_producing(&self) {}
 }
 
-struct ConnFactory(Rc<Conn>);
+struct ConnFactory {
+    conn: Rc<Conn>,
+    /// The origin protocol (built before connecting); `None` through a proxy.
+    proto: RefCell<Option<Box<dyn Protocol>>>,
+}
 
 impl Factory for ConnFactory {
     fn build_protocol(&self, _peer: &Address) -> Option<Box<dyn Protocol>> {
-        Some(Box::new(ConnProto(self.0.clone())))
+        match self.proto.borrow_mut().take() {
+            Some(p) => Some(p),
+            None => Some(Box::new(TunnelProto {
+                conn: self.conn.clone(),
+                transport: None,
+                buf: Vec::new(),
+                inner: None,
+                timer: None,
+            })),
+        }
     }
 }
 
 impl ClientFactory for ConnFactory {
     fn client_connection_failed(&self, _c: &Connector, reason: Failure) {
-        let c = &self.0;
-        c.state.set(CState::Closed);
-        if let Some(job) = c.job.borrow_mut().take() {
-            let _ = job.d.errback(reason);
+        if self.conn.state.get() != CState::Closed {
+            self.conn.fail(reason);
         }
-        if let Some(a) = c.agent.upgrade() {
-            a.closed(&c.key);
+    }
+}
+
+/// Speaks `CONNECT` to the proxy, then hands the tunnel to the origin protocol
+/// (plain HTTP, or TLS around it for `https`).
+struct TunnelProto {
+    conn: Rc<Conn>,
+    transport: Option<Transport>,
+    buf: Vec<u8>,
+    inner: Option<Box<dyn Protocol>>,
+    timer: Option<DelayedCall>,
+}
+
+impl TunnelProto {
+    fn refuse(&mut self, e: ClientError) {
+        if let Some(job) = self.conn.job.borrow_mut().take() {
+            let _ = job.d.errback(e);
+        }
+        if let Some(t) = &self.transport {
+            t.lose_connection();
+        }
+    }
+}
+
+impl Protocol for TunnelProto {
+    fn connection_made(&mut self, t: Transport) {
+        let (_, host, port) = &self.conn.key;
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        t.write(format!("CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n\r\n").as_bytes());
+        // A proxy that never answers must not hold the request forever.
+        if let Some(agent) = self.conn.agent() {
+            let tt = t.clone();
+            self.timer = Some(
+                agent
+                    .reactor
+                    .call_later(agent.cfg.connect_timeout, move || {
+                        tt.abort_connection();
+                    }),
+            );
+        }
+        self.transport = Some(t);
+    }
+
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(p) = self.inner.as_mut() {
+            p.data_received(data);
+            return;
+        }
+        if self.transport.is_none() {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut hs);
+        let n = match r.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if self.buf.len() <= 16 * 1024 => return,
+            Ok(httparse::Status::Partial) => {
+                return self.refuse(ClientError::BadProxyResponse("response head too large"))
+            }
+            Err(_) => return self.refuse(ClientError::BadProxyResponse("malformed response")),
+        };
+        let status = r
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        if !status.is_success() {
+            return self.refuse(ClientError::ProxyRefused(status));
+        }
+        if let Some(t) = self.timer.take() {
+            let _ = t.cancel();
+        }
+        let built = match self.conn.agent() {
+            Some(a) => a.origin_protocol(&self.conn),
+            None => Err(ClientError::ConnectionClosed),
+        };
+        let mut inner = match built {
+            Ok(p) => p,
+            Err(e) => return self.refuse(e),
+        };
+        let rest = self.buf.split_off(n);
+        self.buf = Vec::new();
+        if let Some(t) = self.transport.clone() {
+            inner.connection_made(t);
+        }
+        if !rest.is_empty() {
+            inner.data_received(&rest);
+        }
+        self.inner = Some(inner);
+    }
+
+    fn connection_lost(&mut self, reason: Failure) {
+        if let Some(t) = self.timer.take() {
+            let _ = t.cancel();
+        }
+        match self.inner.as_mut() {
+            Some(p) => p.connection_lost(reason),
+            None => {
+                if let Some(job) = self.conn.job.borrow_mut().take() {
+                    let _ = job.d.errback(ClientError::BadProxyResponse(
+                        "the proxy closed before answering CONNECT",
+                    ));
+                }
+                self.conn.lost(reason);
+            }
         }
     }
 }
@@ -785,8 +1019,8 @@ impl Protocol for ConnProto {
         }
         self.0.pump();
     }
-    fn connection_lost(&mut self, _reason: Failure) {
-        self.0.lost();
+    fn connection_lost(&mut self, reason: Failure) {
+        self.0.lost(reason);
     }
 }
 
@@ -1054,10 +1288,31 @@ impl Conn {
         }
     }
 
-    fn lost(&self) {
+    /// The connection could not be made: fail its request, free its slot.
+    fn fail(&self, reason: Failure) {
+        self.state.set(CState::Closed);
+        if let Some(job) = self.job.borrow_mut().take() {
+            let _ = job.d.errback(reason);
+        }
+        if let Some(a) = self.agent.upgrade() {
+            a.closed(&self.key);
+        }
+    }
+
+    fn lost(&self, reason: Failure) {
+        #[cfg(not(feature = "tls"))]
+        let _ = reason;
         let was = self.state.replace(CState::Closed);
         if let Some(t) = self.timer.borrow_mut().take() {
             let _ = t.cancel();
+        }
+        // TLS failures (certificate, handshake) are the answer, typed; the
+        // parser would only see an early close.
+        #[cfg(feature = "tls")]
+        if reason.check::<torsion_tls::TlsError>() && !self.got_bytes.get() {
+            if let Some(job) = self.job.borrow_mut().take() {
+                let _ = job.d.errback(reason.clone());
+            }
         }
         // A close-delimited body ends here.
         if let Some(p) = self.parser.borrow_mut().as_mut() {

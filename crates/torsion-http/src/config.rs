@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub max_pipelined: usize,
     /// Time allowed for a whole request head once its first byte arrived
     /// (slowloris defence); the connection is closed when it runs out.
+    /// Timeouts are checked by one sweeper per server, every eighth of the
+    /// shortest timeout (5 ms to 1 s): they fire at most that much late.
     pub header_timeout: Duration,
     /// Longest wait for the next piece of a request body the handler is
     /// ready to take (a stalled upload is closed).

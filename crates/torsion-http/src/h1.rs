@@ -31,6 +31,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::mem::MaybeUninit;
 use std::rc::Rc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -168,7 +169,8 @@ enum ReadState {
     },
     Chunked {
         id: u64,
-        dec: ChunkedDecoder,
+        // Boxed: every connection carries a ReadState, few a chunked body.
+        dec: Box<ChunkedDecoder>,
     },
     /// No more requests are read (after `Connection: close` or an error).
     Stopped,
@@ -427,7 +429,9 @@ impl ServerConn {
             .iter()
             .find(|p| p.id == id)
             .map(|p| p.keep_alive)
-            .unwrap_or(false);
+            // Already answered (a response before the body was read): its
+            // response decided, and `close_after` holds a close.
+            .unwrap_or(true);
         self.read = if keep && !self.close_after {
             ReadState::Head
         } else {
@@ -447,7 +451,7 @@ impl ServerConn {
             return None;
         }
         // Request-line length (414) before anything else.
-        let line_end = buf.iter().position(|&b| b == b'\n');
+        let line_end = memchr::memchr(b'\n', buf);
         match line_end {
             None if buf.len() > self.cfg.max_request_line => {
                 return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
@@ -457,17 +461,21 @@ impl ServerConn {
             }
             _ => {}
         }
-        let mut stack = [httparse::EMPTY_HEADER; 128];
+        // Uninitialised header slots: zeroing 128 of them (4 KiB) for every
+        // request was the largest single cost of parsing a small request.
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
         let mut heap;
-        let headers: &mut [httparse::Header<'_>] = if self.cfg.max_headers <= stack.len() {
-            &mut stack[..self.cfg.max_headers]
-        } else {
-            heap = vec![httparse::EMPTY_HEADER; self.cfg.max_headers];
-            &mut heap
-        };
+        let headers: &mut [MaybeUninit<httparse::Header<'_>>] =
+            if self.cfg.max_headers <= stack.len() {
+                &mut stack[..self.cfg.max_headers]
+            } else {
+                heap = Vec::new();
+                heap.resize_with(self.cfg.max_headers, MaybeUninit::uninit);
+                &mut heap
+            };
         let limit = buf.len().min(self.cfg.max_header_bytes);
-        let mut req = httparse::Request::new(headers);
-        let parsed = req.parse(&buf[..limit]);
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(&buf[..limit], headers);
         let n = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
@@ -536,7 +544,7 @@ impl ServerConn {
             },
             None => ReadState::Chunked {
                 id: head.id,
-                dec: ChunkedDecoder::new(self.cfg.max_body),
+                dec: Box::new(ChunkedDecoder::new(self.cfg.max_body)),
             },
         };
         if !head.keep_alive {
@@ -795,9 +803,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 }
 
 fn has_bare_lf(buf: &[u8]) -> bool {
-    buf.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r')
 }
 
 fn build_head(

@@ -42,7 +42,7 @@ pub mod response;
 pub mod server;
 mod util;
 
-pub use client::{Agent, AgentConfig, ClientResponse};
+pub use client::{Agent, AgentConfig, ClientResponse, Proxy};
 pub use config::ServerConfig;
 pub use file::File;
 pub use request::{Request, RequestBody};

@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use torsion_core::{
@@ -38,6 +38,9 @@ struct Shared {
     handler: Rc<dyn Handler>,
     cfg: Rc<ServerConfig>,
     conns: RefCell<Vec<Weak<Conn>>>,
+    /// One timer per server sweeps the connections' deadlines (header,
+    /// body, idle): no timer, closure or allocation per connection or request.
+    sweeper: RefCell<Option<DelayedCall>>,
     draining: Cell<bool>,
     drained: RefCell<Vec<Deferred<()>>>,
 }
@@ -84,6 +87,7 @@ impl HttpServer {
                 handler,
                 cfg: Rc::new(cfg),
                 conns: RefCell::new(Vec::new()),
+                sweeper: RefCell::new(None),
                 draining: Cell::new(false),
                 drained: RefCell::new(Vec::new()),
             }),
@@ -139,6 +143,57 @@ impl HttpServer {
     }
 }
 
+/// How often the sweeper looks: an eighth of the shortest timeout, between
+/// 5 ms and 1 s, so a timeout fires at most that much late.
+fn sweep_interval(cfg: &ServerConfig) -> Duration {
+    let shortest = cfg
+        .header_timeout
+        .min(cfg.body_timeout)
+        .min(cfg.idle_timeout);
+    (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1))
+}
+
+/// Runs the sweeper while the server has connections.
+fn start_sweeper(shared: &Rc<Shared>) {
+    if shared.sweeper.borrow().as_ref().is_some_and(|t| t.active()) {
+        return;
+    }
+    let weak = Rc::downgrade(shared);
+    let t = shared
+        .reactor
+        .call_later(sweep_interval(&shared.cfg), move || {
+            if let Some(s) = weak.upgrade() {
+                sweep(&s);
+            }
+        });
+    *shared.sweeper.borrow_mut() = Some(t);
+}
+
+/// Fires the timeouts that are due and forgets closed connections.
+fn sweep(shared: &Rc<Shared>) {
+    shared.sweeper.borrow_mut().take();
+    let now = shared.reactor.now();
+    let mut due = Vec::new();
+    shared.conns.borrow_mut().retain(|w| {
+        let Some(c) = w.upgrade() else { return false };
+        if c.closed.get() {
+            return false;
+        }
+        if let Some((kind, at)) = c.deadline.get() {
+            if at <= now {
+                due.push((c, kind));
+            }
+        }
+        true
+    });
+    for (c, kind) in due {
+        c.timed_out(kind);
+    }
+    if !shared.conns.borrow().is_empty() {
+        start_sweeper(shared);
+    }
+}
+
 fn check_drained(shared: &Rc<Shared>) {
     if !shared.draining.get() {
         return;
@@ -181,7 +236,6 @@ impl Protocol for HttpProtocol {
         let conn = Rc::new_cyclic(|me| Conn {
             me: me.clone(),
             shared: self.shared.clone(),
-            peer: transport.peer(),
             transport,
             machine: RefCell::new(ServerConn::with_shared_config(self.shared.cfg.clone())),
             slots: RefCell::new(VecDeque::new()),
@@ -191,11 +245,12 @@ impl Protocol for HttpProtocol {
             closed: Cell::new(false),
             closing: Cell::new(false),
             reading_paused: Cell::new(false),
-            timer: RefCell::new(None),
+            deadline: Cell::new(None),
             producer: Cell::new(false),
             out: RefCell::new(Vec::new()),
         });
         self.shared.conns.borrow_mut().push(Rc::downgrade(&conn));
+        start_sweeper(&self.shared);
         conn.kick();
         self.conn = Some(conn);
     }
@@ -207,11 +262,7 @@ impl Protocol for HttpProtocol {
                 return;
             }
             // Progress on a body restarts its timer.
-            if c.timer
-                .borrow()
-                .as_ref()
-                .is_some_and(|(k, _)| *k == TimerKind::Body)
-            {
+            if c.deadline.get().is_some_and(|(k, _)| k == TimerKind::Body) {
                 c.cancel_timer();
             }
             c.machine.borrow_mut().receive(data);
@@ -236,7 +287,7 @@ enum TimerKind {
 
 enum SlotState {
     Waiting,
-    Ready(Response),
+    Ready(Box<Response>),
     Streaming(Box<dyn BodySource>),
     /// The source is out being polled (its slot must not be touched).
     Busy,
@@ -264,7 +315,6 @@ struct Conn {
     me: Weak<Conn>,
     shared: Rc<Shared>,
     transport: Transport,
-    peer: Address,
     machine: RefCell<ServerConn>,
     slots: RefCell<VecDeque<Slot>>,
     /// The request whose body is arriving now.
@@ -274,7 +324,8 @@ struct Conn {
     closed: Cell<bool>,
     closing: Cell<bool>,
     reading_paused: Cell<bool>,
-    timer: RefCell<Option<(TimerKind, DelayedCall)>>,
+    /// The running timeout and when it expires (reactor time).
+    deadline: Cell<Option<(TimerKind, Duration)>>,
     producer: Cell<bool>,
     out: RefCell<Vec<u8>>,
 }
@@ -436,7 +487,7 @@ impl Conn {
                 }
             }
             Event::Error { id, status, reason } => {
-                tracing::debug!(peer = %self.peer, %status, reason, "bad request");
+                tracing::debug!(peer = %self.transport.peer(), %status, reason, "bad request");
                 if id.is_some() {
                     let b = self.body.borrow_mut().take();
                     if let Some((_, b)) = b {
@@ -445,7 +496,7 @@ impl Conn {
                 } else if access_log_enabled() {
                     access_log(
                         &self.shared.cfg.log_name,
-                        &self.peer,
+                        &self.transport.peer(),
                         &LogInfo {
                             request_line: "-".into(),
                             referer: "-".into(),
@@ -461,7 +512,8 @@ impl Conn {
     }
 
     fn dispatch(self: &Rc<Self>, head: RequestHead) {
-        let body = if head.has_body() {
+        let has_body = head.has_body();
+        let body = if has_body {
             let me = self.me.clone();
             let on_consume: Rc<dyn Fn()> = Rc::new(move || {
                 if let Some(c) = me.upgrade() {
@@ -511,13 +563,19 @@ impl Conn {
             head.version,
             head.headers,
             body,
-            self.peer.clone(),
+            self.transport.peer(),
             self.shared.reactor.clone(),
             postpath,
         );
         let handler = self.shared.handler.clone();
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(req)));
         match reply {
+            // The oldest unanswered request: straight to the machine, without
+            // parking the response in its slot first.
+            // (Requests with a body take the usual way: their body events come first.)
+            Ok(Reply::Now(r)) if !has_body && self.machine.borrow().current() == Some(id) => {
+                self.emit(id, r)
+            }
             Ok(Reply::Now(r)) => self.set_response(id, Ok(r)),
             Ok(Reply::Later(d)) => {
                 if let Some(s) = self.slots.borrow_mut().iter_mut().find(|s| s.id == id) {
@@ -542,7 +600,7 @@ impl Conn {
         let resp = match r {
             Ok(r) => r,
             Err(f) => {
-                tracing::error!(peer = %self.peer, failure = %f, "request handler failed");
+                tracing::error!(peer = %self.transport.peer(), failure = %f, "request handler failed");
                 Response::error(StatusCode::INTERNAL_SERVER_ERROR)
             }
         };
@@ -550,7 +608,7 @@ impl Conn {
         if let Some(s) = slots.iter_mut().find(|s| s.id == id) {
             if matches!(s.state, SlotState::Waiting) {
                 s.deferred = None;
-                s.state = SlotState::Ready(resp);
+                s.state = SlotState::Ready(Box::new(resp));
             }
         }
         drop(slots);
@@ -581,56 +639,7 @@ impl Conn {
                     self.put_state(front, state);
                     return;
                 }
-                SlotState::Ready(resp) => {
-                    let Response {
-                        status,
-                        headers,
-                        body,
-                    } = resp;
-                    let len = body.len();
-                    let r = self
-                        .machine
-                        .borrow_mut()
-                        .respond(front, status, &headers, len);
-                    self.with_slot(front, |s| {
-                        if let Some(l) = s.log.as_mut() {
-                            l.status = status.as_u16();
-                        }
-                    });
-                    if let Err(e) = r {
-                        self.response_refused(front, e);
-                        continue;
-                    }
-                    match body {
-                        Body::Empty => self.finish(front),
-                        Body::Bytes(b) => {
-                            let r = self.machine.borrow_mut().send_data(front, &b);
-                            self.with_slot(front, |s| {
-                                if let Some(l) = s.log.as_mut() {
-                                    l.bytes = b.len() as u64;
-                                }
-                            });
-                            if let Err(e) = r {
-                                self.response_refused(front, e);
-                                continue;
-                            }
-                            self.finish(front);
-                        }
-                        Body::Stream { source, .. } => {
-                            let is_head = self
-                                .slots
-                                .borrow()
-                                .iter()
-                                .any(|s| s.id == front && s.is_head);
-                            if is_head {
-                                drop(source);
-                                self.finish(front);
-                            } else {
-                                self.put_state(front, SlotState::Streaming(source));
-                            }
-                        }
-                    }
-                }
+                SlotState::Ready(resp) => self.emit(front, *resp),
                 SlotState::Streaming(mut source) => {
                     if !self.producer.get() {
                         self.producer.set(true);
@@ -674,7 +683,7 @@ impl Conn {
                                     }
                                 });
                                 if let Err(e) = r {
-                                    tracing::error!(peer = %self.peer, error = %e, "streamed body does not fit its response");
+                                    tracing::error!(peer = %self.transport.peer(), error = %e, "streamed body does not fit its response");
                                     self.abort();
                                     return;
                                 }
@@ -689,12 +698,64 @@ impl Conn {
                                 break;
                             }
                             Chunk::Error(f) => {
-                                tracing::error!(peer = %self.peer, failure = %f, "response body failed");
+                                tracing::error!(peer = %self.transport.peer(), failure = %f, "response body failed");
                                 self.abort();
                                 return;
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Hands the response for `front` (the oldest unanswered request) to the machine.
+    fn emit(&self, front: u64, resp: Response) {
+        let Response {
+            status,
+            headers,
+            body,
+        } = resp;
+        let len = body.len();
+        let r = self
+            .machine
+            .borrow_mut()
+            .respond(front, status, &headers, len);
+        self.with_slot(front, |s| {
+            if let Some(l) = s.log.as_mut() {
+                l.status = status.as_u16();
+            }
+        });
+        if let Err(e) = r {
+            self.response_refused(front, e);
+            return;
+        }
+        match body {
+            Body::Empty => self.finish(front),
+            Body::Bytes(b) => {
+                let r = self.machine.borrow_mut().send_data(front, &b);
+                self.with_slot(front, |s| {
+                    if let Some(l) = s.log.as_mut() {
+                        l.bytes = b.len() as u64;
+                    }
+                });
+                if let Err(e) = r {
+                    self.response_refused(front, e);
+                    return;
+                }
+                self.finish(front);
+            }
+            Body::Stream { source, .. } => {
+                let is_head = self
+                    .slots
+                    .borrow()
+                    .iter()
+                    .any(|s| s.id == front && s.is_head);
+                if is_head {
+                    drop(source);
+                    self.finish(front);
+                } else {
+                    self.put_state(front, SlotState::Streaming(source));
                 }
             }
         }
@@ -712,7 +773,7 @@ impl Conn {
 
     fn response_refused(&self, id: u64, e: SendError) {
         if e != SendError::Superseded {
-            tracing::error!(peer = %self.peer, error = %e, "response refused");
+            tracing::error!(peer = %self.transport.peer(), error = %e, "response refused");
         }
         self.slots.borrow_mut().retain(|s| s.id != id);
     }
@@ -726,7 +787,7 @@ impl Conn {
         }
         let r = self.machine.borrow_mut().finish(id);
         if let Err(e) = r {
-            tracing::error!(peer = %self.peer, error = %e, "finishing response failed");
+            tracing::error!(peer = %self.transport.peer(), error = %e, "finishing response failed");
         }
         let slot = {
             let mut slots = self.slots.borrow_mut();
@@ -734,7 +795,7 @@ impl Conn {
             pos.and_then(|p| slots.remove(p))
         };
         if let Some(l) = slot.and_then(|s| s.log) {
-            access_log(&self.shared.cfg.log_name, &self.peer, &l);
+            access_log(&self.shared.cfg.log_name, &self.transport.peer(), &l);
         }
         if self.producer.get() {
             self.producer.set(false);
@@ -783,9 +844,7 @@ impl Conn {
     }
 
     fn cancel_timer(&self) {
-        if let Some((_, t)) = self.timer.borrow_mut().take() {
-            let _ = t.cancel();
-        }
+        self.deadline.set(None);
     }
 
     fn update_timer(&self) {
@@ -804,39 +863,31 @@ impl Conn {
                 None
             }
         };
-        let current = self
-            .timer
-            .borrow()
-            .as_ref()
-            .filter(|(_, t)| t.active())
-            .map(|(k, _)| *k);
+        let current = self.deadline.get().map(|(k, _)| k);
         if want == current {
             return;
         }
-        self.cancel_timer();
-        let Some(kind) = want else { return };
+        let Some(kind) = want else {
+            self.deadline.set(None);
+            return;
+        };
         let delay = match kind {
             TimerKind::Header => self.shared.cfg.header_timeout,
             TimerKind::Idle => self.shared.cfg.idle_timeout,
             TimerKind::Body => self.shared.cfg.body_timeout,
         };
-        let me = self.me.clone();
-        let t = self.shared.reactor.call_later(delay, move || {
-            if let Some(c) = me.upgrade() {
-                c.timed_out(kind);
-            }
-        });
-        *self.timer.borrow_mut() = Some((kind, t));
+        let at = self.shared.reactor.now().saturating_add(delay);
+        self.deadline.set(Some((kind, at)));
     }
 
     fn timed_out(&self, kind: TimerKind) {
         if self.closed.get() || self.closing.get() {
             return;
         }
-        self.timer.borrow_mut().take();
+        self.deadline.set(None);
         match kind {
             TimerKind::Header => {
-                tracing::info!(peer = %self.peer, "request head not received in time; closing");
+                tracing::info!(peer = %self.transport.peer(), "request head not received in time; closing");
                 if self.slots.borrow().is_empty() && self.machine.borrow().queued() == 0 {
                     self.transport.write(
                         b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
@@ -844,10 +895,10 @@ impl Conn {
                 }
             }
             TimerKind::Idle => {
-                tracing::debug!(peer = %self.peer, "idle keep-alive connection closed")
+                tracing::debug!(peer = %self.transport.peer(), "idle keep-alive connection closed")
             }
             TimerKind::Body => {
-                tracing::info!(peer = %self.peer, "request body stalled; closing");
+                tracing::info!(peer = %self.transport.peer(), "request body stalled; closing");
                 let b = self.body.borrow_mut().take();
                 if let Some((_, b)) = b {
                     request::end_body(&b, Some("request body timed out".into()));
@@ -861,7 +912,7 @@ impl Conn {
     fn lost(&self, reason: Failure) {
         self.closed.set(true);
         self.cancel_timer();
-        tracing::trace!(peer = %self.peer, %reason, "HTTP connection closed");
+        tracing::trace!(peer = %self.transport.peer(), %reason, "HTTP connection closed");
         let b = self.body.borrow_mut().take();
         if let Some((_, b)) = b {
             request::end_body(&b, Some("connection lost".into()));

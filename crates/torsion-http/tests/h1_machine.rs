@@ -426,3 +426,27 @@ fn cases(n: u32) -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(n)
 }
+
+/// A response sent before the request body arrived (a handler answering at
+/// once) must not stop the connection: the body is read, then the next
+/// request. (It used to stop reading, and the next request hung.)
+#[test]
+fn answer_before_body_keeps_connection_reading() {
+    let mut c = ServerConn::new(ServerConfig::default());
+    c.receive(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n");
+    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id == 0));
+    c.respond(0, StatusCode::OK, &HeaderMap::new(), Some(0))
+        .unwrap();
+    c.finish(0).unwrap();
+    c.receive(b"dataGET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        c.next_event(),
+        Some(Event::Data {
+            id: 0,
+            data: b"data".to_vec()
+        })
+    );
+    assert_eq!(c.next_event(), Some(Event::End { id: 0 }));
+    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id == 1 && h.uri.path() == "/next"));
+    assert!(!c.should_close());
+}
