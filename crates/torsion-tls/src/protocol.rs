@@ -187,18 +187,27 @@ pub(crate) struct TlsShared {
 ///
 /// ```
 /// use torsion_core::testing::{AccumulatingProtocol, LoopbackPump};
-/// use torsion_tls::{TlsProtocol, TlsSide, TlsServerConfig, TlsClientConfig};
-/// # fn configs() -> (TlsServerConfig, TlsClientConfig) { unimplemented!() }
-/// # fn demo() {
-/// let (server_cfg, client_cfg) = configs();
-/// let (server, _s) = AccumulatingProtocol::new();
-/// let (client, _c) = AccumulatingProtocol::new();
+/// use torsion_tls::{CertificateKey, TlsClientConfig, TlsProtocol, TlsServerConfig, TrustRoots};
+///
+/// // A self-signed certificate made on the spot (tests never commit keys).
+/// let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+/// let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+/// let server_cfg = TlsServerConfig::builder()
+///     .certificate(CertificateKey::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap())
+///     .build()
+///     .unwrap();
+/// let client_cfg = TlsClientConfig::with_roots(TrustRoots::from_pem(cert_pem.as_bytes()).unwrap()).unwrap();
+///
+/// let (server, server_log) = AccumulatingProtocol::new();
+/// let (client, client_log) = AccumulatingProtocol::new();
 /// let pump = LoopbackPump::connect(
 ///     Box::new(TlsProtocol::server(Box::new(server), server_cfg)),
 ///     Box::new(TlsProtocol::client(Box::new(client), client_cfg, "localhost")),
 /// );
 /// pump.pump(); // the handshake runs in memory
-/// # }
+/// client_log.transport().unwrap().write(b"secret");
+/// pump.pump();
+/// assert_eq!(server_log.data(), b"secret");
 /// ```
 pub struct TlsProtocol {
     shared: Rc<TlsShared>,
