@@ -105,7 +105,6 @@ impl ListeningPort {
 
 struct TcpPort {
     reactor: Weak<Inner>,
-    me: Weak<TcpPort>,
     token: Cell<usize>,
     listener: RefCell<Option<TcpListener>>,
     factory: Rc<dyn Factory>,
@@ -251,28 +250,17 @@ impl Reactor {
         listener.set_nonblocking(true)?;
         let host = listener.local_addr()?;
         let mut listener = TcpListener::from_std(listener);
-        let slot: Rc<RefCell<Option<Rc<TcpPort>>>> = Rc::new(RefCell::new(None));
-        let weak_r = self.downgrade();
-        let f2 = factory.clone();
-        let slot2 = slot.clone();
-        let key = self.register_source(&mut listener, Interest::READABLE, move |key| {
-            let port = Rc::new_cyclic(|me| TcpPort {
-                reactor: weak_r,
-                me: me.clone(),
-                token: Cell::new(key),
-                listener: RefCell::new(None),
-                factory: f2,
-                host,
-                accept: AcceptState::default(),
-            });
-            *slot2.borrow_mut() = Some(port.clone());
-            port
-        })?;
-        let port = slot
-            .borrow_mut()
-            .take()
-            .ok_or_else(|| io::Error::other("port not created"))?;
-        let _ = (key, &port.me);
+        let port = Rc::new(TcpPort {
+            reactor: self.downgrade(),
+            token: Cell::new(usize::MAX),
+            listener: RefCell::new(None),
+            factory: factory.clone(),
+            host,
+            accept: AcceptState::default(),
+        });
+        let source = port.clone();
+        let key = self.register_source(&mut listener, Interest::READABLE, move |_| source)?;
+        port.token.set(key);
         *port.listener.borrow_mut() = Some(listener);
         factory.start_factory();
         tracing::info!(addr = %host, "listening on tcp:{}", host);

@@ -700,33 +700,12 @@ impl Reactor {
         set_mode(&path, opts.mode)?;
         s.listen(opts.backlog)?;
         let std_listener: std::os::unix::net::UnixListener = s.into();
-        let mut listener = UnixListener::from_std(std_listener);
-        let slot: Rc<RefCell<Option<Rc<UnixPortInner>>>> = Rc::new(RefCell::new(None));
-        let slot2 = slot.clone();
-        let weak = self.downgrade();
-        let f2 = factory.clone();
-        let p2 = path.clone();
-        self.register_source(&mut listener, Interest::READABLE, move |key| {
-            let port = Rc::new(UnixPortInner {
-                reactor: weak,
-                token: Cell::new(key),
-                listener: RefCell::new(None),
-                factory: f2,
-                path: p2,
-                owns_file,
-                accept: AcceptState::default(),
-            });
-            *slot2.borrow_mut() = Some(port.clone());
-            port
-        })?;
-        let port = slot
-            .borrow_mut()
-            .take()
-            .ok_or_else(|| io::Error::other("port not created"))?;
-        *port.listener.borrow_mut() = Some(listener);
-        factory.start_factory();
-        tracing::info!(path = %path, "listening on unix:{}", path);
-        Ok(UnixPort { port })
+        self.serve_unix_listener(
+            UnixListener::from_std(std_listener),
+            factory,
+            path,
+            owns_file,
+        )
     }
 
     /// Serves an already bound, listening Unix socket (socket activation).
@@ -740,31 +719,32 @@ impl Reactor {
             Some(p) => UnixPath::File(p.to_path_buf()),
             None => UnixPath::Abstract(Vec::new()),
         };
-        let mut listener = UnixListener::from_std(listener);
-        let slot: Rc<RefCell<Option<Rc<UnixPortInner>>>> = Rc::new(RefCell::new(None));
-        let slot2 = slot.clone();
-        let weak = self.downgrade();
-        let f2 = factory.clone();
-        let p2 = path.clone();
-        self.register_source(&mut listener, Interest::READABLE, move |key| {
-            let port = Rc::new(UnixPortInner {
-                reactor: weak,
-                token: Cell::new(key),
-                listener: RefCell::new(None),
-                factory: f2,
-                path: p2,
-                owns_file: false,
-                accept: AcceptState::default(),
-            });
-            *slot2.borrow_mut() = Some(port.clone());
-            port
-        })?;
-        let port = slot
-            .borrow_mut()
-            .take()
-            .ok_or_else(|| io::Error::other("port not created"))?;
+        self.serve_unix_listener(UnixListener::from_std(listener), factory, path, false)
+    }
+
+    /// Registers a listening socket and starts accepting on it.
+    fn serve_unix_listener(
+        &self,
+        mut listener: UnixListener,
+        factory: Rc<dyn Factory>,
+        path: UnixPath,
+        owns_file: bool,
+    ) -> Result<UnixPort, UnixError> {
+        let port = Rc::new(UnixPortInner {
+            reactor: self.downgrade(),
+            token: Cell::new(usize::MAX),
+            listener: RefCell::new(None),
+            factory: factory.clone(),
+            path: path.clone(),
+            owns_file,
+            accept: AcceptState::default(),
+        });
+        let source = port.clone();
+        let key = self.register_source(&mut listener, Interest::READABLE, move |_| source)?;
+        port.token.set(key);
         *port.listener.borrow_mut() = Some(listener);
         factory.start_factory();
+        tracing::info!(path = %path, "listening on unix:{}", path);
         Ok(UnixPort { port })
     }
 
