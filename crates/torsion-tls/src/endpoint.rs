@@ -78,7 +78,38 @@ pub fn split_endpoint(s: &str) -> Result<Vec<String>, TlsEndpointError> {
 }
 
 /// Separates positional arguments from `key=value` options.
-fn classify(parts: &[String]) -> (Vec<String>, Vec<(String, String)>) {
+/// Splits an `ssl:`/`tls:` string into positional arguments and options.
+/// Both schemes are accepted on either side, as in Twisted.
+fn split_tls(s: &str, expected: &'static str) -> Result<Split, TlsEndpointError> {
+    let parts = split_endpoint(s)?;
+    let scheme = parts.first().cloned().unwrap_or_default();
+    if scheme != "ssl" && scheme != "tls" {
+        return Err(TlsEndpointError::WrongScheme {
+            expected,
+            got: scheme,
+        });
+    }
+    Ok(classify(&parts[1..]))
+}
+
+/// A value given either as the next positional argument or as `key=value`
+/// (giving both is an error).
+fn positional_or_key<'a>(
+    positional: &mut impl Iterator<Item = &'a String>,
+    opts: &[(&'static str, String)],
+    key: &'static str,
+) -> Result<Option<String>, TlsEndpointError> {
+    match (positional.next(), get(opts, key)) {
+        (Some(_), Some(_)) => Err(TlsEndpointError::Duplicate(key.into())),
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, v) => Ok(v),
+    }
+}
+
+/// Positional arguments and `key=value` options of an endpoint string.
+type Split = (Vec<String>, Vec<(String, String)>);
+
+fn classify(parts: &[String]) -> Split {
     let mut pos = Vec::new();
     let mut kw = Vec::new();
     for p in parts {
@@ -160,15 +191,7 @@ const SERVER_OPTIONS: &[&str] = &[
 impl TlsServerEndpoint {
     /// Parses `ssl:PORT:privateKey=…[:certKey=…]…`.
     pub fn parse(s: &str) -> Result<Self, TlsEndpointError> {
-        let parts = split_endpoint(s)?;
-        let scheme = parts.first().cloned().unwrap_or_default();
-        if scheme != "ssl" && scheme != "tls" {
-            return Err(TlsEndpointError::WrongScheme {
-                expected: "ssl:",
-                got: scheme,
-            });
-        }
-        let (pos, kw) = classify(&parts[1..]);
+        let (pos, kw) = split_tls(s, "ssl:")?;
         Self::from_parts(&pos, &kw)
     }
 
@@ -179,12 +202,8 @@ impl TlsServerEndpoint {
     ) -> Result<Self, TlsEndpointError> {
         let opts = take_once(options, SERVER_OPTIONS)?;
         let mut pos = positional.iter();
-        let port_s = match (pos.next(), get(&opts, "port")) {
-            (Some(_), Some(_)) => return Err(TlsEndpointError::Duplicate("port".into())),
-            (Some(p), None) => p.clone(),
-            (None, Some(p)) => p,
-            (None, None) => return Err(TlsEndpointError::Missing("port")),
-        };
+        let port_s =
+            positional_or_key(&mut pos, &opts, "port")?.ok_or(TlsEndpointError::Missing("port"))?;
         if let Some(extra) = pos.next() {
             return Err(TlsEndpointError::UnexpectedArgument(extra.clone()));
         }
@@ -347,15 +366,7 @@ const CLIENT_OPTIONS: &[&str] = &[
 impl TlsClientEndpoint {
     /// Parses `tls:host=H:port=P…` (or `tls:H:P…`).
     pub fn parse(s: &str) -> Result<Self, TlsEndpointError> {
-        let parts = split_endpoint(s)?;
-        let scheme = parts.first().cloned().unwrap_or_default();
-        if scheme != "tls" && scheme != "ssl" {
-            return Err(TlsEndpointError::WrongScheme {
-                expected: "tls:",
-                got: scheme,
-            });
-        }
-        let (pos, kw) = classify(&parts[1..]);
+        let (pos, kw) = split_tls(s, "tls:")?;
         Self::from_parts(&pos, &kw)
     }
 
@@ -366,15 +377,10 @@ impl TlsClientEndpoint {
     ) -> Result<Self, TlsEndpointError> {
         let opts = take_once(options, CLIENT_OPTIONS)?;
         let mut pos = positional.iter();
-        let mut pick = |key: &'static str| -> Result<Option<String>, TlsEndpointError> {
-            match (pos.next(), get(&opts, key)) {
-                (Some(_), Some(_)) => Err(TlsEndpointError::Duplicate(key.into())),
-                (Some(p), None) => Ok(Some(p.clone())),
-                (None, v) => Ok(v),
-            }
-        };
-        let host = pick("host")?.ok_or(TlsEndpointError::Missing("host"))?;
-        let port = pick("port")?.ok_or(TlsEndpointError::Missing("port"))?;
+        let host =
+            positional_or_key(&mut pos, &opts, "host")?.ok_or(TlsEndpointError::Missing("host"))?;
+        let port =
+            positional_or_key(&mut pos, &opts, "port")?.ok_or(TlsEndpointError::Missing("port"))?;
         if let Some(extra) = pos.next() {
             return Err(TlsEndpointError::UnexpectedArgument(extra.clone()));
         }
