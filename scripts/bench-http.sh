@@ -118,23 +118,45 @@ print(f"\nCPU per request vs raw loop: torsion {t/r:.2f}x, hyper {h/r:.2f}x; "
       f"pipelined: torsion {tp/rp:.2f}x, hyper {hp/rp:.2f}x")
 EOF
 
-# Static 1 MiB file.
+# Static 1 MiB file: throughput and server CPU per MiB sent, torsion web
+# beside nginx (Debian nginx-light, sendfile on) when it is installed.
 mkdir -p "$work/www"
 head -c 1048576 /dev/urandom >"$work/www/1m.bin"
+static_wrk() { # pid port ; prints "MiB/s cpu_ms_per_MiB"
+  local pid=$1 port=$2 t0 t1 out
+  t0=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c10 -d"${secs}s" "http://127.0.0.1:$port/1m.bin")
+  t1=$(cpu_ticks "$pid")
+  local n; n=$(echo "$out" | awk '/requests in/ {print $1}')
+  local tck; tck=$(getconf CLK_TCK)
+  python3 -c "print('%.0f %.3f' % ($n / $secs, ($t1 - $t0) * 1e3 / $tck / max($n, 1)))"
+}
 set -- $(start web "$target/release/torsion" web --listen tcp:0:interface=127.0.0.1 --path "$work/www")
-out=$(taskset -c 1 wrk -t1 -c10 -d"${secs}s" "http://127.0.0.1:$2/1m.bin")
-echo
-echo "static 1 MiB: torsion web $(echo "$out" | awk '/Transfer\/sec/ {print $2}')/s"
-kill "$1"
+S_torsion=$(static_wrk "$1" "$2")
+kill "$1"; wait "$1" 2>/dev/null || true
+S_nginx=""
 if command -v nginx >/dev/null; then
+  nport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$work/nginx"
   cat >"$work/nginx.conf" <<EOF
 daemon off; worker_processes 1; pid $work/nginx.pid; error_log stderr crit;
 events {}
-http { access_log off; sendfile on; server { listen 127.0.0.1:18999; root $work/www; } }
+http { access_log off; sendfile on; tcp_nopush on;
+  client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+  server { listen 127.0.0.1:$nport; root $work/www; } }
 EOF
-  taskset -c 0 nginx -c "$work/nginx.conf" 2>/dev/null &
-  pids+=($!)
-  sleep 0.5
-  out=$(taskset -c 1 wrk -t1 -c10 -d"${secs}s" "http://127.0.0.1:18999/1m.bin")
-  echo "static 1 MiB: nginx $(echo "$out" | awk '/Transfer\/sec/ {print $2}')/s"
+  taskset -c 0 nginx -p "$work/nginx" -c "$work/nginx.conf" 2>/dev/null &
+  npid=$!
+  pids+=("$npid")
+  for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $nport)).close()" 2>/dev/null && break; sleep 0.05; done
+  S_nginx=$(static_wrk "$npid" "$nport")
+  kill "$npid"; wait "$npid" 2>/dev/null || true
+fi
+echo
+echo "| static 1 MiB file, wrk -c10 | MiB/s | server CPU ms per MiB |"
+echo "|---|---:|---:|"
+echo "| torsion web | $(echo "$S_torsion" | awk '{print $1}') | $(echo "$S_torsion" | awk '{print $2}') |"
+if [ -n "$S_nginx" ]; then
+  echo "| nginx (sendfile) | $(echo "$S_nginx" | awk '{print $1}') | $(echo "$S_nginx" | awk '{print $2}') |"
 fi
