@@ -10,10 +10,12 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use crate::reactor::{Reactor, Source};
+use crate::failure::catch;
+use crate::protocol::Factory;
+use crate::reactor::{Inner, Reactor, Source};
 use crate::time::DelayedCall;
 
 /// Accepts per readiness event before yielding to other sources.
@@ -39,6 +41,36 @@ impl AcceptState {
             let _ = c.cancel();
         }
     }
+}
+
+/// Closes a listening socket: deregisters it, retires its token, cancels a
+/// pending accept retry and tells the factory it will get no more
+/// connections. `before_stop` runs after the socket is closed and before
+/// `stop_factory` (a Unix listener removes its socket file there). Returns
+/// false, doing nothing, when the listener was already closed.
+pub(crate) fn close_listener<L: mio::event::Source>(
+    listener: &RefCell<Option<L>>,
+    reactor: &Weak<Inner>,
+    token: usize,
+    accept: &AcceptState,
+    factory: &Rc<dyn Factory>,
+    before_stop: impl FnOnce(),
+) -> bool {
+    let Some(mut l) = listener.borrow_mut().take() else {
+        return false;
+    };
+    if let Some(inner) = reactor.upgrade() {
+        let r = Reactor::from_inner(inner);
+        let _ = r.registry().deregister(&mut l);
+        r.retire_source(token);
+    }
+    accept.cancel();
+    drop(l);
+    before_stop();
+    if let Err(f) = catch(|| factory.stop_factory()) {
+        tracing::error!(failure = %f, "stop_factory panicked");
+    }
+    true
 }
 
 /// A listener the shared loop can drive.

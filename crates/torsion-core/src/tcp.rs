@@ -11,7 +11,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket};
 
-use crate::accept::{accept_some, AcceptState, Acceptor};
+use crate::accept::{accept_some, close_listener, AcceptState, Acceptor};
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
@@ -114,20 +114,17 @@ struct TcpPort {
 
 impl TcpPort {
     fn close(&self) {
-        let Some(mut l) = self.listener.borrow_mut().take() else {
-            return;
-        };
-        if let Some(inner) = self.reactor.upgrade() {
-            let r = Reactor::from_inner(inner);
-            let _ = r.registry().deregister(&mut l);
-            r.retire_source(self.token.get());
+        let closed = close_listener(
+            &self.listener,
+            &self.reactor,
+            self.token.get(),
+            &self.accept,
+            &self.factory,
+            || {},
+        );
+        if closed {
+            tracing::info!(addr = %self.host, "stopped listening");
         }
-        self.accept.cancel();
-        drop(l);
-        if let Err(f) = catch(|| self.factory.stop_factory()) {
-            tracing::error!(failure = %f, "stop_factory panicked");
-        }
-        tracing::info!(addr = %self.host, "stopped listening");
     }
 
     fn start_connection(&self, reactor: &Reactor, stream: TcpStream, peer: SocketAddr) {

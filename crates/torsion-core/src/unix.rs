@@ -36,7 +36,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::accept::{accept_some, AcceptState, Acceptor};
+use crate::accept::{accept_some, close_listener, AcceptState, Acceptor};
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
@@ -421,22 +421,18 @@ struct UnixPortInner {
 
 impl UnixPortInner {
     fn close(&self) {
-        let Some(mut l) = self.listener.borrow_mut().take() else {
-            return;
-        };
-        if let Some(inner) = self.reactor.upgrade() {
-            let r = Reactor::from_inner(inner);
-            let _ = r.registry().deregister(&mut l);
-            r.retire_source(self.token.get());
-        }
-        self.accept.cancel();
-        drop(l);
-        if let (true, UnixPath::File(p)) = (self.owns_file, &self.path) {
-            let _ = std::fs::remove_file(p);
-        }
-        if let Err(f) = catch(|| self.factory.stop_factory()) {
-            tracing::error!(failure = %f, "stop_factory panicked");
-        }
+        close_listener(
+            &self.listener,
+            &self.reactor,
+            self.token.get(),
+            &self.accept,
+            &self.factory,
+            || {
+                if let (true, UnixPath::File(p)) = (self.owns_file, &self.path) {
+                    let _ = std::fs::remove_file(p);
+                }
+            },
+        );
     }
 }
 
