@@ -13,8 +13,7 @@ use std::io;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use crate::failure::catch;
-use crate::protocol::Factory;
+use crate::protocol::{factory_released, Factory};
 use crate::reactor::{Inner, Reactor, Source};
 use crate::time::DelayedCall;
 
@@ -67,9 +66,7 @@ pub(crate) fn close_listener<L: mio::event::Source>(
     accept.cancel();
     drop(l);
     before_stop();
-    if let Err(f) = catch(|| factory.stop_factory()) {
-        tracing::error!(failure = %f, "stop_factory panicked");
-    }
+    factory_released(&**factory);
     true
 }
 

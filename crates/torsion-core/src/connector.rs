@@ -1,10 +1,11 @@
 //! `Connector`: the handle of an outgoing connection attempt.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
 use crate::address::Address;
+use crate::protocol::{factory_in_use, factory_released, Factory};
 use crate::transport::Transport;
 
 /// Where a connector stands.
@@ -32,6 +33,10 @@ pub trait ConnectorImpl: 'static {
 struct Shared {
     imp: Rc<dyn ConnectorImpl>,
     state: RefCell<(ConnectorState, Option<Transport>)>,
+    // Whether this connector counts as a user of its factory (Twisted's
+    // `factoryStarted`): set on connect, cleared when an attempt fails or a
+    // connection ends and the factory did not reconnect from its callback.
+    factory_started: Cell<bool>,
 }
 
 /// A connection attempt and, once it succeeds, the connection.
@@ -52,6 +57,7 @@ impl Connector {
         Connector(Rc::new(Shared {
             imp,
             state: RefCell::new((ConnectorState::Disconnected, None)),
+            factory_started: Cell::new(false),
         }))
     }
 
@@ -93,6 +99,23 @@ impl Connector {
     /// The connection's transport, while connected.
     pub fn transport(&self) -> Option<Transport> {
         self.0.state.borrow().1.clone()
+    }
+
+    /// For connector implementations, when an attempt starts: the connector
+    /// becomes a user of `factory` (the first user starts it).
+    pub(crate) fn start_using(&self, factory: &dyn Factory) {
+        if !self.0.factory_started.replace(true) {
+            factory_in_use(factory);
+        }
+    }
+
+    /// For connector implementations, after `client_connection_failed` or
+    /// `client_connection_lost` returned: unless the factory reconnected
+    /// from that callback, the connector stops using it.
+    pub(crate) fn stop_using_if_idle(&self, factory: &dyn Factory) {
+        if self.state() == ConnectorState::Disconnected && self.0.factory_started.replace(false) {
+            factory_released(factory);
+        }
     }
 
     /// For connector implementations: record a state change.

@@ -1320,6 +1320,7 @@ impl Race {
         if let Err(p) = catch(|| user.client_connection_failed(&self.outer, reason)) {
             tracing::error!(failure = %p, "client_connection_failed panicked");
         }
+        self.outer.stop_using_if_idle(&**user);
     }
 
     /// Stops every attempt still connecting (the winner, if any, is past that).
@@ -1423,6 +1424,7 @@ impl ClientFactory for AttemptFactory {
         if let Err(p) = catch(|| self.user.client_connection_lost(&race.outer, reason)) {
             tracing::error!(failure = %p, "client_connection_lost panicked");
         }
+        race.outer.stop_using_if_idle(&*self.user);
     }
 }
 
@@ -1436,7 +1438,7 @@ impl ConnectorImpl for HappyConnector {
             return;
         }
         me.set_state(ConnectorState::Connecting, None);
-        self.factory.start_factory();
+        me.start_using(&*self.factory);
         if let Err(f) = catch(|| self.factory.started_connecting(me)) {
             tracing::error!(failure = %f, "started_connecting panicked");
         }

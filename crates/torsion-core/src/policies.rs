@@ -141,10 +141,10 @@ impl Factory for WrappingFactory {
         }))
     }
     fn start_factory(&self) {
-        self.inner.start_factory()
+        crate::protocol::factory_in_use(&*self.inner)
     }
     fn stop_factory(&self) {
-        self.inner.stop_factory()
+        crate::protocol::factory_released(&*self.inner)
     }
 }
 

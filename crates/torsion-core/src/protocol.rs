@@ -56,10 +56,91 @@ pub trait Protocol: 'static {
 pub trait Factory: 'static {
     /// A protocol for a connection with `peer`, or `None` to refuse it (the connection is closed).
     fn build_protocol(&self, peer: &Address) -> Option<Box<dyn Protocol>>;
-    /// Called when the first port or connector starts using this factory.
+    /// Called when the first port or connector starts using this factory
+    /// (once, however many ports share it).
     fn start_factory(&self) {}
-    /// Called when the last port or connector stops using it.
+    /// Called when the last port or connector stops using it: every port
+    /// has stopped listening and every connector has ended (failed, or its
+    /// connection was lost, without reconnecting from the callback). It may
+    /// be started again later.
     fn stop_factory(&self) {}
+}
+
+thread_local! {
+    // How many ports and connectors use each factory, by its address. A
+    // factory is !Send and so is the reactor: a per-thread count suffices.
+    static FACTORY_USERS: std::cell::RefCell<std::collections::HashMap<usize, usize>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn factory_key<F: Factory + ?Sized>(f: &F) -> usize {
+    (f as *const F).cast::<()>() as usize
+}
+
+/// A port, connector or wrapping factory starts using `f`: the first user
+/// calls its `start_factory` (Twisted's `doStart`). Ports and connectors do
+/// this themselves; a factory that wraps another calls it from its own
+/// `start_factory`, so the inner factory is started once however many
+/// wrappers and ports share it.
+///
+/// ```
+/// use torsion_core::protocol::{factory_in_use, factory_released, Factory};
+/// use torsion_core::{Address, Protocol};
+/// use std::cell::Cell;
+///
+/// #[derive(Default)]
+/// struct Counting(Cell<u32>, Cell<u32>);
+/// impl Factory for Counting {
+///     fn build_protocol(&self, _: &Address) -> Option<Box<dyn Protocol>> { None }
+///     fn start_factory(&self) { self.0.set(self.0.get() + 1) }
+///     fn stop_factory(&self) { self.1.set(self.1.get() + 1) }
+/// }
+/// let f = Counting::default();
+/// factory_in_use(&f);
+/// factory_in_use(&f); // a second user: no second start
+/// factory_released(&f);
+/// assert_eq!((f.0.get(), f.1.get()), (1, 0));
+/// factory_released(&f); // the last user: stopped
+/// assert_eq!((f.0.get(), f.1.get()), (1, 1));
+/// ```
+pub fn factory_in_use<F: Factory + ?Sized>(f: &F) {
+    let first = FACTORY_USERS.with(|m| {
+        let mut m = m.borrow_mut();
+        let n = m.entry(factory_key(f)).or_insert(0);
+        *n += 1;
+        *n == 1
+    });
+    if first {
+        if let Err(p) = crate::failure::catch(|| f.start_factory()) {
+            tracing::error!(failure = %p, "start_factory panicked");
+        }
+    }
+}
+
+/// A port, connector or wrapping factory stops using `f`: the last user
+/// calls its `stop_factory` (Twisted's `doStop`). Unbalanced calls are
+/// ignored. See [`factory_in_use`].
+pub fn factory_released<F: Factory + ?Sized>(f: &F) {
+    let last = FACTORY_USERS.with(|m| {
+        let mut m = m.borrow_mut();
+        let key = factory_key(f);
+        match m.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                m.remove(&key);
+                true
+            }
+            None => false,
+        }
+    });
+    if last {
+        if let Err(p) = crate::failure::catch(|| f.stop_factory()) {
+            tracing::error!(failure = %p, "stop_factory panicked");
+        }
+    }
 }
 
 /// A factory used by servers. Every [`Factory`] is one.

@@ -17,7 +17,7 @@ use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
 use crate::error::{ConnectionError, NotSupportedError};
 use crate::failure::{catch, Failure};
-use crate::protocol::{ClientFactory, Factory};
+use crate::protocol::{factory_in_use, ClientFactory, Factory};
 use crate::reactor::{Inner, Reactor, Readiness, Source};
 use crate::stream::{Connection, StreamSocket};
 use crate::time::DelayedCall;
@@ -259,7 +259,7 @@ impl Reactor {
         let key = self.register_source(&mut listener, Interest::READABLE, move |_| source)?;
         port.token.set(key);
         *port.listener.borrow_mut() = Some(listener);
-        factory.start_factory();
+        factory_in_use(&*factory);
         tracing::info!(addr = %host, "listening on tcp:{}", host);
         Ok(ListeningPort { port })
     }
@@ -407,6 +407,7 @@ impl Attempt {
         if let Err(p) = catch(|| self.factory.client_connection_failed(&self.connector, f)) {
             tracing::error!(failure = %p, "client_connection_failed panicked");
         }
+        self.connector.stop_using_if_idle(&*self.factory);
     }
 
     /// A failure found while starting: reported on the next turn, never from
@@ -534,7 +535,10 @@ impl Attempt {
         let factory = self.factory.clone();
         conn.set_on_close(Box::new(move |reason| {
             connector.set_state(ConnectorState::Disconnected, None);
-            factory.client_connection_lost(&connector, reason.clone());
+            if let Err(f) = catch(|| factory.client_connection_lost(&connector, reason.clone())) {
+                tracing::error!(failure = %f, "client_connection_lost panicked");
+            }
+            connector.stop_using_if_idle(&*factory);
         }));
         self.connector
             .set_state(ConnectorState::Connected, Some(conn.transport()));
@@ -588,7 +592,7 @@ impl ConnectorImpl for TcpConnector {
             done: Cell::new(false),
         });
         *self.attempt.borrow_mut() = Some(attempt.clone());
-        self.factory.start_factory();
+        me.start_using(&*self.factory);
         if let Err(f) = catch(|| self.factory.started_connecting(me)) {
             tracing::error!(failure = %f, "started_connecting panicked");
         }

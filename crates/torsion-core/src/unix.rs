@@ -42,7 +42,7 @@ use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
 use crate::error::{ConnectionError, NotSupportedError};
 use crate::failure::{catch, Failure};
-use crate::protocol::{ClientFactory, Factory};
+use crate::protocol::{factory_in_use, ClientFactory, Factory};
 use crate::reactor::{Inner, Reactor, Readiness, Source};
 use crate::stream::{Connection, StreamSocket};
 use crate::transport::{Transport, UnixCredentials};
@@ -490,7 +490,10 @@ fn start_unix_connection(
         let c2 = connector.clone();
         conn.set_on_close(Box::new(move |reason| {
             c2.set_state(ConnectorState::Disconnected, None);
-            cf.client_connection_lost(&c2, reason.clone());
+            if let Err(f) = catch(|| cf.client_connection_lost(&c2, reason.clone())) {
+                tracing::error!(failure = %f, "client_connection_lost panicked");
+            }
+            c2.stop_using_if_idle(&*cf);
         }));
         connector.set_state(ConnectorState::Connected, Some(conn.transport()));
     }
@@ -577,7 +580,7 @@ impl ConnectorImpl for UnixConnector {
             return;
         }
         me.set_state(ConnectorState::Connecting, None);
-        self.factory.start_factory();
+        me.start_using(&*self.factory);
         if let Err(f) = catch(|| self.factory.started_connecting(me)) {
             tracing::error!(failure = %f, "started_connecting panicked");
         }
@@ -599,6 +602,7 @@ impl ConnectorImpl for UnixConnector {
                 {
                     tracing::error!(failure = %p, "client_connection_failed panicked");
                 }
+                me2.stop_using_if_idle(&*factory);
             };
             let stream = (|| -> Result<UnixStream, ConnectionError> {
                 let sa = path
@@ -655,6 +659,7 @@ impl ConnectorImpl for UnixConnector {
         if let Err(p) = catch(|| self.factory.client_connection_failed(&me, f)) {
             tracing::error!(failure = %p, "client_connection_failed panicked");
         }
+        me.stop_using_if_idle(&*self.factory);
     }
 
     fn destination(&self) -> Address {
@@ -739,7 +744,7 @@ impl Reactor {
         let key = self.register_source(&mut listener, Interest::READABLE, move |_| source)?;
         port.token.set(key);
         *port.listener.borrow_mut() = Some(listener);
-        factory.start_factory();
+        factory_in_use(&*factory);
         tracing::info!(path = %path, "listening on unix:{}", path);
         Ok(UnixPort { port })
     }

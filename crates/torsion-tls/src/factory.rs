@@ -95,10 +95,10 @@ impl<F: Factory + ?Sized> Factory for TlsWrappingFactory<F> {
         Some(Box::new(p))
     }
     fn start_factory(&self) {
-        self.inner.start_factory()
+        torsion_core::protocol::factory_in_use(&*self.inner)
     }
     fn stop_factory(&self) {
-        self.inner.stop_factory()
+        torsion_core::protocol::factory_released(&*self.inner)
     }
 }
 

@@ -14,6 +14,10 @@ use torsion_core::{
     ListeningPort, Protocol, Reactor, Transport,
 };
 
+mod tempdir;
+#[allow(unused_imports)]
+pub use tempdir::TempDir;
+
 /// Runs `reactor` until it stops by itself or `limit` passes; true when it
 /// stopped by itself (the test's own condition), false on the watchdog.
 pub fn run_bounded(reactor: &Reactor, limit: Duration) -> bool {
