@@ -145,6 +145,7 @@ pub(crate) struct Inner {
     pub(crate) executor: Executor,
     signals: RefCell<Option<crate::sys::SignalPipe>>,
     shutdown_grace: Cell<Duration>,
+    trigger_timeout: Cell<Option<Duration>>,
     /// The foreign event loop driving this reactor, if one is attached (see `hostloop`).
     host: RefCell<Option<Rc<dyn crate::hostloop::HostLoop>>>,
     hosted: Cell<bool>,
@@ -274,6 +275,7 @@ impl Reactor {
                 executor,
                 signals: RefCell::new(None),
                 shutdown_grace: Cell::new(Duration::from_secs(5)),
+                trigger_timeout: Cell::new(Some(Duration::from_secs(30))),
                 host: RefCell::new(None),
                 hosted: Cell::new(false),
                 event_read_closed: Cell::new(false),
@@ -375,6 +377,31 @@ impl Reactor {
     /// How long shutdown waits for connections to flush and close before aborting them.
     pub fn set_shutdown_grace(&self, grace: Duration) {
         self.inner.shutdown_grace.set(grace);
+    }
+
+    /// How long shutdown waits, in all, for the Deferreds returned by
+    /// shutdown triggers (30 s by default). `None` waits for as long as they
+    /// take, as Twisted does; a bound keeps a trigger that never fires from
+    /// holding the process forever (a warning names how many were left).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use torsion_core::{Deferred, Phase, Reactor, SystemEvent};
+    ///
+    /// let reactor = Reactor::new().unwrap();
+    /// reactor.set_shutdown_trigger_timeout(Some(Duration::from_millis(50)));
+    /// // A trigger whose Deferred never fires: shutdown gives up after 50 ms.
+    /// reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, || {
+    ///     Some(Deferred::<()>::new())
+    /// });
+    /// let r = reactor.clone();
+    /// reactor.call_soon(move || { let _ = r.stop(); });
+    /// let t0 = std::time::Instant::now();
+    /// reactor.run().unwrap();
+    /// assert!(t0.elapsed() < Duration::from_secs(10));
+    /// ```
+    pub fn set_shutdown_trigger_timeout(&self, timeout: Option<Duration>) {
+        self.inner.trigger_timeout.set(timeout);
     }
 
     fn fire_phase(&self, event: SystemEvent, phase: Phase) -> Vec<Deferred<()>> {
@@ -544,7 +571,7 @@ impl Reactor {
 
     fn shutdown_sequence(&self) -> Result<(), ReactorError> {
         self.inner.state.set(RunState::Stopping);
-        let limit = Some(self.now() + Duration::from_secs(30));
+        let limit = self.inner.trigger_timeout.get().map(|t| self.now() + t);
         let w = self.fire_phase(SystemEvent::Shutdown, Phase::Before);
         self.wait_all(w, limit)?;
         let w = self.fire_phase(SystemEvent::Shutdown, Phase::During);

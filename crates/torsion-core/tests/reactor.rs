@@ -395,3 +395,53 @@ fn sigterm_stops_the_reactor_gracefully() {
 fn sigint_stops_the_reactor_gracefully() {
     signal_run(libc::SIGINT);
 }
+
+#[test]
+fn the_trigger_timeout_bounds_a_trigger_that_never_fires_and_none_waits_for_a_slow_one() {
+    // Bounded: a trigger whose Deferred never fires is given up on.
+    let reactor = Reactor::new().unwrap();
+    reactor.set_shutdown_trigger_timeout(Some(Duration::from_millis(200)));
+    let after_ran = Rc::new(Cell::new(false));
+    let a = after_ran.clone();
+    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, || {
+        Some(Deferred::<()>::new())
+    });
+    reactor.add_system_event_trigger(Phase::After, SystemEvent::Shutdown, move || {
+        a.set(true);
+        None
+    });
+    let r = reactor.clone();
+    reactor.call_soon(move || drop(r.stop()));
+    let t0 = Instant::now();
+    reactor.run().unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(200),
+        "gave up early: {took:?}"
+    );
+    assert!(took < LIMIT, "did not give up: {took:?}");
+    assert!(after_ran.get(), "later phases still run after the give-up");
+
+    // Unbounded: run() returns only once the slow trigger's Deferred has
+    // fired (1.2 s later, from a timer).
+    let reactor = Reactor::new().unwrap();
+    reactor.set_shutdown_trigger_timeout(None);
+    let done = Rc::new(Cell::new(false));
+    let (r, dn) = (reactor.clone(), done.clone());
+    reactor.add_system_event_trigger(Phase::Before, SystemEvent::Shutdown, move || {
+        let d = Deferred::new();
+        let d2 = d.clone();
+        r.call_later(Duration::from_millis(1200), move || {
+            dn.set(true);
+            d2.callback(()).unwrap();
+        });
+        Some(d)
+    });
+    let r = reactor.clone();
+    reactor.call_soon(move || drop(r.stop()));
+    reactor.run().unwrap();
+    assert!(
+        done.get(),
+        "run() returned before the trigger's Deferred fired"
+    );
+}
