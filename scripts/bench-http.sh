@@ -2,7 +2,8 @@
 # HTTP benchmark: Torsion (examples/http_hello), hyper 1.x current-thread
 # (bench/hyper-hello) and a raw epoll loop (examples/raw_hello), each server
 # pinned to CPU 0 and wrk to CPU 1, only on 127.0.0.1.
-#   scripts/bench-http.sh [SECONDS]        (default 5 s per run; needs wrk, python3, taskset)
+#   scripts/bench-http.sh [SECONDS] [all|hello|static]
+#   (default 5 s per run, all parts; needs wrk, python3, taskset)
 # Prints a Markdown table: requests/s and server CPU µs per request, without
 # and with pipelining (depth 16), and RSS per idle keep-alive connection
 # (10,000 connections). Then 1 MiB static-file throughput of `torsion web`
@@ -11,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
+part=${2:-all}
 idle=${IDLE_CONNECTIONS:-10000}
 target=${CARGO_TARGET_DIR:-$PWD/target}
 export CARGO_TARGET_DIR=$target
@@ -19,9 +21,11 @@ for tool in wrk python3 taskset; do
 done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build -q --release -p torsion-http --example http_hello --example raw_hello
-cargo build -q --release -p torsion-cli
-(cd bench/hyper-hello && CARGO_TARGET_DIR=$target/hyper-hello cargo build -q --release)
+if [ "$part" != static ]; then
+  cargo build -q --release -p torsion-http --example http_hello --example raw_hello
+  (cd bench/hyper-hello && CARGO_TARGET_DIR=$target/hyper-hello cargo build -q --release)
+fi
+[ "$part" = hello ] || cargo build -q --release -p torsion-cli
 
 work=$(mktemp -d)
 pids=()
@@ -88,6 +92,7 @@ run_wrk() { # pid port [script] ; prints "req_per_s us_per_req"
   python3 -c "print('%.0f %.2f' % ($rps, ($t1 - $t0) * 1e6 / $tck / max($n, 1)))"
 }
 
+if [ "$part" != static ]; then
 declare -A R
 for name in torsion hyper raw; do
   case $name in
@@ -118,6 +123,9 @@ print(f"\nCPU per request vs raw loop: torsion {t/r:.2f}x, hyper {h/r:.2f}x; "
       f"pipelined: torsion {tp/rp:.2f}x, hyper {hp/rp:.2f}x")
 EOF
 
+fi
+[ "$part" = hello ] && exit 0
+
 # Static 1 MiB file: throughput and server CPU per MiB sent, torsion web
 # beside nginx (Debian nginx-light, sendfile on) when it is installed.
 mkdir -p "$work/www"
@@ -132,6 +140,8 @@ static_wrk() { # pid port ; prints "MiB/s cpu_ms_per_MiB"
   python3 -c "print('%.0f %.3f' % ($n / $secs, ($t1 - $t0) * 1e3 / $tck / max($n, 1)))"
 }
 set -- $(start web "$target/release/torsion" web --listen tcp:0:interface=127.0.0.1 --path "$work/www")
+got=$(python3 -c "import urllib.request; print(len(urllib.request.urlopen('http://127.0.0.1:$2/1m.bin').read()))" 2>&1 || true)
+[ "$got" = 1048576 ] || { echo "torsion web did not serve the file: $got" >&2; exit 1; }
 S_torsion=$(static_wrk "$1" "$2")
 kill "$1"; wait "$1" 2>/dev/null || true
 S_nginx=""
@@ -139,7 +149,7 @@ if command -v nginx >/dev/null; then
   nport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   mkdir -p "$work/nginx"
   cat >"$work/nginx.conf" <<EOF
-daemon off; worker_processes 1; pid $work/nginx.pid; error_log stderr crit;
+daemon off; master_process off; user root; pid $work/nginx.pid; error_log stderr crit;
 events {}
 http { access_log off; sendfile on; tcp_nopush on;
   client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
@@ -150,6 +160,8 @@ EOF
   npid=$!
   pids+=("$npid")
   for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $nport)).close()" 2>/dev/null && break; sleep 0.05; done
+  got=$(python3 -c "import urllib.request; print(len(urllib.request.urlopen('http://127.0.0.1:$nport/1m.bin').read()))" 2>&1 || true)
+  [ "$got" = 1048576 ] || { echo "nginx did not serve the file: $got" >&2; exit 1; }
   S_nginx=$(static_wrk "$npid" "$nport")
   kill "$npid"; wait "$npid" 2>/dev/null || true
 fi
