@@ -344,14 +344,30 @@ fn main() {
     let t_addr = torsion_server(server_cfg.clone());
     let k_addr = tokio_server(server_cfg);
 
-    // For profiling one side: TLS_BENCH_ONLY=torsion|tokio runs its throughput part only.
+    // For profiling one side: TLS_BENCH_ONLY=torsion|tokio runs its
+    // throughput part only, torsion-handshakes|tokio-handshakes its
+    // handshakes only (for instruction counts under callgrind, which do not
+    // depend on what else the machine is doing).
     if let Ok(only) = std::env::var("TLS_BENCH_ONLY") {
-        let d = if only == "tokio" {
-            tokio_throughput(k_addr, client_cfg, total)
-        } else {
-            torsion_throughput(t_addr, client_cfg, total)
-        };
-        println!("{only}: {:.0} MB/s", total as f64 / 1e6 / d.as_secs_f64());
+        match only.as_str() {
+            "tokio" | "torsion" => {
+                let d = if only == "tokio" {
+                    tokio_throughput(k_addr, client_cfg, total)
+                } else {
+                    torsion_throughput(t_addr, client_cfg, total)
+                };
+                println!("{only}: {:.0} MB/s", total as f64 / 1e6 / d.as_secs_f64());
+            }
+            "tokio-handshakes" | "torsion-handshakes" => {
+                let d = if only == "tokio-handshakes" {
+                    tokio_handshakes(k_addr, no_resume, shakes)
+                } else {
+                    torsion_handshakes(t_addr, no_resume, shakes)
+                };
+                println!("{only}: {:.0} handshakes/s", shakes as f64 / d.as_secs_f64());
+            }
+            other => eprintln!("TLS_BENCH_ONLY: unknown part {other:?}"),
+        }
         return;
     }
     // Warm-up (allocators, page cache of the binary).
