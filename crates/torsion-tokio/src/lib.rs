@@ -134,12 +134,15 @@ impl TokioHost {
     /// The shutdown sequence runs on the reactor's own poller and blocks
     /// this thread for at most the reactor's shutdown grace period (other
     /// tokio tasks of this thread wait meanwhile). Dropping this future
-    /// before it completes leaves the reactor marked as running; call
-    /// `Reactor::finish_running` yourself in that case.
+    /// before it completes (a `select!` or `timeout` that gives up on it)
+    /// runs the shutdown sequence there and then, so the reactor is never
+    /// left marked as running with its connections open.
     pub async fn run(&self) -> Result<(), ReactorError> {
         let reactor = self.driver.reactor().clone();
         reactor.start_running()?;
+        let mut guard = FinishOnDrop(Some(reactor.clone()));
         let served = drive(&self.driver, &self.shared).await;
+        guard.0 = None;
         let finished = reactor.finish_running();
         served?;
         finished
@@ -157,6 +160,19 @@ impl TokioHost {
     pub fn quit(&self) {
         self.shared.quitting.set(true);
         self.shared.quit.notify_waiters();
+    }
+}
+
+/// Finishes a reactor whose `run` future was dropped mid-way.
+struct FinishOnDrop(Option<Reactor>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            if let Err(e) = r.finish_running() {
+                tracing::warn!(error = %e, "shutting down after TokioHost::run was dropped");
+            }
+        }
     }
 }
 

@@ -473,3 +473,50 @@ fn a_reactor_task_woken_by_a_tokio_task_runs_promptly() {
         assert!(lag < Duration::from_secs(2), "{lag:?}");
     });
 }
+
+#[test]
+fn dropping_the_run_future_shuts_the_reactor_down() {
+    local(async {
+        let reactor = Reactor::new().unwrap();
+        reactor.set_shutdown_grace(Duration::from_secs(2));
+        let host = Rc::new(torsion_tokio::attach(&reactor).unwrap());
+        let log = Rc::new(RefCell::new(Log::default()));
+        let port = reactor
+            .listen_tcp("127.0.0.1:0".parse().unwrap(), echo_factory(log.clone()))
+            .unwrap();
+        let addr = port.local_addr();
+        let client = tokio::task::spawn_local(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            s
+        });
+        // Give up on run() once the client has its echo: the future is dropped.
+        let gave_up = tokio::select! {
+            r = host.run() => panic!("run ended by itself: {r:?}"),
+            s = client => s.unwrap(),
+        };
+        assert!(!reactor.is_running(), "the reactor is no longer running");
+        assert_eq!(log.borrow().made, 1);
+        assert_eq!(
+            log.borrow().lost.len(),
+            1,
+            "the open connection saw connection_lost"
+        );
+        let mut s = gave_up;
+        let mut b = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0, "the peer sees the close");
+        // The reactor can run again under the same host.
+        let h = host.clone();
+        tokio::task::spawn_local(async move { h.quit() });
+        tokio::time::timeout(BOUND, host.run())
+            .await
+            .expect("second run stops")
+            .unwrap();
+    });
+}
