@@ -251,7 +251,7 @@ impl Reactor {
             idle_hosted: AtomicBool::new(false),
         });
         let executor = Executor::new(remote.clone());
-        Ok(Reactor {
+        let reactor = Reactor {
             inner: Rc::new(Inner {
                 poll: RefCell::new(poll),
                 registry,
@@ -281,7 +281,16 @@ impl Reactor {
                 event_read_closed: Cell::new(false),
                 thread_pool: RefCell::new(None),
             }),
-        })
+        };
+        // A timer moved earlier from a host loop's own callback must re-arm
+        // the host's timer, or it would fire at its old deadline.
+        let weak = reactor.downgrade();
+        reactor.inner.timers.borrow_mut().on_reschedule = Some(Rc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                Reactor::from_inner(inner).kick_host();
+            }
+        }));
+        Ok(reactor)
     }
 
     pub(crate) fn from_inner(inner: Rc<Inner>) -> Reactor {

@@ -77,6 +77,9 @@ pub(crate) struct TimerQueue {
     heap: BinaryHeap<Reverse<(Duration, u64, usize)>>,
     entries: Slab<Entry>,
     next_seq: u64,
+    /// Told when a call is moved (`reset`/`delay`): the reactor wakes a
+    /// host loop with it, since a host arms its timer only after a turn.
+    pub(crate) on_reschedule: Option<Rc<dyn Fn()>>,
 }
 
 pub(crate) type SharedTimers = Rc<RefCell<TimerQueue>>;
@@ -236,10 +239,21 @@ impl DelayedCall {
 
     fn move_to(&self, deadline: Duration) -> Result<(), DelayedCallError> {
         let q = self.check()?;
-        let mut q = q.borrow_mut();
-        q.entries[self.key].deadline = deadline;
-        q.heap.push(Reverse((deadline, self.seq, self.key)));
-        q.maybe_compact();
+        let hook = {
+            let mut q = q.borrow_mut();
+            let earlier = deadline < q.entries[self.key].deadline;
+            q.entries[self.key].deadline = deadline;
+            q.heap.push(Reverse((deadline, self.seq, self.key)));
+            q.maybe_compact();
+            if earlier {
+                q.on_reschedule.clone()
+            } else {
+                None
+            }
+        };
+        if let Some(h) = hook {
+            h();
+        }
         Ok(())
     }
 

@@ -520,3 +520,36 @@ fn dropping_the_run_future_shuts_the_reactor_down() {
             .unwrap();
     });
 }
+
+#[test]
+fn a_timer_moved_earlier_from_a_tokio_task_fires_at_its_new_time() {
+    local(async {
+        let reactor = Reactor::new().unwrap();
+        let host = Rc::new(torsion_tokio::attach(&reactor).unwrap());
+        let fired = Rc::new(Cell::new(None::<Duration>));
+        let f = fired.clone();
+        let t0 = Instant::now();
+        let call = reactor.call_later(Duration::from_secs(60), move || f.set(Some(t0.elapsed())));
+        let (h, seen) = (host.clone(), fired.clone());
+        tokio::task::spawn_local(async move {
+            // Let the host arm its timer for the 60 s deadline first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A tokio task is outside any reactor turn: the reset alone must
+            // get the host to re-arm.
+            call.reset(Duration::from_millis(50)).unwrap();
+            for _ in 0..500 {
+                if seen.get().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            h.quit();
+        });
+        tokio::time::timeout(BOUND, host.serve())
+            .await
+            .expect("host loop quits")
+            .unwrap();
+        let took = fired.get().expect("the moved timer fired");
+        assert!(took < Duration::from_secs(3), "fired late: {took:?}");
+    });
+}
