@@ -364,7 +364,10 @@ fn main() {
                 } else {
                     torsion_handshakes(t_addr, no_resume, shakes)
                 };
-                println!("{only}: {:.0} handshakes/s", shakes as f64 / d.as_secs_f64());
+                println!(
+                    "{only}: {:.0} handshakes/s",
+                    shakes as f64 / d.as_secs_f64()
+                );
             }
             other => eprintln!("TLS_BENCH_ONLY: unknown part {other:?}"),
         }
