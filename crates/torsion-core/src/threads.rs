@@ -24,11 +24,13 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Weak;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+
+use slab::Slab;
 
 use crate::deferred::{maybe_deferred, Deferred, IntoDeferred};
 use crate::failure::{catch, Failure};
@@ -109,8 +111,13 @@ struct State {
     threads: usize,
     /// Worker threads that have not finished yet (stop hooks included).
     alive: usize,
-    /// Workers waiting on the condition variable.
+    /// Workers waiting on the condition variable and not yet signalled.
     idle: usize,
+    /// Signals sent to waiting workers and not yet taken up. Counting them
+    /// (as tokio's blocking pool does) keeps a burst of submissions from
+    /// signalling the same sleeper again and again: every `notify_one` is a
+    /// futex system call whether or not anyone still waits.
+    notified: usize,
     /// Workers not running a job (new ones included): what queued work can count on.
     free: usize,
     next_index: usize,
@@ -220,6 +227,7 @@ impl ThreadPoolBuilder {
                     threads: 0,
                     alive: 0,
                     idle: 0,
+                    notified: 0,
                     free: 0,
                     next_index: 0,
                     joins: Vec::new(),
@@ -348,6 +356,8 @@ impl ThreadPool {
         }
         st.queue.push_back(job);
         if st.idle > 0 {
+            st.idle -= 1;
+            st.notified += 1;
             self.shared.work.notify_one();
         }
         self.grow(&mut st);
@@ -457,8 +467,10 @@ fn worker(shared: Arc<Shared>) {
         }
     }
     let mut st = shared.lock();
+    let mut yielded = false;
     loop {
         if let Some(job) = st.queue.pop_front() {
+            yielded = false;
             st.free -= 1;
             drop(st);
             // Jobs catch their own panics; this guard keeps the thread alive
@@ -476,9 +488,35 @@ fn worker(shared: Arc<Shared>) {
             st.free -= 1;
             break;
         }
+        // Before sleeping, give the CPU away once and look again. Trivial jobs
+        // drain the queue faster than the reactor thread fills it; a worker
+        // that slept at once would need a futex wake-up (a system call and
+        // an inter-processor wake on the reactor thread) for the very next
+        // job. One `sched_yield` lets the submitter run instead, and in a
+        // burst the queue has refilled when the worker comes back: 200,000
+        // calls submitted at once ran ~5x faster on 2 cores (BENCHMARKS.md).
+        if !yielded {
+            yielded = true;
+            drop(st);
+            std::thread::yield_now();
+            st = shared.lock();
+            continue;
+        }
         st.idle += 1;
-        st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
-        st.idle -= 1;
+        loop {
+            st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            if st.notified > 0 {
+                // The signaller counted us out of `idle` already.
+                st.notified -= 1;
+                break;
+            }
+            if st.threads > st.max || matches!(st.life, Life::Stopping | Life::Stopped) {
+                // Woken by `notify_all` (stop or resize): go and check.
+                st.idle -= 1;
+                break;
+            }
+            // A spurious wake-up: nothing for this thread.
+        }
     }
     drop(st);
     if let Some(hook) = &shared.on_thread_stop {
@@ -503,25 +541,29 @@ fn worker(shared: Arc<Shared>) {
 
 // ---- Deferreds parked on the reactor thread while work runs elsewhere ----
 
-type Parked = (u64, HashMap<u64, Box<dyn Any>>);
-
 thread_local! {
-    static PARKED: RefCell<Parked> = RefCell::new((0, HashMap::new()));
+    /// A slab, not a hash map: a burst of 200,000 calls parks 200,000
+    /// Deferreds, and hashing them in and out was a quarter of the reactor
+    /// thread's time. A key is taken exactly once (by the result or by the
+    /// stop), so a reused key never reaches a stale owner.
+    static PARKED: RefCell<Slab<Box<dyn Any>>> = RefCell::new(Slab::new());
 }
 
-/// Keeps a `!Send` value on this thread under an id that can cross threads.
-fn park<T: 'static>(value: T) -> u64 {
-    PARKED.with(|p| {
+/// Keeps a `!Send` value on this thread under a key that can cross threads.
+fn park<T: 'static>(value: T) -> usize {
+    PARKED.with(|p| p.borrow_mut().insert(Box::new(value)))
+}
+
+fn take<T: 'static>(key: usize) -> Option<T> {
+    let boxed = PARKED.with(|p| {
         let mut p = p.borrow_mut();
-        p.0 += 1;
-        let id = p.0;
-        p.1.insert(id, Box::new(value));
-        id
-    })
-}
-
-fn take<T: 'static>(id: u64) -> Option<T> {
-    let boxed = PARKED.with(|p| p.borrow_mut().1.remove(&id))?;
+        let boxed = p.try_remove(key);
+        // Give back the memory of a past burst once everything came home.
+        if p.is_empty() && p.capacity() > 4096 {
+            *p = Slab::new();
+        }
+        boxed
+    })?;
     boxed.downcast::<T>().ok().map(|b| *b)
 }
 

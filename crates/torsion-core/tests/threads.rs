@@ -438,3 +438,75 @@ fn submissions_from_many_threads_while_resizing_all_run() {
     assert_eq!(pool.thread_count(), 0);
     assert_eq!(ran.load(Ordering::SeqCst), 10_000);
 }
+
+#[test]
+fn idle_workers_wake_for_single_calls_and_bursts_alike() {
+    // All four threads start at once and go idle between rounds, so every
+    // round depends on sleeping workers being signalled (a lost wake-up
+    // would stall a round until the watchdog fires).
+    let reactor = Reactor::new().unwrap();
+    watchdog(&reactor, Duration::from_secs(30));
+    let pool = ThreadPool::new(&reactor, "rounds", 4, 4);
+    pool.start();
+    fn round(pool: ThreadPool, r: Reactor, left: u32, total: Rc<Cell<u64>>) {
+        if left == 0 {
+            r.stop().unwrap();
+            return;
+        }
+        // Odd rounds: one call; even rounds: a burst of 40.
+        let n = if left % 2 == 1 { 1 } else { 40 };
+        let pending = Rc::new(Cell::new(n));
+        for i in 0..n {
+            let (pool2, r2, total, pending) =
+                (pool.clone(), r.clone(), total.clone(), pending.clone());
+            defer_to_thread_pool(&pool, move || i).finally(move |v| {
+                total.set(total.get() + v.unwrap() + 1);
+                pending.set(pending.get() - 1);
+                if pending.get() == 0 {
+                    // Let the workers go back to sleep before the next round.
+                    let (p, rr) = (pool2.clone(), r2.clone());
+                    r2.call_later(Duration::from_millis(1), move || {
+                        round(p, rr, left - 1, total)
+                    });
+                }
+            });
+        }
+    }
+    let total = Rc::new(Cell::new(0u64));
+    let (p, r, t) = (pool.clone(), reactor.clone(), total.clone());
+    reactor.call_when_running(move || round(p, r, 200, t));
+    reactor.run().unwrap();
+    // 100 single calls (value 0, counted as 1) and 100 bursts of 0..40.
+    assert_eq!(total.get(), 100 + 100 * (40 * 41 / 2));
+    assert_eq!(pool.thread_count(), 0);
+}
+
+#[test]
+fn a_blocked_job_does_not_hold_back_queued_work() {
+    // Job A waits for job B; with two threads B must run on the other one
+    // (a worker that took several jobs at a time could deadlock here).
+    let reactor = Reactor::new().unwrap();
+    watchdog(&reactor, Duration::from_secs(20));
+    let pool = ThreadPool::new(&reactor, "pair", 2, 2);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    let a = defer_to_thread_pool(&pool, move || {
+        rx.lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(10))
+            .is_ok()
+    });
+    let b = defer_to_thread_pool(&pool, move || tx.send(()).is_ok());
+    let got = Rc::new(RefCell::new(Vec::new()));
+    for d in [a, b] {
+        let (got, r) = (got.clone(), reactor.clone());
+        d.finally(move |v| {
+            got.borrow_mut().push(v.unwrap());
+            if got.borrow().len() == 2 {
+                r.stop().unwrap();
+            }
+        });
+    }
+    reactor.run().unwrap();
+    assert_eq!(*got.borrow(), vec![true, true]);
+}

@@ -6,6 +6,10 @@
 //! beside tokio's `spawn_blocking` (both pools capped at 10 threads), and
 //! SQLite point-select throughput through the pool beside one thread calling
 //! rusqlite directly.
+//!
+//! `-- --quick` runs 10x fewer calls; `-- --only=NAME` (`latency`,
+//! `throughput`, `tokio-latency`, `tokio-throughput`, `sqlite`) runs one part,
+//! e.g. under `strace -c -f` or `perf`.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -140,6 +144,8 @@ fn sqlite_direct_selects(path: &std::path::Path, n: u64) -> f64 {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
+    let only = std::env::args().find_map(|a| a.strip_prefix("--only=").map(String::from));
+    let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let reactor = Reactor::new().unwrap();
     reactor.suggest_thread_pool_size(THREADS);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -148,33 +154,55 @@ fn main() {
         .build()
         .unwrap();
 
+    if let Some(part) = &only {
+        println!("only: {part}");
+    }
     // Warm both pools up.
-    torsion_throughput(&reactor, 10_000);
-    tokio_throughput(&rt, 10_000);
+    if runs("latency") || runs("throughput") {
+        torsion_throughput(&reactor, 10_000);
+    }
+    if runs("tokio-latency") || runs("tokio-throughput") {
+        tokio_throughput(&rt, 10_000);
+    }
 
     let n_lat = 20_000 / scale;
     let n_thr = 200_000 / scale;
-    let tl = torsion_latency(&reactor, n_lat);
-    let kl = tokio_latency(&rt, n_lat);
-    let tt = torsion_throughput(&reactor, n_thr);
-    let kt = tokio_throughput(&rt, n_thr);
+    let tl = runs("latency").then(|| torsion_latency(&reactor, n_lat));
+    let kl = runs("tokio-latency").then(|| tokio_latency(&rt, n_lat));
+    let tt = runs("throughput").then(|| torsion_throughput(&reactor, n_thr));
+    let kt = runs("tokio-throughput").then(|| tokio_throughput(&rt, n_thr));
     println!("round-trip latency ({n_lat} sequential calls, mean)");
-    println!(
-        "  torsion defer_to_thread   {:>9.2} µs",
-        tl.as_secs_f64() * 1e6
-    );
-    println!(
-        "  tokio spawn_blocking      {:>9.2} µs",
-        kl.as_secs_f64() * 1e6
-    );
-    println!(
-        "  ratio torsion/tokio       {:>9.2}",
-        tl.as_secs_f64() / kl.as_secs_f64()
-    );
+    if let Some(tl) = tl {
+        println!(
+            "  torsion defer_to_thread   {:>9.2} µs",
+            tl.as_secs_f64() * 1e6
+        );
+    }
+    if let Some(kl) = kl {
+        println!(
+            "  tokio spawn_blocking      {:>9.2} µs",
+            kl.as_secs_f64() * 1e6
+        );
+    }
+    if let (Some(tl), Some(kl)) = (tl, kl) {
+        println!(
+            "  ratio torsion/tokio       {:>9.2}",
+            tl.as_secs_f64() / kl.as_secs_f64()
+        );
+    }
     println!("throughput ({n_thr} calls submitted at once, {THREADS} threads)");
-    println!("  torsion defer_to_thread   {:>9.0} calls/s", tt);
-    println!("  tokio spawn_blocking      {:>9.0} calls/s", kt);
-    println!("  ratio torsion/tokio       {:>9.2}", tt / kt);
+    if let Some(tt) = tt {
+        println!("  torsion defer_to_thread   {:>9.0} calls/s", tt);
+    }
+    if let Some(kt) = kt {
+        println!("  tokio spawn_blocking      {:>9.0} calls/s", kt);
+    }
+    if let (Some(tt), Some(kt)) = (tt, kt) {
+        println!("  ratio torsion/tokio       {:>9.2}", tt / kt);
+    }
+    if !runs("sqlite") {
+        return;
+    }
 
     let dir = std::env::temp_dir().join(format!("torsion-db-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
