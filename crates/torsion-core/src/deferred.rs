@@ -506,8 +506,19 @@ impl Core {
     /// Drops a handle's reference. The last one, when nothing else refers
     /// to the core (no weak reference, no pending step, nobody chained),
     /// resets it into the pool instead of freeing it.
+    #[inline]
     fn release(core: Rc<Core>) {
-        if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
+        // Another handle remains (the usual case for all but the last
+        // one): just the decrement, inlined.
+        if Rc::strong_count(&core) != 1 {
+            return;
+        }
+        Core::release_last(core)
+    }
+
+    #[inline(never)]
+    fn release_last(core: Rc<Core>) {
+        if Rc::weak_count(&core) != 0 {
             return;
         }
         let result = {
@@ -556,6 +567,14 @@ impl Core {
             std::mem::forget(result);
         }
         Core::pool_put(core);
+    }
+
+    /// Releases a Deferred a step returned, once its result was taken:
+    /// usually the last reference, so the core goes back to the pool.
+    /// Out of line, to keep the run loop small.
+    #[inline(never)]
+    fn release_returned(core: Rc<Core>) {
+        Core::release(core)
     }
 
     #[inline]
@@ -718,6 +737,24 @@ impl Core {
         run_callbacks(self.clone(), Some(Next::Done(result)));
     }
 
+    /// The handle awaiting this Deferred is dropped.
+    #[cold]
+    fn drop_awaiter(self: &Rc<Self>) {
+        // The task awaiting us was dropped before the result came:
+        // cancel, as Twisted cancels the Deferred a coroutine waits on.
+        let pending = self.st.borrow().delivered.is_none();
+        if pending {
+            self.cancel();
+        }
+        // Whatever arrives (or arrived) is nobody's now; dropped with
+        // nothing borrowed, as its drop may run user code.
+        let (value, waker) = {
+            let mut st = self.st.borrow_mut();
+            (st.delivered.take(), st.waker.take())
+        };
+        drop((value, waker));
+    }
+
     pub(crate) fn cancel(self: &Rc<Self>) {
         let (called, canceller, waiting_on) = {
             let mut st = self.st.borrow_mut();
@@ -836,6 +873,7 @@ fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
             Flow::Wait(inner) => match take_ready(core, &inner) {
                 Some(outcome) => {
                     slot.write(outcome);
+                    Core::release_returned(inner);
                 }
                 None => return Some(Next::Wait(inner)),
             },
@@ -944,6 +982,7 @@ fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
                         slot.write(Err(Failure::new(ChainingError)));
                     } else if let Some(outcome) = take_ready(cur, &inner) {
                         slot.write(outcome);
+                        Core::release_returned(inner);
                     } else {
                         let mut ist = inner.st.borrow_mut();
                         if ist.chained_to.is_some() {
@@ -1116,21 +1155,10 @@ impl<T: 'static> Clone for Deferred<T> {
 }
 
 impl<T: 'static> Drop for Deferred<T> {
+    #[inline]
     fn drop(&mut self) {
         if self.awaiting {
-            // The task awaiting us was dropped before the result came:
-            // cancel, as Twisted cancels the Deferred a coroutine waits on.
-            let pending = self.core.st.borrow().delivered.is_none();
-            if pending {
-                self.core.cancel();
-            }
-            // Whatever arrives (or arrived) is nobody's now; dropped with
-            // nothing borrowed, as its drop may run user code.
-            let (value, waker) = {
-                let mut st = self.core.st.borrow_mut();
-                (st.delivered.take(), st.waker.take())
-            };
-            drop((value, waker));
+            self.core.drop_awaiter();
         }
         // SAFETY: `core` is not used after this point.
         let core = unsafe { ManuallyDrop::take(&mut self.core) };
