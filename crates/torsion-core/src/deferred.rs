@@ -18,7 +18,7 @@
 //! `async fn` was waiting on when its task is dropped.
 
 use std::any::TypeId;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -113,6 +113,25 @@ impl Value {
         ptr::eq(self.vt, vt::<T>()) || (self.vt.tid)() == TypeId::of::<T>()
     }
 
+    /// Moves the `T` out, leaving the storage logically uninitialised.
+    ///
+    /// # Safety
+    /// The value holds a `T` (see `is`), and is not used or dropped
+    /// afterwards (only overwritten).
+    #[inline]
+    unsafe fn read<T: 'static>(&mut self) -> T {
+        let p = self.data.as_mut_ptr() as *mut u8;
+        // SAFETY: per the caller, written by `Value::new::<T>` in the layout
+        // `fits_inline::<T>` selects, and read once.
+        unsafe {
+            if fits_inline::<T>() {
+                ptr::read(p as *const T)
+            } else {
+                *Box::from_raw(ptr::read(p as *const *mut T))
+            }
+        }
+    }
+
     /// The value as a `T`, or itself back when it holds another type.
     #[inline]
     pub(crate) fn take<T: 'static>(self) -> Result<T, Value> {
@@ -178,14 +197,80 @@ struct StepVt {
     drop: Option<unsafe fn(*mut u8)>,
 }
 
-const fn step_vt<F: FnOnce(Outcome) -> Next + 'static>() -> &'static StepVt {
+/// What a step does when the chain reaches it.
+pub(crate) trait RunStep: 'static {
+    /// Runs with the outcome in `io`, consuming it, and writes the step's
+    /// own outcome back there (for `Flow::Done` and `Flow::Deliver`).
+    ///
+    /// # Safety
+    /// `io` holds an outcome. If this panics, the outcome counts as
+    /// consumed (the caller must neither read nor drop it).
+    unsafe fn run(self, io: *mut Outcome) -> Flow;
+}
+
+/// The general step: a closure from outcome to `Next`.
+struct AnyStep<F>(F);
+
+impl<F: FnOnce(Outcome) -> Next + 'static> RunStep for AnyStep<F> {
+    #[inline]
+    unsafe fn run(self, io: *mut Outcome) -> Flow {
+        // SAFETY: the caller's slot holds an outcome, moved in here; it
+        // gets one back unless the step returned a Deferred to wait for.
+        match (self.0)(unsafe { ptr::read(io) }) {
+            Next::Done(o) => {
+                unsafe { ptr::write(io, o) };
+                Flow::Done
+            }
+            Next::Deliver(o) => {
+                unsafe { ptr::write(io, o) };
+                Flow::Deliver
+            }
+            Next::Wait(core) => Flow::Wait(core),
+        }
+    }
+}
+
+/// `add_callback`'s step, which works on the slot in place: a value of the
+/// expected type is moved straight out of it into the callback and the
+/// callback's value written back, with no copy of the whole outcome on
+/// the way in or out; a failure stays where it is.
+struct MapStep<T, U, F>(F, PhantomData<fn(T) -> U>);
+
+impl<T: 'static, U: 'static, F: FnOnce(T) -> U + 'static> RunStep for MapStep<T, U, F> {
+    #[inline]
+    unsafe fn run(self, io: *mut Outcome) -> Flow {
+        // SAFETY: `io` holds an outcome (caller's contract).
+        if let Ok(v) = unsafe { &mut *io } {
+            if v.is::<T>() {
+                // SAFETY: the type matched; the value is moved out once and
+                // the slot overwritten without dropping it. If `f` panics,
+                // the slot counts as consumed (see `RunStep::run`).
+                unsafe {
+                    let t = v.read::<T>();
+                    ptr::write(io, Ok(Value::new((self.0)(t))));
+                }
+            } else {
+                // SAFETY: the slot is read once and rewritten.
+                unsafe {
+                    let Ok(other) = ptr::read(io) else {
+                        unreachable!()
+                    };
+                    ptr::write(io, Err(type_error(other, std::any::type_name::<T>())));
+                }
+            }
+        }
+        Flow::Done
+    }
+}
+
+const fn step_vt<S: RunStep>() -> &'static StepVt {
     const {
         &StepVt {
-            call: call_step::<F>,
-            drop: if !fits_step::<F>() {
-                Some(drop_boxed::<F> as unsafe fn(*mut u8))
-            } else if std::mem::needs_drop::<F>() {
-                Some(drop_inline::<F> as unsafe fn(*mut u8))
+            call: call_step::<S>,
+            drop: if !fits_step::<S>() {
+                Some(drop_boxed::<S> as unsafe fn(*mut u8))
+            } else if std::mem::needs_drop::<S>() {
+                Some(drop_inline::<S> as unsafe fn(*mut u8))
             } else {
                 None
             },
@@ -204,27 +289,16 @@ pub(crate) enum Flow {
     Deliver,
 }
 
-unsafe fn call_step<F: FnOnce(Outcome) -> Next>(p: *mut u8, io: *mut Outcome) -> Flow {
-    // SAFETY: the caller passes the storage `Step::new::<F>` wrote, once.
-    let f: F = unsafe {
-        if fits_step::<F>() {
-            ptr::read(p as *const F)
+unsafe fn call_step<S: RunStep>(p: *mut u8, io: *mut Outcome) -> Flow {
+    // SAFETY: the caller passes the storage `Step::from_run::<S>` wrote,
+    // once, and a slot holding an outcome.
+    unsafe {
+        let s: S = if fits_step::<S>() {
+            ptr::read(p as *const S)
         } else {
-            *Box::from_raw(ptr::read(p as *const *mut F))
-        }
-    };
-    // SAFETY: the caller's slot holds an outcome, moved in here; it gets
-    // one back unless the step returned a Deferred to wait for.
-    match f(unsafe { ptr::read(io) }) {
-        Next::Done(o) => {
-            unsafe { ptr::write(io, o) };
-            Flow::Done
-        }
-        Next::Deliver(o) => {
-            unsafe { ptr::write(io, o) };
-            Flow::Deliver
-        }
-        Next::Wait(core) => Flow::Wait(core),
+            *Box::from_raw(ptr::read(p as *const *mut S))
+        };
+        s.run(io)
     }
 }
 
@@ -252,18 +326,23 @@ unsafe fn call_next(
 impl Step {
     #[inline]
     pub(crate) fn new<F: FnOnce(Outcome) -> Next + 'static>(f: F) -> Step {
+        Step::from_run(AnyStep(f))
+    }
+
+    #[inline]
+    fn from_run<S: RunStep>(s: S) -> Step {
         let mut data = MaybeUninit::<StepWords>::uninit();
         let p = data.as_mut_ptr() as *mut u8;
-        if fits_step::<F>() {
+        if fits_step::<S>() {
             // SAFETY: `fits_step` checked size and alignment.
-            unsafe { ptr::write(p as *mut F, f) };
+            unsafe { ptr::write(p as *mut S, s) };
         } else {
-            let b = Box::into_raw(Box::new(f));
+            let b = Box::into_raw(Box::new(s));
             // SAFETY: a pointer fits in the (word-aligned) storage.
-            unsafe { ptr::write(p as *mut *mut F, b) };
+            unsafe { ptr::write(p as *mut *mut S, b) };
         }
         Step {
-            vt: step_vt::<F>(),
+            vt: step_vt::<S>(),
             data,
             _not_send: PhantomData,
         }
@@ -461,6 +540,8 @@ impl Drop for Chain {
 
 pub(crate) struct Core {
     st: RefCell<State>,
+    /// The next core in the thread's pool while this one is pooled.
+    pool_next: Cell<*const Core>,
 }
 
 struct State {
@@ -483,22 +564,114 @@ struct State {
     delivered: Option<Outcome>,
 }
 
-thread_local! {
-    /// Cores of dropped Deferreds, reset and kept for reuse: creating a
-    /// Deferred then costs no allocation (nor its step queue, which stays).
-    static CORE_POOL: RefCell<Vec<Rc<Core>>> = const { RefCell::new(Vec::new()) };
+/// Cores of dropped Deferreds, reset and kept for reuse: creating a
+/// Deferred then costs no allocation (nor its step queue, which stays).
+///
+/// A list linked through `Core::pool_next`, each entry holding the one
+/// strong reference of its core. The type has no destructor, so that
+/// reaching it is a plain thread-local access; [`PoolGuard`], touched only
+/// on the slow path, frees the cores when the thread exits.
+struct CorePool {
+    head: Cell<*const Core>,
+    /// How many more cores the pool takes; 0 until the guard is set up.
+    room: Cell<u32>,
+    state: Cell<PoolState>,
 }
 
-const CORE_POOL_MAX: usize = 256;
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PoolState {
+    /// No core pooled yet on this thread: the guard is not set up.
+    Unguarded,
+    Guarded,
+    /// The thread is exiting: nothing is pooled any more.
+    Closed,
+}
+
+impl State {
+    /// For a Deferred being fired: true when its chain is to run now
+    /// (marked running), false when the result is just to wait in the
+    /// state (paused, or no callbacks yet and nobody waiting on us).
+    #[inline(always)]
+    fn wait_or_run(&mut self) -> bool {
+        if self.paused > 0 || (self.chain.is_empty() && self.chained_to.is_none()) {
+            return false;
+        }
+        self.running = true;
+        true
+    }
+
+    /// Stores the result of a chain that has none: one was just fired
+    /// into it, or taken out to run the chain. (A plain assignment would
+    /// drop the old value, which is known to be `None`.)
+    #[inline]
+    fn set_result(&mut self, outcome: Outcome) {
+        debug_assert!(self.result.is_none());
+        // SAFETY: a plain overwrite; at worst (were the field not `None`,
+        // which it is) a value would leak.
+        unsafe { ptr::write(&mut self.result, Some(outcome)) };
+    }
+}
+
+thread_local! {
+    static CORE_POOL: CorePool = const {
+        CorePool {
+            head: Cell::new(ptr::null()),
+            room: Cell::new(0),
+            state: Cell::new(PoolState::Unguarded),
+        }
+    };
+    static POOL_GUARD: PoolGuard = const { PoolGuard };
+}
+
+const CORE_POOL_MAX: u32 = 256;
+
+impl CorePool {
+    /// This thread's pool: a plain thread-local access (no destructor, so
+    /// no registration check), always available.
+    #[inline(always)]
+    fn get() -> &'static CorePool {
+        // SAFETY: the pool is thread-local and has no destructor, so it
+        // lives as long as the thread; the reference does not leave it
+        // (`CorePool` is `!Send`/`!Sync` through its `Cell`s).
+        CORE_POOL.with(|p| unsafe { &*(p as *const CorePool) })
+    }
+}
+
+/// Frees the pooled cores when the thread exits.
+struct PoolGuard;
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let head = CORE_POOL.with(|p| {
+            p.state.set(PoolState::Closed);
+            p.room.set(0);
+            p.head.replace(ptr::null())
+        });
+        let mut next = head;
+        while !next.is_null() {
+            // SAFETY: pooled pointers come from `Rc::into_raw` in
+            // `pool_put`; each is unlinked and turned back exactly once.
+            let core = unsafe { Rc::from_raw(next) };
+            next = core.pool_next.get();
+            drop(core);
+        }
+    }
+}
 
 impl Core {
+    #[inline]
     fn new() -> Rc<Core> {
-        let pooled = CORE_POOL
-            .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
-            .ok()
-            .flatten();
-        if let Some(core) = pooled {
-            return core;
+        let p = CorePool::get();
+        let head = p.head.get();
+        if !head.is_null() {
+            // SAFETY: a pooled core is alive (the pool holds its one strong
+            // reference, taken back here once: it is unlinked first) and
+            // only this thread touches it.
+            unsafe {
+                p.head.set((*head).pool_next.get());
+                p.room.set(p.room.get() + 1);
+                return Rc::from_raw(head);
+            }
         }
         Core::fresh()
     }
@@ -577,15 +750,29 @@ impl Core {
         Core::release(core)
     }
 
-    #[inline]
+    #[inline(always)]
     fn pool_put(core: Rc<Core>) {
-        let _ = CORE_POOL.try_with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                if p.len() < CORE_POOL_MAX {
-                    p.push(core);
-                }
-            }
-        });
+        let p = CorePool::get();
+        let room = p.room.get();
+        if room == 0 {
+            return Core::pool_put_slow(p, core);
+        }
+        p.room.set(room - 1);
+        core.pool_next.set(p.head.get());
+        p.head.set(Rc::into_raw(core));
+    }
+
+    /// The pool is full, or this thread has not pooled a core yet (the
+    /// guard that empties it at thread exit is set up here), or is exiting.
+    #[cold]
+    fn pool_put_slow(p: &CorePool, core: Rc<Core>) {
+        if p.state.get() != PoolState::Unguarded || POOL_GUARD.try_with(|_| ()).is_err() {
+            return;
+        }
+        p.state.set(PoolState::Guarded);
+        p.room.set(CORE_POOL_MAX - 1);
+        core.pool_next.set(p.head.get());
+        p.head.set(Rc::into_raw(core));
     }
 
     /// `release` for a core with a canceller, a waker or a delivered result.
@@ -625,6 +812,7 @@ impl Core {
 
     fn fresh() -> Rc<Core> {
         Rc::new(Core {
+            pool_next: Cell::new(ptr::null()),
             st: RefCell::new(State {
                 called: false,
                 result: None,
@@ -673,24 +861,46 @@ impl Core {
                 };
             }
         }
-        let canceller;
-        {
-            st.called = true;
-            canceller = st.canceller.take();
-            // Paused, or nothing to run yet (no callbacks, nobody waiting
-            // on us): the result just waits in the state.
-            if st.paused > 0 || (st.chain.is_empty() && st.chained_to.is_none()) {
-                st.result = Some(unsafe { slot.assume_init_read() });
-                drop(st);
-                drop(canceller);
-                return Ok(());
-            }
-            // Hand the result straight to the run loop.
-            st.running = true;
+        st.called = true;
+        if st.canceller.is_some() {
+            drop(st);
+            return self.fire_cancellable(slot);
         }
-        drop(st);
-        drop(canceller);
-        run_fired(self, slot);
+        if st.wait_or_run() {
+            drop(st);
+            run_fired(self, slot);
+        } else {
+            // SAFETY: see above.
+            st.set_result(unsafe { slot.assume_init_read() });
+        }
+        Ok(())
+    }
+
+    /// The rest of `fire_slot` for a Deferred that has a canceller: no
+    /// longer needed, it is dropped (which may run user code) with nothing
+    /// borrowed, after the result is placed. Apart, so that the common
+    /// path has a single inlined run loop.
+    #[cold]
+    #[inline(never)]
+    fn fire_cancellable(
+        self: &Rc<Self>,
+        slot: &mut MaybeUninit<Outcome>,
+    ) -> Result<(), AlreadyCalledError> {
+        let mut st = self.st.borrow_mut();
+        let canceller = st.canceller.take();
+        if st.wait_or_run() {
+            drop(st);
+            drop(canceller);
+            // The general loop (`run_fired`'s fast one stays inlined once).
+            // SAFETY: the slot holds the outcome, read once.
+            let outcome = unsafe { slot.assume_init_read() };
+            run_callbacks(self.clone(), Some(Next::Done(outcome)));
+        } else {
+            // SAFETY: the slot holds the outcome, read once.
+            st.set_result(unsafe { slot.assume_init_read() });
+            drop(st);
+            drop(canceller);
+        }
         Ok(())
     }
 
@@ -823,30 +1033,39 @@ impl Drop for Core {
 /// Anything else — pausing, a Deferred to wait for, a task to deliver to,
 /// a Deferred waiting on this one, a panic — hands over to the general
 /// loop, [`run_callbacks`].
-#[inline]
+#[inline(always)]
 fn run_fired(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
-    match catch(|| run_local(core, slot)) {
+    // `catch_unwind` itself rather than `failure::catch`, so that the
+    // whole loop is inlined here.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_local(core, slot))) {
         Ok(None) => {}
         Ok(Some(next)) => run_callbacks(core.clone(), Some(next)),
-        Err(panic) => {
-            tracing::error!(failure = %panic, "a Deferred callback panicked");
-            {
-                let mut st = core.st.borrow_mut();
-                st.result = Some(Err(panic));
-                st.running = false;
-            }
-            run_callbacks(core.clone(), None);
-        }
+        Err(payload) => run_after_panic(core, payload),
     }
+}
+
+/// A step run by [`run_fired`] panicked: the panic is the chain's failure,
+/// and the general loop continues with the next errback.
+#[cold]
+#[inline(never)]
+fn run_after_panic(core: &Rc<Core>, payload: Box<dyn std::any::Any + Send>) {
+    let panic = Failure::from_panic(payload);
+    tracing::error!(failure = %panic, "a Deferred callback panicked");
+    {
+        let mut st = core.st.borrow_mut();
+        st.result = Some(Err(panic));
+        st.running = false;
+    }
+    run_callbacks(core.clone(), None);
 }
 
 /// The loop of [`run_fired`]: `None` when the chain is done (the result
 /// stored, `running` cleared), else what the general loop continues with
 /// (`core` still marked running).
-#[inline]
 ///
 /// `slot` holds the outcome on entry and is moved out by the return (a
 /// step that panics has consumed it: nothing to drop).
+#[inline(always)]
 fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
     // Initialised except right after a step returned a Deferred to wait for.
     loop {
@@ -860,7 +1079,7 @@ fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
                 Some(step) => step,
                 None => {
                     // SAFETY: initialised (see the loop's end).
-                    st.result = Some(unsafe { slot.assume_init_read() });
+                    st.set_result(unsafe { slot.assume_init_read() });
                     st.running = false;
                     return None;
                 }
@@ -1324,12 +1543,7 @@ impl<T: 'static> Deferred<T> {
     /// Adds a callback that maps the value; failures pass by untouched.
     #[inline]
     pub fn add_callback<U: 'static>(self, f: impl FnOnce(T) -> U + 'static) -> Deferred<U> {
-        self.push_raw(Step::new(move |o| {
-            Next::Done(match o {
-                Ok(v) => downcast::<T>(v).map(|v| Value::new(f(v))),
-                Err(e) => Err(e),
-            })
-        }));
+        self.push_raw(Step::from_run(MapStep(f, PhantomData)));
         self.retype()
     }
 
