@@ -1025,14 +1025,13 @@ impl Drop for Core {
     }
 }
 
-/// Runs the chain of `core`, just marked running, starting with `result`.
+/// Runs the chain of `core`, just marked running, with its result in `slot`.
 ///
 /// The fast path: the steps of this one Deferred run in a tight loop as
-/// long as they return plain results (or an already fired, idle
-/// Deferred), and the result lands in the state when the chain is done.
-/// Anything else — pausing, a Deferred to wait for, a task to deliver to,
-/// a Deferred waiting on this one, a panic — hands over to the general
-/// loop, [`run_callbacks`].
+/// long as they return plain results or a Deferred (one already fired and
+/// idle is taken at once; an unfired one is waited for). Anything else —
+/// delivering to an awaiting task, a Deferred waiting on this one, a
+/// panic — hands over to the general loop, [`run_callbacks`].
 #[inline(always)]
 fn run_fired(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
     // `catch_unwind` itself rather than `failure::catch`, so that the
@@ -1040,34 +1039,35 @@ fn run_fired(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_local(core, slot))) {
         Ok(None) => {}
         Ok(Some(next)) => run_callbacks(core.clone(), Some(next)),
-        Err(payload) => run_after_panic(core, payload),
+        Err(payload) => run_after_panic(core.clone(), payload),
     }
 }
 
-/// A step run by [`run_fired`] panicked: the panic is the chain's failure,
-/// and the general loop continues with the next errback.
+/// A step run by [`run_fired`] panicked: the panic is the failure of the
+/// Deferred whose step it was, and the general loop continues with its
+/// next errback.
 #[cold]
 #[inline(never)]
-fn run_after_panic(core: &Rc<Core>, payload: Box<dyn std::any::Any + Send>) {
-    let panic = Failure::from_panic(payload);
-    tracing::error!(failure = %panic, "a Deferred callback panicked");
-    {
-        let mut st = core.st.borrow_mut();
-        st.result = Some(Err(panic));
-        st.running = false;
-    }
-    run_callbacks(core.clone(), None);
+fn run_after_panic(cur: Rc<Core>, payload: Box<dyn std::any::Any + Send>) {
+    set_panicked(&cur, Failure::from_panic(payload));
+    run_callbacks(cur, None);
 }
 
-/// The loop of [`run_fired`]: `None` when the chain is done (the result
-/// stored, `running` cleared), else what the general loop continues with
-/// (`core` still marked running).
+fn set_panicked(cur: &Rc<Core>, panic: Failure) {
+    tracing::error!(failure = %panic, "a Deferred callback panicked");
+    let mut st = cur.st.borrow_mut();
+    st.result = Some(Err(panic));
+    st.running = false;
+}
+
+/// The loop of [`run_fired`]: `None` when the run is over (the result
+/// stored and `running` cleared, or paused waiting for a Deferred), else
+/// what the general loop continues with (`core` still marked running).
 ///
 /// `slot` holds the outcome on entry and is moved out by the return (a
 /// step that panics has consumed it: nothing to drop).
 #[inline(always)]
 fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
-    // Initialised except right after a step returned a Deferred to wait for.
     loop {
         let step = {
             let mut st = core.st.borrow_mut();
@@ -1094,11 +1094,254 @@ fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
                     slot.write(outcome);
                     Core::release_returned(inner);
                 }
-                None => return Some(Next::Wait(inner)),
+                None => match wait_for(core, inner, slot) {
+                    Waited::Continue => {}
+                    Waited::Paused => return None,
+                    Waited::Switch(inner) => {
+                        run_callbacks(inner, None);
+                        return None;
+                    }
+                },
             },
             // SAFETY: the step wrote its outcome back.
             Flow::Deliver => return Some(Next::Deliver(unsafe { slot.assume_init_read() })),
         }
+    }
+}
+
+/// Runs the chain of `start`, then of the Deferreds waiting on it, in a loop
+/// (the general entry: for a first outcome other than a fired result, or
+/// none, to start from the state).
+///
+/// One unwind guard covers the whole run: a panicking callback leaves its
+/// Deferred as the current one, whose result becomes the panic's failure,
+/// and the run resumes with the next errback.
+#[cold]
+#[inline(never)]
+fn run_callbacks(start: Rc<Core>, first: Option<Next>) {
+    let mut slot = MaybeUninit::<Outcome>::uninit();
+    let mut first = match first {
+        Some(Next::Done(outcome)) => {
+            slot.write(outcome);
+            Some(Flow::Done)
+        }
+        Some(Next::Deliver(outcome)) => {
+            slot.write(outcome);
+            Some(Flow::Deliver)
+        }
+        Some(Next::Wait(inner)) => Some(Flow::Wait(inner)),
+        None => None,
+    };
+    let mut cur = start;
+    loop {
+        let mut held = None;
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_chains(&cur, &mut held, &mut slot, first.take())
+        }));
+        match run {
+            Ok(()) => {
+                if let Some(other) = held {
+                    Core::release_returned(other);
+                }
+                return;
+            }
+            Err(payload) => {
+                if let Some(other) = held {
+                    cur = other;
+                }
+                set_panicked(&cur, Failure::from_panic(payload));
+            }
+        }
+    }
+}
+
+/// The run loop: runs the chain of the current Deferred (`start`, or
+/// once the loop has moved on, the one in `held`), then of the Deferreds
+/// waiting on it.
+///
+/// With `first`, the current Deferred is marked running and continues with
+/// that flow (its outcome, when it has one, in `slot`); without, it starts
+/// from its state if it can run. While a chain runs, its result lives in
+/// `slot` rather than in the state: one borrow per step, and each step reads
+/// and writes it in place. A step that panics has consumed the slot.
+#[inline]
+fn run_chains(
+    start: &Rc<Core>,
+    held: &mut Option<Rc<Core>>,
+    slot: &mut MaybeUninit<Outcome>,
+    first: Option<Flow>,
+) {
+    debug_assert!(held.is_none());
+    // The current Deferred; `held` owns it once it is not `start`.
+    let mut cur: &Rc<Core> = start;
+    let mut flow = match first {
+        Some(flow) => flow,
+        None => {
+            if !begin(cur, slot) {
+                return;
+            }
+            Flow::Done
+        }
+    };
+    loop {
+        // `slot` is initialised here unless `flow` is `Wait`.
+        match flow {
+            Flow::Done => {}
+            Flow::Deliver => deliver(cur, slot),
+            Flow::Wait(inner) => {
+                if let Some(outcome) = take_ready(cur, &inner) {
+                    slot.write(outcome);
+                    Core::release_returned(inner);
+                } else {
+                    match wait_for(cur, inner, slot) {
+                        Waited::Continue => {}
+                        Waited::Paused => return,
+                        Waited::Switch(inner) => {
+                            // The returned Deferred has fired but is idle
+                            // with steps of its own: run them first.
+                            if let Some(old) = held.replace(inner) {
+                                Core::release_returned(old);
+                            }
+                            cur = held.as_ref().unwrap_or(start);
+                            if !begin(cur, slot) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let step = {
+            let mut st = cur.st.borrow_mut();
+            if st.paused > 0 {
+                // SAFETY: initialised (handled above).
+                st.result = Some(unsafe { slot.assume_init_read() });
+                st.running = false;
+                return;
+            }
+            match st.chain.pop_front_in_place() {
+                Some(step) => Some(step),
+                None => {
+                    st.running = false;
+                    if st.chained_to.is_none() {
+                        // SAFETY: initialised (handled above).
+                        st.set_result(unsafe { slot.assume_init_read() });
+                        return;
+                    }
+                    None
+                }
+            }
+        };
+        match step {
+            // SAFETY: nothing ran since the step was taken off the chain,
+            // and the slot is initialised.
+            Some(step) => flow = unsafe { step.call_in_place(slot.as_mut_ptr()) },
+            None => {
+                // The chain is exhausted and a Deferred waits for its result.
+                let parent = hand_over(cur, slot);
+                if let Some(old) = held.replace(parent) {
+                    Core::release_returned(old);
+                }
+                cur = held.as_ref().unwrap_or(start);
+                if !begin(cur, slot) {
+                    return;
+                }
+                flow = Flow::Done;
+            }
+        }
+    }
+}
+
+/// Starts `cur` from its state, when it has fired and is idle and not
+/// paused: marks it running and moves its result into `slot`.
+#[inline]
+fn begin(cur: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> bool {
+    let mut st = cur.st.borrow_mut();
+    if st.running || st.paused > 0 || !st.called {
+        return false;
+    }
+    st.running = true;
+    slot.write(st.result.take().unwrap_or_else(consumed));
+    true
+}
+
+/// The chain of `cur` is exhausted and its result (in `slot`, moved out)
+/// goes to the Deferred waiting on it, which is returned (one pause fewer).
+#[inline(never)]
+fn hand_over(cur: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Rc<Core> {
+    let parent = {
+        let mut st = cur.st.borrow_mut();
+        // A neutral value stays so that dropping `cur` logs nothing: the
+        // parent owns the result (and any failure) now.
+        st.result = Some(Ok(Value::unit()));
+        st.chained_to
+            .take()
+            .expect("hand_over: a Deferred waits on this one")
+    };
+    {
+        let mut pst = parent.st.borrow_mut();
+        // SAFETY: the caller's slot is initialised; read once.
+        pst.result = Some(unsafe { slot.assume_init_read() });
+        pst.paused = pst.paused.saturating_sub(1);
+        pst.waiting_on = None;
+    }
+    parent
+}
+
+/// Hands the result in `slot` to the task awaiting `cur`; what stays in the
+/// slot is neutral, so nothing is logged as unhandled.
+#[cold]
+#[inline(never)]
+fn deliver(cur: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
+    // SAFETY: the caller's slot is initialised; read once, then rewritten.
+    let outcome = unsafe { slot.assume_init_read() };
+    slot.write(Ok(Value::unit()));
+    let waker = {
+        let mut st = cur.st.borrow_mut();
+        st.delivered = Some(outcome);
+        st.waker.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+enum Waited {
+    /// The step's outcome is in the slot (a `ChainingError`).
+    Continue,
+    /// The current Deferred now waits for the returned one.
+    Paused,
+    /// The current Deferred waits for the returned one, which can run now.
+    Switch(Rc<Core>),
+}
+
+/// A step of `cur` returned `inner`, which has not fired (or is busy):
+/// `cur` pauses until `inner` hands its result over.
+#[inline(never)]
+fn wait_for(cur: &Rc<Core>, inner: Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Waited {
+    if Rc::ptr_eq(&inner, cur) {
+        slot.write(Err(Failure::new(ChainingError)));
+        return Waited::Continue;
+    }
+    let mut ist = inner.st.borrow_mut();
+    if ist.chained_to.is_some() {
+        drop(ist);
+        slot.write(Err(Failure::new(ChainingError)));
+        return Waited::Continue;
+    }
+    ist.chained_to = Some(cur.clone());
+    let inner_can_run = ist.called && ist.paused == 0 && !ist.running;
+    drop(ist);
+    {
+        let mut st = cur.st.borrow_mut();
+        st.paused += 1;
+        st.waiting_on = Some(Rc::downgrade(&inner));
+        st.running = false;
+    }
+    if inner_can_run {
+        Waited::Switch(inner)
+    } else {
+        Waited::Paused
     }
 }
 
@@ -1125,150 +1368,6 @@ fn take_ready(cur: &Rc<Core>, inner: &Rc<Core>) -> Option<Outcome> {
         )
     } else {
         None
-    }
-}
-
-/// Runs the chain of `start`, then of the Deferreds waiting on it, in a loop.
-///
-/// One unwind guard covers the whole run: a panicking callback leaves its
-/// Deferred as the current one, whose result becomes the panic's failure,
-/// and the run resumes with the next errback.
-#[cold]
-fn run_callbacks(start: Rc<Core>, first: Option<Next>) {
-    let mut cur = start;
-    let mut first = first;
-    loop {
-        match catch(|| run_chains(&mut cur, first.take())) {
-            Ok(()) => return,
-            Err(panic) => {
-                tracing::error!(failure = %panic, "a Deferred callback panicked");
-                let mut st = cur.st.borrow_mut();
-                st.result = Some(Err(panic));
-                st.running = false;
-            }
-        }
-    }
-}
-
-/// With `first`, `cur` is already marked running and continues with it
-/// (what a step of `cur` returned, or the result it was fired with).
-fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
-    // While a chain runs, its result lives in this slot (initialised
-    // whenever `flow` is not `Wait`) rather than in the state: one borrow
-    // per step, and each step reads and writes it in place.
-    let mut slot = MaybeUninit::<Outcome>::uninit();
-    'outer: loop {
-        let mut flow = match first.take() {
-            Some(Next::Done(outcome)) => {
-                slot.write(outcome);
-                Flow::Done
-            }
-            Some(Next::Deliver(outcome)) => {
-                slot.write(outcome);
-                Flow::Deliver
-            }
-            Some(Next::Wait(inner)) => Flow::Wait(inner),
-            None => {
-                let mut st = cur.st.borrow_mut();
-                if st.running || st.paused > 0 || !st.called {
-                    return;
-                }
-                st.running = true;
-                slot.write(st.result.take().unwrap_or_else(consumed));
-                Flow::Done
-            }
-        };
-        loop {
-            match flow {
-                Flow::Done => {}
-                Flow::Deliver => {
-                    // SAFETY: initialised (not `Wait`).
-                    let outcome = unsafe { slot.assume_init_read() };
-                    // The awaiting task owns the result now; what stays is
-                    // neutral so nothing is logged as unhandled.
-                    slot.write(Ok(Value::unit()));
-                    let waker = {
-                        let mut st = cur.st.borrow_mut();
-                        st.delivered = Some(outcome);
-                        st.waker.take()
-                    };
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                }
-                Flow::Wait(inner) => {
-                    if Rc::ptr_eq(&inner, cur) {
-                        slot.write(Err(Failure::new(ChainingError)));
-                    } else if let Some(outcome) = take_ready(cur, &inner) {
-                        slot.write(outcome);
-                        Core::release_returned(inner);
-                    } else {
-                        let mut ist = inner.st.borrow_mut();
-                        if ist.chained_to.is_some() {
-                            drop(ist);
-                            slot.write(Err(Failure::new(ChainingError)));
-                        } else {
-                            ist.chained_to = Some(cur.clone());
-                            let inner_can_run = ist.called && ist.paused == 0 && !ist.running;
-                            drop(ist);
-                            {
-                                let mut st = cur.st.borrow_mut();
-                                st.paused += 1;
-                                st.waiting_on = Some(Rc::downgrade(&inner));
-                                st.running = false;
-                            }
-                            if inner_can_run {
-                                *cur = inner;
-                                continue 'outer;
-                            }
-                            return;
-                        }
-                    }
-                }
-            }
-            let step = {
-                let mut st = cur.st.borrow_mut();
-                if st.paused > 0 {
-                    // SAFETY: initialised (handled above).
-                    st.result = Some(unsafe { slot.assume_init_read() });
-                    st.running = false;
-                    return;
-                }
-                match st.chain.pop_front_in_place() {
-                    Some(step) => step,
-                    None => break,
-                }
-            };
-            // SAFETY: nothing ran since the step was taken off the chain,
-            // and the slot is initialised.
-            flow = unsafe { step.call_in_place(slot.as_mut_ptr()) };
-        }
-        // SAFETY: initialised (the loop ends after a handled `flow`).
-        let result = unsafe { slot.assume_init_read() };
-        // The chain of `cur` is exhausted: hand the result to whoever waits for it.
-        let parent = {
-            let mut st = cur.st.borrow_mut();
-            st.running = false;
-            match st.chained_to.take() {
-                Some(parent) => {
-                    // A neutral value stays so that dropping `cur` logs
-                    // nothing: the parent owns the result (and any failure).
-                    st.result = Some(Ok(Value::unit()));
-                    parent
-                }
-                None => {
-                    st.result = Some(result);
-                    return;
-                }
-            }
-        };
-        {
-            let mut pst = parent.st.borrow_mut();
-            pst.result = Some(result);
-            pst.paused = pst.paused.saturating_sub(1);
-            pst.waiting_on = None;
-        }
-        *cur = parent;
     }
 }
 
@@ -1965,5 +2064,109 @@ mod tests {
         assert!(chain.pop_front().is_some());
         assert!(chain.is_empty() && chain.pop_front().is_none());
         assert!(chain.into_empty_vec().is_empty());
+    }
+
+    #[test]
+    fn map_steps_move_inline_and_boxed_values_and_closures() {
+        let rc = Rc::new(());
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let d = Deferred::<[u64; 6]>::new();
+        // A boxed value (six words) into a closure capturing five words
+        // (boxed too), out as an inline `String`, then a `Vec` of `Rc`s.
+        let caps = [rc.clone(), rc.clone(), rc.clone(), rc.clone(), rc.clone()];
+        let (s1, s2) = (seen.clone(), seen.clone());
+        let r = rc.clone();
+        d.clone()
+            .add_callback(move |a| {
+                drop(caps);
+                format!("{}", a.iter().sum::<u64>())
+            })
+            .add_callback(move |s| {
+                s1.borrow_mut().push(s);
+                vec![r.clone(), r]
+            })
+            .add_callback(move |v| s2.borrow_mut().push(v.len().to_string()));
+        assert_eq!(Rc::strong_count(&rc), 7);
+        d.callback([1, 2, 3, 4, 5, 6]).unwrap();
+        assert_eq!(*seen.borrow(), ["21", "2"]);
+        assert_eq!(Rc::strong_count(&rc), 1, "captures and values dropped once");
+        // Steps dropped without running release their captures too.
+        let e = Deferred::<u8>::new();
+        let caps = [rc.clone(), rc.clone(), rc.clone()];
+        e.clone().add_callback(move |x| {
+            drop(caps);
+            x
+        });
+        drop(e);
+        assert_eq!(Rc::strong_count(&rc), 1);
+    }
+
+    #[test]
+    fn returned_deferreds_go_back_to_the_pool() {
+        // Fired before it is returned: taken at once, its core pooled.
+        let inner = Deferred::<u32>::succeed(4);
+        let inner_addr = Rc::as_ptr(&inner.core);
+        let d = Deferred::<u32>::new();
+        let out = Rc::new(std::cell::Cell::new(0));
+        let o = out.clone();
+        d.clone()
+            .add_callback_deferred(move |_| inner)
+            .add_callback(move |v| o.set(v));
+        d.callback(1).unwrap();
+        assert_eq!(out.get(), 4);
+        assert_eq!(Rc::as_ptr(&Deferred::<u8>::new().core), inner_addr);
+        // Fired later: the outer chain pauses, resumes with its result, and
+        // both cores are pooled once the handles are gone.
+        let inner = Deferred::<u32>::new();
+        let i2 = inner.clone();
+        let d = Deferred::<u32>::new();
+        let o = out.clone();
+        d.clone()
+            .add_callback_deferred(move |_| i2)
+            .add_callback(move |v| o.set(v + 1));
+        d.callback(1).unwrap();
+        assert!(d.paused());
+        inner.callback(9).unwrap();
+        assert!(!d.paused());
+        assert_eq!(out.get(), 10);
+        let (a, b) = (Rc::as_ptr(&d.core), Rc::as_ptr(&inner.core));
+        drop(d);
+        drop(inner);
+        let (x, y) = (Deferred::<u8>::new(), Deferred::<u8>::new());
+        assert_eq!((Rc::as_ptr(&x.core), Rc::as_ptr(&y.core)), (b, a));
+    }
+
+    #[test]
+    fn the_pool_is_bounded_and_emptied_when_its_thread_exits() {
+        let t = std::thread::spawn(|| {
+            let many: Vec<Deferred<u8>> =
+                (0..CORE_POOL_MAX + 50).map(|_| Deferred::new()).collect();
+            drop(many);
+            let p = CorePool::get();
+            let mut pooled = 0;
+            let mut next = p.head.get();
+            while !next.is_null() {
+                pooled += 1;
+                // SAFETY: pooled cores stay alive while pooled.
+                next = unsafe { (*next).pool_next.get() };
+            }
+            assert_eq!(pooled, CORE_POOL_MAX);
+            assert_eq!(p.room.get(), 0);
+            assert!(p.state.get() == PoolState::Guarded);
+            // A Deferred dropped while the thread's destructors run, before
+            // or after the pool's guard: pooled then freed, or freed (run
+            // under valgrind's memcheck, nothing leaks).
+            struct DropLate(Option<Deferred<u8>>);
+            impl Drop for DropLate {
+                fn drop(&mut self) {
+                    drop(self.0.take());
+                }
+            }
+            thread_local! {
+                static LATE: RefCell<Option<DropLate>> = const { RefCell::new(None) };
+            }
+            LATE.with(|l| *l.borrow_mut() = Some(DropLate(Some(Deferred::new()))));
+        });
+        t.join().expect("the thread ran");
     }
 }
