@@ -690,56 +690,66 @@ impl Core {
     }
 
     #[inline(never)]
-    fn release_last(core: Rc<Core>) {
-        if Rc::weak_count(&core) != 0 {
+    fn release_last(mut core: Rc<Core>) {
+        // Unique (no other handle, no weak reference): nothing can hold a
+        // borrow of the state either, so it is reached without one.
+        let Some(unique) = Rc::get_mut(&mut core) else {
+            return;
+        };
+        let st = unique.st.get_mut();
+        if !st.chain.is_empty() || st.chained_to.is_some() || st.running {
             return;
         }
-        let result = {
-            let Ok(mut st) = core.st.try_borrow_mut() else {
-                return;
-            };
-            if !st.chain.is_empty() || st.chained_to.is_some() || st.running {
-                return;
-            }
-            if st.canceller.is_some()
-                || st.waiting_on.is_some()
-                || st.waker.is_some()
-                || st.delivered.is_some()
-            {
-                drop(st);
-                return Core::release_slow(core);
-            }
-            if let Some(Err(f)) = &st.result {
-                tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
-            }
-            // A long chain's queue is not worth keeping around.
-            if st.chain.steps.capacity() > 256 {
-                st.chain.steps = Vec::new();
-            }
-            st.called = false;
-            st.paused = 0;
-            st.suppress_already_called = false;
-            st.awaited = false;
-            st.result.take()
-        };
+        if st.canceller.is_some()
+            || st.waiting_on.is_some()
+            || st.waker.is_some()
+            || st.delivered.is_some()
+        {
+            return Core::release_slow(core);
+        }
+        if let Some(Err(f)) = &st.result {
+            tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
+        }
+        // A long chain's queue is not worth keeping around.
+        if st.chain.steps.capacity() > 256 {
+            Core::drop_long_queue(st);
+        }
+        st.called = false;
+        st.paused = 0;
+        st.suppress_already_called = false;
+        st.awaited = false;
         // The common case: the result has no destructor, so no user code
         // runs and nothing can have taken a new reference meanwhile.
-        let plain = match &result {
+        let plain = match &st.result {
             None => true,
             Some(Ok(v)) => v.vt.drop.is_none(),
             Some(Err(_)) => false,
         };
-        if !plain {
-            // User values drop here, with nothing borrowed; they may make
-            // and drop Deferreds of their own.
-            drop(result);
-            if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
-                return;
-            }
+        if plain {
+            // SAFETY: nothing to drop (checked just above): overwritten.
+            unsafe { ptr::write(&mut st.result, None) };
+            Core::pool_put(core);
         } else {
-            std::mem::forget(result);
+            let result = st.result.take();
+            Core::release_result(core, result);
         }
-        Core::pool_put(core);
+    }
+
+    #[cold]
+    fn drop_long_queue(st: &mut State) {
+        st.chain.steps = Vec::new();
+    }
+
+    /// The end of `release_last` for a result with a destructor: it drops
+    /// (user code, which may make and drop Deferreds of its own) with the
+    /// core unreferenced elsewhere, and the core is pooled if it still is.
+    #[cold]
+    #[inline(never)]
+    fn release_result(core: Rc<Core>, result: Option<Outcome>) {
+        drop(result);
+        if Rc::strong_count(&core) == 1 && Rc::weak_count(&core) == 0 {
+            Core::pool_put(core);
+        }
     }
 
     /// Releases a Deferred a step returned, once its result was taken:
@@ -1071,12 +1081,18 @@ fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
     loop {
         let step = {
             let mut st = core.st.borrow_mut();
-            if st.paused > 0 || st.chained_to.is_some() {
+            if st.paused > 0 {
                 // SAFETY: initialised (see the loop's end).
                 return Some(Next::Done(unsafe { slot.assume_init_read() }));
             }
             match st.chain.pop_front_in_place() {
                 Some(step) => step,
+                // A Deferred waits for our result: the general loop hands
+                // it over.
+                None if st.chained_to.is_some() => {
+                    // SAFETY: initialised (see the loop's end).
+                    return Some(Next::Done(unsafe { slot.assume_init_read() }));
+                }
                 None => {
                     // SAFETY: initialised (see the loop's end).
                     st.set_result(unsafe { slot.assume_init_read() });
