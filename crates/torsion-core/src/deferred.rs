@@ -263,6 +263,34 @@ impl<T: 'static, U: 'static, F: FnOnce(T) -> U + 'static> RunStep for MapStep<T,
     }
 }
 
+/// `add_callback_deferred`'s step: like [`MapStep`], the value is moved
+/// straight out of the slot, and the returned Deferred goes to the run
+/// loop to be waited for.
+struct ThenStep<T, U, F>(F, PhantomData<fn(T) -> U>);
+
+impl<T: 'static, U: 'static, F: FnOnce(T) -> Deferred<U> + 'static> RunStep for ThenStep<T, U, F> {
+    #[inline]
+    unsafe fn run(self, io: *mut Outcome) -> Flow {
+        // SAFETY: `io` holds an outcome (caller's contract).
+        if let Ok(v) = unsafe { &mut *io } {
+            if v.is::<T>() {
+                // SAFETY: the type matched; the value is moved out once, and
+                // the slot counts as consumed (`Flow::Wait`, or a panic).
+                let t = unsafe { v.read::<T>() };
+                return Flow::Wait((self.0)(t).into_core());
+            }
+            // SAFETY: the slot is read once and rewritten.
+            unsafe {
+                let Ok(other) = ptr::read(io) else {
+                    unreachable!()
+                };
+                ptr::write(io, Err(type_error(other, std::any::type_name::<T>())));
+            }
+        }
+        Flow::Done
+    }
+}
+
 const fn step_vt<S: RunStep>() -> &'static StepVt {
     const {
         &StepVt {
@@ -587,17 +615,33 @@ enum PoolState {
     Closed,
 }
 
+/// See `State::on_fire`.
+enum OnFire {
+    /// The result waits in the state: paused, or no callbacks yet and
+    /// nobody waiting on us.
+    Store,
+    /// Run the chain now.
+    Run,
+    /// No callbacks, and a Deferred waits for the result: hand it over.
+    HandOver,
+}
+
 impl State {
-    /// For a Deferred being fired: true when its chain is to run now
-    /// (marked running), false when the result is just to wait in the
-    /// state (paused, or no callbacks yet and nobody waiting on us).
+    /// What firing a Deferred does with its result; `Run` marks it running.
     #[inline(always)]
-    fn wait_or_run(&mut self) -> bool {
-        if self.paused > 0 || (self.chain.is_empty() && self.chained_to.is_none()) {
-            return false;
+    fn on_fire(&mut self) -> OnFire {
+        if self.paused > 0 {
+            return OnFire::Store;
+        }
+        if self.chain.is_empty() {
+            return if self.chained_to.is_none() {
+                OnFire::Store
+            } else {
+                OnFire::HandOver
+            };
         }
         self.running = true;
-        true
+        OnFire::Run
     }
 
     /// Stores the result of a chain that has none: one was just fired
@@ -876,14 +920,29 @@ impl Core {
             drop(st);
             return self.fire_cancellable(slot);
         }
-        if st.wait_or_run() {
-            drop(st);
-            run_fired(self, slot);
-        } else {
+        match st.on_fire() {
+            OnFire::Run => {
+                drop(st);
+                run_fired(self, slot);
+            }
             // SAFETY: see above.
-            st.set_result(unsafe { slot.assume_init_read() });
+            OnFire::Store => st.set_result(unsafe { slot.assume_init_read() }),
+            OnFire::HandOver => {
+                drop(st);
+                self.fire_to_parent(slot);
+            }
         }
         Ok(())
+    }
+
+    /// Fired with no callbacks of its own while a Deferred waits for the
+    /// result (it was returned by one of that one's steps): the result goes
+    /// there, and that chain resumes.
+    #[cold]
+    #[inline(never)]
+    fn fire_to_parent(self: &Rc<Self>, slot: &mut MaybeUninit<Outcome>) {
+        let parent = hand_over(self, slot);
+        run_callbacks(parent, None);
     }
 
     /// The rest of `fire_slot` for a Deferred that has a canceller: no
@@ -898,18 +957,23 @@ impl Core {
     ) -> Result<(), AlreadyCalledError> {
         let mut st = self.st.borrow_mut();
         let canceller = st.canceller.take();
-        if st.wait_or_run() {
-            drop(st);
-            drop(canceller);
-            // The general loop (`run_fired`'s fast one stays inlined once).
-            // SAFETY: the slot holds the outcome, read once.
-            let outcome = unsafe { slot.assume_init_read() };
-            run_callbacks(self.clone(), Some(Next::Done(outcome)));
-        } else {
+        let on_fire = st.on_fire();
+        if let OnFire::Store = on_fire {
             // SAFETY: the slot holds the outcome, read once.
             st.set_result(unsafe { slot.assume_init_read() });
             drop(st);
             drop(canceller);
+            return Ok(());
+        }
+        drop(st);
+        drop(canceller);
+        if let OnFire::HandOver = on_fire {
+            self.fire_to_parent(slot);
+        } else {
+            // The general loop (`run_fired`'s fast one stays inlined once).
+            // SAFETY: the slot holds the outcome, read once.
+            let outcome = unsafe { slot.assume_init_read() };
+            run_callbacks(self.clone(), Some(Next::Done(outcome)));
         }
         Ok(())
     }
@@ -1159,6 +1223,7 @@ fn run_callbacks(start: Rc<Core>, first: Option<Next>) {
                 if let Some(other) = held {
                     Core::release_returned(other);
                 }
+                Core::release_returned(cur);
                 return;
             }
             Err(payload) => {
@@ -1682,13 +1747,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(T) -> Deferred<U> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Step::new(move |o| match o {
-            Ok(v) => match downcast::<T>(v) {
-                Ok(v) => Next::Wait(f(v).into_core()),
-                Err(e) => Next::Done(Err(e)),
-            },
-            Err(e) => Next::Done(Err(e)),
-        }));
+        self.push_raw(Step::from_run(ThenStep(f, PhantomData)));
         self.retype()
     }
 
@@ -2184,5 +2243,47 @@ mod tests {
             LATE.with(|l| *l.borrow_mut() = Some(DropLate(Some(Deferred::new()))));
         });
         t.join().expect("the thread ran");
+    }
+
+    #[test]
+    fn a_returned_deferred_fired_later_resumes_its_waiter_on_every_path() {
+        let out = Rc::new(RefCell::new(Vec::<String>::new()));
+        // With a canceller, fired with a failure; the outer chain's handles
+        // are all dropped before: only the inner one keeps it alive.
+        let inner = Deferred::<u32>::with_canceller(|_| {});
+        let i2 = inner.clone();
+        let o = out.clone();
+        let outer = Deferred::<u32>::new();
+        outer
+            .clone()
+            .add_callback_deferred(move |_| i2)
+            .add_callbacks(|v| Ok(v.to_string()), |f| Ok(format!("failed: {f}")))
+            .add_callback(move |s| o.borrow_mut().push(s));
+        outer.callback(1).unwrap();
+        let outer_addr = Rc::as_ptr(&outer.core);
+        drop(outer);
+        assert!(out.borrow().is_empty());
+        inner.errback(Failure::msg("no")).unwrap();
+        assert_eq!(*out.borrow(), ["failed: no"]);
+        // The waiter's core went back to the pool once the run was over.
+        drop(inner);
+        let reuse: Vec<_> = (0..2).map(|_| Deferred::<u8>::new()).collect();
+        assert!(reuse.iter().any(|d| Rc::as_ptr(&d.core) == outer_addr));
+        // Three levels, fired innermost first, each with a canceller.
+        let a = Deferred::<u32>::with_canceller(|_| {});
+        let b = Deferred::<u32>::with_canceller(|_| {});
+        let c = Deferred::<u32>::with_canceller(|_| {});
+        let (b2, c2) = (b.clone(), c.clone());
+        let o = out.clone();
+        a.clone()
+            .add_callback_deferred(move |x| b2.add_callback(move |y| x + y))
+            .add_callback(move |v| o.borrow_mut().push(v.to_string()));
+        b.clone().add_callback_deferred(move |_| c2);
+        a.callback(1).unwrap();
+        b.callback(10).unwrap();
+        assert!(a.paused() && b.paused());
+        c.callback(100).unwrap();
+        assert!(!a.paused() && !b.paused());
+        assert_eq!(out.borrow().last().map(String::as_str), Some("101"));
     }
 }
