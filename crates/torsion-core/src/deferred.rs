@@ -923,7 +923,7 @@ impl Core {
         match st.on_fire() {
             OnFire::Run => {
                 drop(st);
-                run_fired(self, slot);
+                run_fired::<0>(self, slot);
             }
             // SAFETY: see above.
             OnFire::Store => st.set_result(unsafe { slot.assume_init_read() }),
@@ -941,8 +941,36 @@ impl Core {
     #[cold]
     #[inline(never)]
     fn fire_to_parent(self: &Rc<Self>, slot: &mut MaybeUninit<Outcome>) {
-        let parent = hand_over(self, slot);
-        run_callbacks(parent, None);
+        // As `hand_over` then `begin`, with the result kept in the slot
+        // when the parent can run at once (the usual case).
+        let parent = {
+            let mut st = self.st.borrow_mut();
+            // A neutral value stays so that dropping us logs nothing: the
+            // parent owns the result (and any failure) now.
+            st.set_result(Ok(Value::unit()));
+            st.chained_to
+                .take()
+                .expect("fire_to_parent: a Deferred waits on this one")
+        };
+        let (run, old) = {
+            let mut pst = parent.st.borrow_mut();
+            pst.paused = pst.paused.saturating_sub(1);
+            let waiting_on = pst.waiting_on.take();
+            if pst.running || pst.paused > 0 || !pst.called {
+                // SAFETY: the slot holds the outcome, read once.
+                pst.result = Some(unsafe { slot.assume_init_read() });
+                (false, (waiting_on, None))
+            } else {
+                pst.running = true;
+                (true, (waiting_on, pst.result.take()))
+            }
+        };
+        drop(old);
+        if run {
+            // The fast loop again, as a copy of its own (see `run_fired`).
+            run_fired::<1>(&parent, slot);
+        }
+        Core::release_returned(parent);
     }
 
     /// The rest of `fire_slot` for a Deferred that has a canceller: no
@@ -1106,8 +1134,11 @@ impl Drop for Core {
 /// idle is taken at once; an unfired one is waited for). Anything else —
 /// delivering to an awaiting task, a Deferred waiting on this one, a
 /// panic — hands over to the general loop, [`run_callbacks`].
+///
+/// `COPY` tells apart its callers: each gets a copy of its own, as the
+/// unwind guard's inner function is inlined only where it has one caller.
 #[inline(always)]
-fn run_fired(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
+fn run_fired<const COPY: u8>(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
     // `catch_unwind` itself rather than `failure::catch`, so that the
     // whole loop is inlined here.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_local(core, slot))) {
