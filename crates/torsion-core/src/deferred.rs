@@ -644,15 +644,41 @@ impl State {
         OnFire::Run
     }
 
-    /// Stores the result of a chain that has none: one was just fired
-    /// into it, or taken out to run the chain. (A plain assignment would
-    /// drop the old value, which is known to be `None`.)
+    /// Stores the result of a Deferred just fired (`called` was false, so
+    /// there is none yet; a plain assignment would check for an old value
+    /// to drop).
     #[inline]
-    fn set_result(&mut self, outcome: Outcome) {
+    fn set_first_result(&mut self, outcome: Outcome) {
         debug_assert!(self.result.is_none());
         // SAFETY: a plain overwrite; at worst (were the field not `None`,
         // which it is) a value would leak.
         unsafe { ptr::write(&mut self.result, Some(outcome)) };
+    }
+
+    /// Stores the result of a chain that has run, moved out of `slot`: the
+    /// state's field is empty then (it was taken to run the chain), unless
+    /// a Deferred this one waited on handed a result over meanwhile
+    /// (possible when it was unpaused by hand), which this one replaces.
+    ///
+    /// # Safety
+    /// `slot` is initialised; it is moved out.
+    #[inline]
+    unsafe fn set_result_from(&mut self, slot: &mut MaybeUninit<Outcome>) {
+        if self.result.is_some() {
+            // SAFETY: per the caller.
+            return unsafe { self.replace_result_from(slot) };
+        }
+        // SAFETY: per the caller; a plain overwrite of `None`.
+        unsafe { ptr::write(&mut self.result, Some(slot.assume_init_read())) };
+    }
+
+    /// # Safety
+    /// As for `set_result_from`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn replace_result_from(&mut self, slot: &mut MaybeUninit<Outcome>) {
+        // SAFETY: per the caller.
+        self.result = Some(unsafe { slot.assume_init_read() });
     }
 }
 
@@ -926,7 +952,7 @@ impl Core {
                 run_fired::<0>(self, slot);
             }
             // SAFETY: see above.
-            OnFire::Store => st.set_result(unsafe { slot.assume_init_read() }),
+            OnFire::Store => st.set_first_result(unsafe { slot.assume_init_read() }),
             OnFire::HandOver => {
                 drop(st);
                 self.fire_to_parent(slot);
@@ -947,7 +973,7 @@ impl Core {
             let mut st = self.st.borrow_mut();
             // A neutral value stays so that dropping us logs nothing: the
             // parent owns the result (and any failure) now.
-            st.set_result(Ok(Value::unit()));
+            st.set_first_result(Ok(Value::unit()));
             st.chained_to
                 .take()
                 .expect("fire_to_parent: a Deferred waits on this one")
@@ -988,7 +1014,7 @@ impl Core {
         let on_fire = st.on_fire();
         if let OnFire::Store = on_fire {
             // SAFETY: the slot holds the outcome, read once.
-            st.set_result(unsafe { slot.assume_init_read() });
+            st.set_first_result(unsafe { slot.assume_init_read() });
             drop(st);
             drop(canceller);
             return Ok(());
@@ -1190,7 +1216,7 @@ fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
                 }
                 None => {
                     // SAFETY: initialised (see the loop's end).
-                    st.set_result(unsafe { slot.assume_init_read() });
+                    unsafe { st.set_result_from(slot) };
                     st.running = false;
                     return None;
                 }
@@ -1337,7 +1363,7 @@ fn run_chains(
                     st.running = false;
                     if st.chained_to.is_none() {
                         // SAFETY: initialised (handled above).
-                        st.set_result(unsafe { slot.assume_init_read() });
+                        unsafe { st.set_result_from(slot) };
                         return;
                     }
                     None
@@ -2316,5 +2342,40 @@ mod tests {
         c.callback(100).unwrap();
         assert!(!a.paused() && !b.paused());
         assert_eq!(out.borrow().last().map(String::as_str), Some("101"));
+    }
+
+    #[test]
+    fn a_waiter_unpaused_by_hand_and_its_returned_deferred_firing_meanwhile() {
+        // `unpause` lets a Deferred waiting on another run on (with
+        // `ResultConsumedError`, its result being with the step that
+        // returned the other); if that other one fires during the run, its
+        // result lands in the waiter's state, and the run's own result
+        // replaces it when the run ends (the old one is dropped, not lost).
+        let marker = Rc::new(());
+        let inner = Deferred::<Rc<()>>::new();
+        let (i2, i3) = (inner.clone(), inner.clone());
+        let outer = Deferred::<u8>::new();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let s = seen.clone();
+        let m = marker.clone();
+        let tail = outer.clone().add_callback_deferred(move |_| i2);
+        outer.callback(1).unwrap();
+        assert!(outer.paused());
+        tail.add_both(move |r| {
+            s.borrow_mut().push(r.is_err());
+            i3.callback(m).unwrap();
+            Ok(7u8)
+        });
+        outer.unpause();
+        assert_eq!(*seen.borrow(), [true]);
+        assert_eq!(Rc::strong_count(&marker), 1, "the inner result was dropped");
+        let r = Rc::new(RefCell::new(None));
+        let r2 = r.clone();
+        outer
+            .clone()
+            .finally(move |v| *r2.borrow_mut() = Some(v.ok()));
+        assert_eq!(*r.borrow(), Some(Some(7)), "the run's own result stays");
+        drop((outer, inner));
+        assert_eq!(Rc::strong_count(&marker), 1, "the inner result was dropped");
     }
 }
