@@ -1226,20 +1226,11 @@ fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
         // the slot is initialised.
         match unsafe { step.call_in_place(slot.as_mut_ptr()) } {
             Flow::Done => {}
-            Flow::Wait(inner) => match take_ready(core, &inner) {
-                Some(outcome) => {
-                    slot.write(outcome);
-                    Core::release_returned(inner);
+            Flow::Wait(inner) => {
+                if !wait_or_take(core, inner, slot) {
+                    return None;
                 }
-                None => match wait_for(core, inner, slot) {
-                    Waited::Continue => {}
-                    Waited::Paused => return None,
-                    Waited::Switch(inner) => {
-                        run_callbacks(inner, None);
-                        return None;
-                    }
-                },
-            },
+            }
             // SAFETY: the step wrote its outcome back.
             Flow::Deliver => return Some(Next::Deliver(unsafe { slot.assume_init_read() })),
         }
@@ -1480,6 +1471,28 @@ fn wait_for(cur: &Rc<Core>, inner: Rc<Core>, slot: &mut MaybeUninit<Outcome>) ->
         Waited::Switch(inner)
     } else {
         Waited::Paused
+    }
+}
+
+/// For the fast loop: a step of `core` returned `inner`. True when the
+/// outcome to go on with is in `slot` (`inner` had fired and is idle, or
+/// could not be waited for); false when the run is over (`core` waits for
+/// `inner`, or the general loop ran the rest). Out of line, which keeps
+/// the loop's registers few.
+#[inline(never)]
+fn wait_or_take(core: &Rc<Core>, inner: Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> bool {
+    if let Some(outcome) = take_ready(core, &inner) {
+        slot.write(outcome);
+        Core::release(inner);
+        return true;
+    }
+    match wait_for(core, inner, slot) {
+        Waited::Continue => true,
+        Waited::Paused => false,
+        Waited::Switch(inner) => {
+            run_callbacks(inner, None);
+            false
+        }
     }
 }
 
