@@ -18,7 +18,7 @@
 //! `async fn` was waiting on when its task is dropped.
 
 use std::any::TypeId;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -113,6 +113,25 @@ impl Value {
         ptr::eq(self.vt, vt::<T>()) || (self.vt.tid)() == TypeId::of::<T>()
     }
 
+    /// Moves the `T` out, leaving the storage logically uninitialised.
+    ///
+    /// # Safety
+    /// The value holds a `T` (see `is`), and is not used or dropped
+    /// afterwards (only overwritten).
+    #[inline]
+    unsafe fn read<T: 'static>(&mut self) -> T {
+        let p = self.data.as_mut_ptr() as *mut u8;
+        // SAFETY: per the caller, written by `Value::new::<T>` in the layout
+        // `fits_inline::<T>` selects, and read once.
+        unsafe {
+            if fits_inline::<T>() {
+                ptr::read(p as *const T)
+            } else {
+                *Box::from_raw(ptr::read(p as *const *mut T))
+            }
+        }
+    }
+
     /// The value as a `T`, or itself back when it holds another type.
     #[inline]
     pub(crate) fn take<T: 'static>(self) -> Result<T, Value> {
@@ -178,14 +197,108 @@ struct StepVt {
     drop: Option<unsafe fn(*mut u8)>,
 }
 
-const fn step_vt<F: FnOnce(Outcome) -> Next + 'static>() -> &'static StepVt {
+/// What a step does when the chain reaches it.
+pub(crate) trait RunStep: 'static {
+    /// Runs with the outcome in `io`, consuming it, and writes the step's
+    /// own outcome back there (for `Flow::Done` and `Flow::Deliver`).
+    ///
+    /// # Safety
+    /// `io` holds an outcome. If this panics, the outcome counts as
+    /// consumed (the caller must neither read nor drop it).
+    unsafe fn run(self, io: *mut Outcome) -> Flow;
+}
+
+/// The general step: a closure from outcome to `Next`.
+struct AnyStep<F>(F);
+
+impl<F: FnOnce(Outcome) -> Next + 'static> RunStep for AnyStep<F> {
+    #[inline]
+    unsafe fn run(self, io: *mut Outcome) -> Flow {
+        // SAFETY: the caller's slot holds an outcome, moved in here; it
+        // gets one back unless the step returned a Deferred to wait for.
+        match (self.0)(unsafe { ptr::read(io) }) {
+            Next::Done(o) => {
+                unsafe { ptr::write(io, o) };
+                Flow::Done
+            }
+            Next::Deliver(o) => {
+                unsafe { ptr::write(io, o) };
+                Flow::Deliver
+            }
+            Next::Wait(core) => Flow::Wait(core),
+        }
+    }
+}
+
+/// `add_callback`'s step, which works on the slot in place: a value of the
+/// expected type is moved straight out of it into the callback and the
+/// callback's value written back, with no copy of the whole outcome on
+/// the way in or out; a failure stays where it is.
+struct MapStep<T, U, F>(F, PhantomData<fn(T) -> U>);
+
+impl<T: 'static, U: 'static, F: FnOnce(T) -> U + 'static> RunStep for MapStep<T, U, F> {
+    #[inline]
+    unsafe fn run(self, io: *mut Outcome) -> Flow {
+        // SAFETY: `io` holds an outcome (caller's contract).
+        if let Ok(v) = unsafe { &mut *io } {
+            if v.is::<T>() {
+                // SAFETY: the type matched; the value is moved out once and
+                // the slot overwritten without dropping it. If `f` panics,
+                // the slot counts as consumed (see `RunStep::run`).
+                unsafe {
+                    let t = v.read::<T>();
+                    ptr::write(io, Ok(Value::new((self.0)(t))));
+                }
+            } else {
+                // SAFETY: the slot is read once and rewritten.
+                unsafe {
+                    let Ok(other) = ptr::read(io) else {
+                        unreachable!()
+                    };
+                    ptr::write(io, Err(type_error(other, std::any::type_name::<T>())));
+                }
+            }
+        }
+        Flow::Done
+    }
+}
+
+/// `add_callback_deferred`'s step: like [`MapStep`], the value is moved
+/// straight out of the slot, and the returned Deferred goes to the run
+/// loop to be waited for.
+struct ThenStep<T, U, F>(F, PhantomData<fn(T) -> U>);
+
+impl<T: 'static, U: 'static, F: FnOnce(T) -> Deferred<U> + 'static> RunStep for ThenStep<T, U, F> {
+    #[inline]
+    unsafe fn run(self, io: *mut Outcome) -> Flow {
+        // SAFETY: `io` holds an outcome (caller's contract).
+        if let Ok(v) = unsafe { &mut *io } {
+            if v.is::<T>() {
+                // SAFETY: the type matched; the value is moved out once, and
+                // the slot counts as consumed (`Flow::Wait`, or a panic).
+                let t = unsafe { v.read::<T>() };
+                return Flow::Wait((self.0)(t).into_core());
+            }
+            // SAFETY: the slot is read once and rewritten.
+            unsafe {
+                let Ok(other) = ptr::read(io) else {
+                    unreachable!()
+                };
+                ptr::write(io, Err(type_error(other, std::any::type_name::<T>())));
+            }
+        }
+        Flow::Done
+    }
+}
+
+const fn step_vt<S: RunStep>() -> &'static StepVt {
     const {
         &StepVt {
-            call: call_step::<F>,
-            drop: if !fits_step::<F>() {
-                Some(drop_boxed::<F> as unsafe fn(*mut u8))
-            } else if std::mem::needs_drop::<F>() {
-                Some(drop_inline::<F> as unsafe fn(*mut u8))
+            call: call_step::<S>,
+            drop: if !fits_step::<S>() {
+                Some(drop_boxed::<S> as unsafe fn(*mut u8))
+            } else if std::mem::needs_drop::<S>() {
+                Some(drop_inline::<S> as unsafe fn(*mut u8))
             } else {
                 None
             },
@@ -204,27 +317,16 @@ pub(crate) enum Flow {
     Deliver,
 }
 
-unsafe fn call_step<F: FnOnce(Outcome) -> Next>(p: *mut u8, io: *mut Outcome) -> Flow {
-    // SAFETY: the caller passes the storage `Step::new::<F>` wrote, once.
-    let f: F = unsafe {
-        if fits_step::<F>() {
-            ptr::read(p as *const F)
+unsafe fn call_step<S: RunStep>(p: *mut u8, io: *mut Outcome) -> Flow {
+    // SAFETY: the caller passes the storage `Step::from_run::<S>` wrote,
+    // once, and a slot holding an outcome.
+    unsafe {
+        let s: S = if fits_step::<S>() {
+            ptr::read(p as *const S)
         } else {
-            *Box::from_raw(ptr::read(p as *const *mut F))
-        }
-    };
-    // SAFETY: the caller's slot holds an outcome, moved in here; it gets
-    // one back unless the step returned a Deferred to wait for.
-    match f(unsafe { ptr::read(io) }) {
-        Next::Done(o) => {
-            unsafe { ptr::write(io, o) };
-            Flow::Done
-        }
-        Next::Deliver(o) => {
-            unsafe { ptr::write(io, o) };
-            Flow::Deliver
-        }
-        Next::Wait(core) => Flow::Wait(core),
+            *Box::from_raw(ptr::read(p as *const *mut S))
+        };
+        s.run(io)
     }
 }
 
@@ -252,18 +354,23 @@ unsafe fn call_next(
 impl Step {
     #[inline]
     pub(crate) fn new<F: FnOnce(Outcome) -> Next + 'static>(f: F) -> Step {
+        Step::from_run(AnyStep(f))
+    }
+
+    #[inline]
+    fn from_run<S: RunStep>(s: S) -> Step {
         let mut data = MaybeUninit::<StepWords>::uninit();
         let p = data.as_mut_ptr() as *mut u8;
-        if fits_step::<F>() {
+        if fits_step::<S>() {
             // SAFETY: `fits_step` checked size and alignment.
-            unsafe { ptr::write(p as *mut F, f) };
+            unsafe { ptr::write(p as *mut S, s) };
         } else {
-            let b = Box::into_raw(Box::new(f));
+            let b = Box::into_raw(Box::new(s));
             // SAFETY: a pointer fits in the (word-aligned) storage.
-            unsafe { ptr::write(p as *mut *mut F, b) };
+            unsafe { ptr::write(p as *mut *mut S, b) };
         }
         Step {
-            vt: step_vt::<F>(),
+            vt: step_vt::<S>(),
             data,
             _not_send: PhantomData,
         }
@@ -461,6 +568,8 @@ impl Drop for Chain {
 
 pub(crate) struct Core {
     st: RefCell<State>,
+    /// The next core in the thread's pool while this one is pooled.
+    pool_next: Cell<*const Core>,
 }
 
 struct State {
@@ -483,22 +592,156 @@ struct State {
     delivered: Option<Outcome>,
 }
 
-thread_local! {
-    /// Cores of dropped Deferreds, reset and kept for reuse: creating a
-    /// Deferred then costs no allocation (nor its step queue, which stays).
-    static CORE_POOL: RefCell<Vec<Rc<Core>>> = const { RefCell::new(Vec::new()) };
+/// Cores of dropped Deferreds, reset and kept for reuse: creating a
+/// Deferred then costs no allocation (nor its step queue, which stays).
+///
+/// A list linked through `Core::pool_next`, each entry holding the one
+/// strong reference of its core. The type has no destructor, so that
+/// reaching it is a plain thread-local access; [`PoolGuard`], touched only
+/// on the slow path, frees the cores when the thread exits.
+struct CorePool {
+    head: Cell<*const Core>,
+    /// How many more cores the pool takes; 0 until the guard is set up.
+    room: Cell<u32>,
+    state: Cell<PoolState>,
 }
 
-const CORE_POOL_MAX: usize = 256;
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PoolState {
+    /// No core pooled yet on this thread: the guard is not set up.
+    Unguarded,
+    Guarded,
+    /// The thread is exiting: nothing is pooled any more.
+    Closed,
+}
+
+/// See `State::on_fire`.
+enum OnFire {
+    /// The result waits in the state: paused, or no callbacks yet and
+    /// nobody waiting on us.
+    Store,
+    /// Run the chain now.
+    Run,
+    /// No callbacks, and a Deferred waits for the result: hand it over.
+    HandOver,
+}
+
+impl State {
+    /// What firing a Deferred does with its result; `Run` marks it running.
+    #[inline(always)]
+    fn on_fire(&mut self) -> OnFire {
+        if self.paused > 0 {
+            return OnFire::Store;
+        }
+        if self.chain.is_empty() {
+            return if self.chained_to.is_none() {
+                OnFire::Store
+            } else {
+                OnFire::HandOver
+            };
+        }
+        self.running = true;
+        OnFire::Run
+    }
+
+    /// Stores the result of a Deferred just fired (`called` was false, so
+    /// there is none yet; a plain assignment would check for an old value
+    /// to drop).
+    #[inline]
+    fn set_first_result(&mut self, outcome: Outcome) {
+        debug_assert!(self.result.is_none());
+        // SAFETY: a plain overwrite; at worst (were the field not `None`,
+        // which it is) a value would leak.
+        unsafe { ptr::write(&mut self.result, Some(outcome)) };
+    }
+
+    /// Stores the result of a chain that has run, moved out of `slot`: the
+    /// state's field is empty then (it was taken to run the chain), unless
+    /// a Deferred this one waited on handed a result over meanwhile
+    /// (possible when it was unpaused by hand), which this one replaces.
+    ///
+    /// # Safety
+    /// `slot` is initialised; it is moved out.
+    #[inline]
+    unsafe fn set_result_from(&mut self, slot: &mut MaybeUninit<Outcome>) {
+        if self.result.is_some() {
+            // SAFETY: per the caller.
+            return unsafe { self.replace_result_from(slot) };
+        }
+        // SAFETY: per the caller; a plain overwrite of `None`.
+        unsafe { ptr::write(&mut self.result, Some(slot.assume_init_read())) };
+    }
+
+    /// # Safety
+    /// As for `set_result_from`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn replace_result_from(&mut self, slot: &mut MaybeUninit<Outcome>) {
+        // SAFETY: per the caller.
+        self.result = Some(unsafe { slot.assume_init_read() });
+    }
+}
+
+thread_local! {
+    static CORE_POOL: CorePool = const {
+        CorePool {
+            head: Cell::new(ptr::null()),
+            room: Cell::new(0),
+            state: Cell::new(PoolState::Unguarded),
+        }
+    };
+    static POOL_GUARD: PoolGuard = const { PoolGuard };
+}
+
+const CORE_POOL_MAX: u32 = 256;
+
+impl CorePool {
+    /// This thread's pool: a plain thread-local access (no destructor, so
+    /// no registration check), always available.
+    #[inline(always)]
+    fn get() -> &'static CorePool {
+        // SAFETY: the pool is thread-local and has no destructor, so it
+        // lives as long as the thread; the reference does not leave it
+        // (`CorePool` is `!Send`/`!Sync` through its `Cell`s).
+        CORE_POOL.with(|p| unsafe { &*(p as *const CorePool) })
+    }
+}
+
+/// Frees the pooled cores when the thread exits.
+struct PoolGuard;
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let head = CORE_POOL.with(|p| {
+            p.state.set(PoolState::Closed);
+            p.room.set(0);
+            p.head.replace(ptr::null())
+        });
+        let mut next = head;
+        while !next.is_null() {
+            // SAFETY: pooled pointers come from `Rc::into_raw` in
+            // `pool_put`; each is unlinked and turned back exactly once.
+            let core = unsafe { Rc::from_raw(next) };
+            next = core.pool_next.get();
+            drop(core);
+        }
+    }
+}
 
 impl Core {
+    #[inline]
     fn new() -> Rc<Core> {
-        let pooled = CORE_POOL
-            .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
-            .ok()
-            .flatten();
-        if let Some(core) = pooled {
-            return core;
+        let p = CorePool::get();
+        let head = p.head.get();
+        if !head.is_null() {
+            // SAFETY: a pooled core is alive (the pool holds its one strong
+            // reference, taken back here once: it is unlinked first) and
+            // only this thread touches it.
+            unsafe {
+                p.head.set((*head).pool_next.get());
+                p.room.set(p.room.get() + 1);
+                return Rc::from_raw(head);
+            }
         }
         Core::fresh()
     }
@@ -506,67 +749,110 @@ impl Core {
     /// Drops a handle's reference. The last one, when nothing else refers
     /// to the core (no weak reference, no pending step, nobody chained),
     /// resets it into the pool instead of freeing it.
+    #[inline]
     fn release(core: Rc<Core>) {
-        if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
+        // Another handle remains (the usual case for all but the last
+        // one): just the decrement, inlined.
+        if Rc::strong_count(&core) != 1 {
             return;
         }
-        let result = {
-            let Ok(mut st) = core.st.try_borrow_mut() else {
-                return;
-            };
-            if !st.chain.is_empty() || st.chained_to.is_some() || st.running {
-                return;
-            }
-            if st.canceller.is_some()
-                || st.waiting_on.is_some()
-                || st.waker.is_some()
-                || st.delivered.is_some()
-            {
-                drop(st);
-                return Core::release_slow(core);
-            }
-            if let Some(Err(f)) = &st.result {
-                tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
-            }
-            // A long chain's queue is not worth keeping around.
-            if st.chain.steps.capacity() > 256 {
-                st.chain.steps = Vec::new();
-            }
-            st.called = false;
-            st.paused = 0;
-            st.suppress_already_called = false;
-            st.awaited = false;
-            st.result.take()
+        Core::release_last(core)
+    }
+
+    #[inline(never)]
+    fn release_last(mut core: Rc<Core>) {
+        // Unique (no other handle, no weak reference): nothing can hold a
+        // borrow of the state either, so it is reached without one.
+        let Some(unique) = Rc::get_mut(&mut core) else {
+            return;
         };
+        let st = unique.st.get_mut();
+        if !st.chain.is_empty() || st.chained_to.is_some() || st.running {
+            return;
+        }
+        if st.canceller.is_some()
+            || st.waiting_on.is_some()
+            || st.waker.is_some()
+            || st.delivered.is_some()
+        {
+            return Core::release_slow(core);
+        }
+        if let Some(Err(f)) = &st.result {
+            tracing::error!(failure = %f, "Unhandled error in Deferred: {f}");
+        }
+        // A long chain's queue is not worth keeping around.
+        if st.chain.steps.capacity() > 256 {
+            Core::drop_long_queue(st);
+        }
+        st.called = false;
+        st.paused = 0;
+        st.suppress_already_called = false;
+        st.awaited = false;
         // The common case: the result has no destructor, so no user code
         // runs and nothing can have taken a new reference meanwhile.
-        let plain = match &result {
+        let plain = match &st.result {
             None => true,
             Some(Ok(v)) => v.vt.drop.is_none(),
             Some(Err(_)) => false,
         };
-        if !plain {
-            // User values drop here, with nothing borrowed; they may make
-            // and drop Deferreds of their own.
-            drop(result);
-            if Rc::strong_count(&core) != 1 || Rc::weak_count(&core) != 0 {
-                return;
-            }
+        if plain {
+            // SAFETY: nothing to drop (checked just above): overwritten.
+            unsafe { ptr::write(&mut st.result, None) };
+            Core::pool_put(core);
         } else {
-            std::mem::forget(result);
+            let result = st.result.take();
+            Core::release_result(core, result);
         }
-        Core::pool_put(core);
     }
 
-    #[inline]
+    #[cold]
+    fn drop_long_queue(st: &mut State) {
+        st.chain.steps = Vec::new();
+    }
+
+    /// The end of `release_last` for a result with a destructor: it drops
+    /// (user code, which may make and drop Deferreds of its own) with the
+    /// core unreferenced elsewhere, and the core is pooled if it still is.
+    #[cold]
+    #[inline(never)]
+    fn release_result(core: Rc<Core>, result: Option<Outcome>) {
+        drop(result);
+        if Rc::strong_count(&core) == 1 && Rc::weak_count(&core) == 0 {
+            Core::pool_put(core);
+        }
+    }
+
+    /// Releases a Deferred a step returned, once its result was taken:
+    /// usually the last reference, so the core goes back to the pool.
+    /// Out of line, to keep the run loop small.
+    #[inline(never)]
+    fn release_returned(core: Rc<Core>) {
+        Core::release(core)
+    }
+
+    #[inline(always)]
     fn pool_put(core: Rc<Core>) {
-        let _ = CORE_POOL.try_with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                if p.len() < CORE_POOL_MAX {
-                    p.push(core);
-                }
-            }
-        });
+        let p = CorePool::get();
+        let room = p.room.get();
+        if room == 0 {
+            return Core::pool_put_slow(p, core);
+        }
+        p.room.set(room - 1);
+        core.pool_next.set(p.head.get());
+        p.head.set(Rc::into_raw(core));
+    }
+
+    /// The pool is full, or this thread has not pooled a core yet (the
+    /// guard that empties it at thread exit is set up here), or is exiting.
+    #[cold]
+    fn pool_put_slow(p: &CorePool, core: Rc<Core>) {
+        if p.state.get() != PoolState::Unguarded || POOL_GUARD.try_with(|_| ()).is_err() {
+            return;
+        }
+        p.state.set(PoolState::Guarded);
+        p.room.set(CORE_POOL_MAX - 1);
+        core.pool_next.set(p.head.get());
+        p.head.set(Rc::into_raw(core));
     }
 
     /// `release` for a core with a canceller, a waker or a delivered result.
@@ -606,6 +892,7 @@ impl Core {
 
     fn fresh() -> Rc<Core> {
         Rc::new(Core {
+            pool_next: Cell::new(ptr::null()),
             st: RefCell::new(State {
                 called: false,
                 result: None,
@@ -654,24 +941,94 @@ impl Core {
                 };
             }
         }
-        let canceller;
-        {
-            st.called = true;
-            canceller = st.canceller.take();
-            // Paused, or nothing to run yet (no callbacks, nobody waiting
-            // on us): the result just waits in the state.
-            if st.paused > 0 || (st.chain.is_empty() && st.chained_to.is_none()) {
-                st.result = Some(unsafe { slot.assume_init_read() });
+        st.called = true;
+        if st.canceller.is_some() {
+            drop(st);
+            return self.fire_cancellable(slot);
+        }
+        match st.on_fire() {
+            OnFire::Run => {
                 drop(st);
-                drop(canceller);
-                return Ok(());
+                run_fired::<0>(self, slot);
             }
-            // Hand the result straight to the run loop.
-            st.running = true;
+            // SAFETY: see above.
+            OnFire::Store => st.set_first_result(unsafe { slot.assume_init_read() }),
+            OnFire::HandOver => {
+                drop(st);
+                self.fire_to_parent(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fired with no callbacks of its own while a Deferred waits for the
+    /// result (it was returned by one of that one's steps): the result goes
+    /// there, and that chain resumes.
+    #[cold]
+    #[inline(never)]
+    fn fire_to_parent(self: &Rc<Self>, slot: &mut MaybeUninit<Outcome>) {
+        // As `hand_over` then `begin`, with the result kept in the slot
+        // when the parent can run at once (the usual case).
+        let parent = {
+            let mut st = self.st.borrow_mut();
+            // A neutral value stays so that dropping us logs nothing: the
+            // parent owns the result (and any failure) now.
+            st.set_first_result(Ok(Value::unit()));
+            st.chained_to
+                .take()
+                .expect("fire_to_parent: a Deferred waits on this one")
+        };
+        let (run, old) = {
+            let mut pst = parent.st.borrow_mut();
+            pst.paused = pst.paused.saturating_sub(1);
+            let waiting_on = pst.waiting_on.take();
+            if pst.running || pst.paused > 0 || !pst.called {
+                // SAFETY: the slot holds the outcome, read once.
+                pst.result = Some(unsafe { slot.assume_init_read() });
+                (false, (waiting_on, None))
+            } else {
+                pst.running = true;
+                (true, (waiting_on, pst.result.take()))
+            }
+        };
+        drop(old);
+        if run {
+            // The fast loop again, as a copy of its own (see `run_fired`).
+            run_fired::<1>(&parent, slot);
+        }
+        Core::release_returned(parent);
+    }
+
+    /// The rest of `fire_slot` for a Deferred that has a canceller: no
+    /// longer needed, it is dropped (which may run user code) with nothing
+    /// borrowed, after the result is placed. Apart, so that the common
+    /// path has a single inlined run loop.
+    #[cold]
+    #[inline(never)]
+    fn fire_cancellable(
+        self: &Rc<Self>,
+        slot: &mut MaybeUninit<Outcome>,
+    ) -> Result<(), AlreadyCalledError> {
+        let mut st = self.st.borrow_mut();
+        let canceller = st.canceller.take();
+        let on_fire = st.on_fire();
+        if let OnFire::Store = on_fire {
+            // SAFETY: the slot holds the outcome, read once.
+            st.set_first_result(unsafe { slot.assume_init_read() });
+            drop(st);
+            drop(canceller);
+            return Ok(());
         }
         drop(st);
         drop(canceller);
-        run_fired(self, slot);
+        if let OnFire::HandOver = on_fire {
+            self.fire_to_parent(slot);
+        } else {
+            // The general loop (`run_fired`'s fast one stays inlined once).
+            // SAFETY: the slot holds the outcome, read once.
+            let outcome = unsafe { slot.assume_init_read() };
+            run_callbacks(self.clone(), Some(Next::Done(outcome)));
+        }
         Ok(())
     }
 
@@ -716,6 +1073,24 @@ impl Core {
             st.result.take().unwrap_or_else(consumed)
         };
         run_callbacks(self.clone(), Some(Next::Done(result)));
+    }
+
+    /// The handle awaiting this Deferred is dropped.
+    #[cold]
+    fn drop_awaiter(self: &Rc<Self>) {
+        // The task awaiting us was dropped before the result came:
+        // cancel, as Twisted cancels the Deferred a coroutine waits on.
+        let pending = self.st.borrow().delivered.is_none();
+        if pending {
+            self.cancel();
+        }
+        // Whatever arrives (or arrived) is nobody's now; dropped with
+        // nothing borrowed, as its drop may run user code.
+        let (value, waker) = {
+            let mut st = self.st.borrow_mut();
+            (st.delivered.take(), st.waker.take())
+        };
+        drop((value, waker));
     }
 
     pub(crate) fn cancel(self: &Rc<Self>) {
@@ -778,52 +1153,70 @@ impl Drop for Core {
     }
 }
 
-/// Runs the chain of `core`, just marked running, starting with `result`.
+/// Runs the chain of `core`, just marked running, with its result in `slot`.
 ///
 /// The fast path: the steps of this one Deferred run in a tight loop as
-/// long as they return plain results (or an already fired, idle
-/// Deferred), and the result lands in the state when the chain is done.
-/// Anything else — pausing, a Deferred to wait for, a task to deliver to,
-/// a Deferred waiting on this one, a panic — hands over to the general
-/// loop, [`run_callbacks`].
-#[inline]
-fn run_fired(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
-    match catch(|| run_local(core, slot)) {
+/// long as they return plain results or a Deferred (one already fired and
+/// idle is taken at once; an unfired one is waited for). Anything else —
+/// delivering to an awaiting task, a Deferred waiting on this one, a
+/// panic — hands over to the general loop, [`run_callbacks`].
+///
+/// `COPY` tells apart its callers: each gets a copy of its own, as the
+/// unwind guard's inner function is inlined only where it has one caller.
+#[inline(always)]
+fn run_fired<const COPY: u8>(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
+    // `catch_unwind` itself rather than `failure::catch`, so that the
+    // whole loop is inlined here.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_local(core, slot))) {
         Ok(None) => {}
         Ok(Some(next)) => run_callbacks(core.clone(), Some(next)),
-        Err(panic) => {
-            tracing::error!(failure = %panic, "a Deferred callback panicked");
-            {
-                let mut st = core.st.borrow_mut();
-                st.result = Some(Err(panic));
-                st.running = false;
-            }
-            run_callbacks(core.clone(), None);
-        }
+        Err(payload) => run_after_panic(core.clone(), payload),
     }
 }
 
-/// The loop of [`run_fired`]: `None` when the chain is done (the result
-/// stored, `running` cleared), else what the general loop continues with
-/// (`core` still marked running).
-#[inline]
+/// A step run by [`run_fired`] panicked: the panic is the failure of the
+/// Deferred whose step it was, and the general loop continues with its
+/// next errback.
+#[cold]
+#[inline(never)]
+fn run_after_panic(cur: Rc<Core>, payload: Box<dyn std::any::Any + Send>) {
+    set_panicked(&cur, Failure::from_panic(payload));
+    run_callbacks(cur, None);
+}
+
+fn set_panicked(cur: &Rc<Core>, panic: Failure) {
+    tracing::error!(failure = %panic, "a Deferred callback panicked");
+    let mut st = cur.st.borrow_mut();
+    st.result = Some(Err(panic));
+    st.running = false;
+}
+
+/// The loop of [`run_fired`]: `None` when the run is over (the result
+/// stored and `running` cleared, or paused waiting for a Deferred), else
+/// what the general loop continues with (`core` still marked running).
 ///
 /// `slot` holds the outcome on entry and is moved out by the return (a
 /// step that panics has consumed it: nothing to drop).
+#[inline(always)]
 fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
-    // Initialised except right after a step returned a Deferred to wait for.
     loop {
         let step = {
             let mut st = core.st.borrow_mut();
-            if st.paused > 0 || st.chained_to.is_some() {
+            if st.paused > 0 {
                 // SAFETY: initialised (see the loop's end).
                 return Some(Next::Done(unsafe { slot.assume_init_read() }));
             }
             match st.chain.pop_front_in_place() {
                 Some(step) => step,
+                // A Deferred waits for our result: the general loop hands
+                // it over.
+                None if st.chained_to.is_some() => {
+                    // SAFETY: initialised (see the loop's end).
+                    return Some(Next::Done(unsafe { slot.assume_init_read() }));
+                }
                 None => {
                     // SAFETY: initialised (see the loop's end).
-                    st.result = Some(unsafe { slot.assume_init_read() });
+                    unsafe { st.set_result_from(slot) };
                     st.running = false;
                     return None;
                 }
@@ -833,14 +1226,272 @@ fn run_local(core: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Option<Next> {
         // the slot is initialised.
         match unsafe { step.call_in_place(slot.as_mut_ptr()) } {
             Flow::Done => {}
-            Flow::Wait(inner) => match take_ready(core, &inner) {
-                Some(outcome) => {
-                    slot.write(outcome);
+            Flow::Wait(inner) => {
+                if !wait_or_take(core, inner, slot) {
+                    return None;
                 }
-                None => return Some(Next::Wait(inner)),
-            },
+            }
             // SAFETY: the step wrote its outcome back.
             Flow::Deliver => return Some(Next::Deliver(unsafe { slot.assume_init_read() })),
+        }
+    }
+}
+
+/// Runs the chain of `start`, then of the Deferreds waiting on it, in a loop
+/// (the general entry: for a first outcome other than a fired result, or
+/// none, to start from the state).
+///
+/// One unwind guard covers the whole run: a panicking callback leaves its
+/// Deferred as the current one, whose result becomes the panic's failure,
+/// and the run resumes with the next errback.
+#[cold]
+#[inline(never)]
+fn run_callbacks(start: Rc<Core>, first: Option<Next>) {
+    let mut slot = MaybeUninit::<Outcome>::uninit();
+    let mut first = match first {
+        Some(Next::Done(outcome)) => {
+            slot.write(outcome);
+            Some(Flow::Done)
+        }
+        Some(Next::Deliver(outcome)) => {
+            slot.write(outcome);
+            Some(Flow::Deliver)
+        }
+        Some(Next::Wait(inner)) => Some(Flow::Wait(inner)),
+        None => None,
+    };
+    let mut cur = start;
+    loop {
+        let mut held = None;
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_chains(&cur, &mut held, &mut slot, first.take())
+        }));
+        match run {
+            Ok(()) => {
+                if let Some(other) = held {
+                    Core::release_returned(other);
+                }
+                Core::release_returned(cur);
+                return;
+            }
+            Err(payload) => {
+                if let Some(other) = held {
+                    cur = other;
+                }
+                set_panicked(&cur, Failure::from_panic(payload));
+            }
+        }
+    }
+}
+
+/// The run loop: runs the chain of the current Deferred (`start`, or
+/// once the loop has moved on, the one in `held`), then of the Deferreds
+/// waiting on it.
+///
+/// With `first`, the current Deferred is marked running and continues with
+/// that flow (its outcome, when it has one, in `slot`); without, it starts
+/// from its state if it can run. While a chain runs, its result lives in
+/// `slot` rather than in the state: one borrow per step, and each step reads
+/// and writes it in place. A step that panics has consumed the slot.
+#[inline]
+fn run_chains(
+    start: &Rc<Core>,
+    held: &mut Option<Rc<Core>>,
+    slot: &mut MaybeUninit<Outcome>,
+    first: Option<Flow>,
+) {
+    debug_assert!(held.is_none());
+    // The current Deferred; `held` owns it once it is not `start`.
+    let mut cur: &Rc<Core> = start;
+    let mut flow = match first {
+        Some(flow) => flow,
+        None => {
+            if !begin(cur, slot) {
+                return;
+            }
+            Flow::Done
+        }
+    };
+    loop {
+        // `slot` is initialised here unless `flow` is `Wait`.
+        match flow {
+            Flow::Done => {}
+            Flow::Deliver => deliver(cur, slot),
+            Flow::Wait(inner) => {
+                if let Some(outcome) = take_ready(cur, &inner) {
+                    slot.write(outcome);
+                    Core::release_returned(inner);
+                } else {
+                    match wait_for(cur, inner, slot) {
+                        Waited::Continue => {}
+                        Waited::Paused => return,
+                        Waited::Switch(inner) => {
+                            // The returned Deferred has fired but is idle
+                            // with steps of its own: run them first.
+                            if let Some(old) = held.replace(inner) {
+                                Core::release_returned(old);
+                            }
+                            cur = held.as_ref().unwrap_or(start);
+                            if !begin(cur, slot) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let step = {
+            let mut st = cur.st.borrow_mut();
+            if st.paused > 0 {
+                // SAFETY: initialised (handled above).
+                st.result = Some(unsafe { slot.assume_init_read() });
+                st.running = false;
+                return;
+            }
+            match st.chain.pop_front_in_place() {
+                Some(step) => Some(step),
+                None => {
+                    st.running = false;
+                    if st.chained_to.is_none() {
+                        // SAFETY: initialised (handled above).
+                        unsafe { st.set_result_from(slot) };
+                        return;
+                    }
+                    None
+                }
+            }
+        };
+        match step {
+            // SAFETY: nothing ran since the step was taken off the chain,
+            // and the slot is initialised.
+            Some(step) => flow = unsafe { step.call_in_place(slot.as_mut_ptr()) },
+            None => {
+                // The chain is exhausted and a Deferred waits for its result.
+                let parent = hand_over(cur, slot);
+                if let Some(old) = held.replace(parent) {
+                    Core::release_returned(old);
+                }
+                cur = held.as_ref().unwrap_or(start);
+                if !begin(cur, slot) {
+                    return;
+                }
+                flow = Flow::Done;
+            }
+        }
+    }
+}
+
+/// Starts `cur` from its state, when it has fired and is idle and not
+/// paused: marks it running and moves its result into `slot`.
+#[inline]
+fn begin(cur: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> bool {
+    let mut st = cur.st.borrow_mut();
+    if st.running || st.paused > 0 || !st.called {
+        return false;
+    }
+    st.running = true;
+    slot.write(st.result.take().unwrap_or_else(consumed));
+    true
+}
+
+/// The chain of `cur` is exhausted and its result (in `slot`, moved out)
+/// goes to the Deferred waiting on it, which is returned (one pause fewer).
+#[inline(never)]
+fn hand_over(cur: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Rc<Core> {
+    let parent = {
+        let mut st = cur.st.borrow_mut();
+        // A neutral value stays so that dropping `cur` logs nothing: the
+        // parent owns the result (and any failure) now.
+        st.result = Some(Ok(Value::unit()));
+        st.chained_to
+            .take()
+            .expect("hand_over: a Deferred waits on this one")
+    };
+    {
+        let mut pst = parent.st.borrow_mut();
+        // SAFETY: the caller's slot is initialised; read once.
+        pst.result = Some(unsafe { slot.assume_init_read() });
+        pst.paused = pst.paused.saturating_sub(1);
+        pst.waiting_on = None;
+    }
+    parent
+}
+
+/// Hands the result in `slot` to the task awaiting `cur`; what stays in the
+/// slot is neutral, so nothing is logged as unhandled.
+#[cold]
+#[inline(never)]
+fn deliver(cur: &Rc<Core>, slot: &mut MaybeUninit<Outcome>) {
+    // SAFETY: the caller's slot is initialised; read once, then rewritten.
+    let outcome = unsafe { slot.assume_init_read() };
+    slot.write(Ok(Value::unit()));
+    let waker = {
+        let mut st = cur.st.borrow_mut();
+        st.delivered = Some(outcome);
+        st.waker.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+enum Waited {
+    /// The step's outcome is in the slot (a `ChainingError`).
+    Continue,
+    /// The current Deferred now waits for the returned one.
+    Paused,
+    /// The current Deferred waits for the returned one, which can run now.
+    Switch(Rc<Core>),
+}
+
+/// A step of `cur` returned `inner`, which has not fired (or is busy):
+/// `cur` pauses until `inner` hands its result over.
+#[inline(never)]
+fn wait_for(cur: &Rc<Core>, inner: Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> Waited {
+    if Rc::ptr_eq(&inner, cur) {
+        slot.write(Err(Failure::new(ChainingError)));
+        return Waited::Continue;
+    }
+    let mut ist = inner.st.borrow_mut();
+    if ist.chained_to.is_some() {
+        drop(ist);
+        slot.write(Err(Failure::new(ChainingError)));
+        return Waited::Continue;
+    }
+    ist.chained_to = Some(cur.clone());
+    let inner_can_run = ist.called && ist.paused == 0 && !ist.running;
+    drop(ist);
+    {
+        let mut st = cur.st.borrow_mut();
+        st.paused += 1;
+        st.waiting_on = Some(Rc::downgrade(&inner));
+        st.running = false;
+    }
+    if inner_can_run {
+        Waited::Switch(inner)
+    } else {
+        Waited::Paused
+    }
+}
+
+/// For the fast loop: a step of `core` returned `inner`. True when the
+/// outcome to go on with is in `slot` (`inner` had fired and is idle, or
+/// could not be waited for); false when the run is over (`core` waits for
+/// `inner`, or the general loop ran the rest). Out of line, which keeps
+/// the loop's registers few.
+#[inline(never)]
+fn wait_or_take(core: &Rc<Core>, inner: Rc<Core>, slot: &mut MaybeUninit<Outcome>) -> bool {
+    if let Some(outcome) = take_ready(core, &inner) {
+        slot.write(outcome);
+        Core::release(inner);
+        return true;
+    }
+    match wait_for(core, inner, slot) {
+        Waited::Continue => true,
+        Waited::Paused => false,
+        Waited::Switch(inner) => {
+            run_callbacks(inner, None);
+            false
         }
     }
 }
@@ -868,149 +1519,6 @@ fn take_ready(cur: &Rc<Core>, inner: &Rc<Core>) -> Option<Outcome> {
         )
     } else {
         None
-    }
-}
-
-/// Runs the chain of `start`, then of the Deferreds waiting on it, in a loop.
-///
-/// One unwind guard covers the whole run: a panicking callback leaves its
-/// Deferred as the current one, whose result becomes the panic's failure,
-/// and the run resumes with the next errback.
-#[cold]
-fn run_callbacks(start: Rc<Core>, first: Option<Next>) {
-    let mut cur = start;
-    let mut first = first;
-    loop {
-        match catch(|| run_chains(&mut cur, first.take())) {
-            Ok(()) => return,
-            Err(panic) => {
-                tracing::error!(failure = %panic, "a Deferred callback panicked");
-                let mut st = cur.st.borrow_mut();
-                st.result = Some(Err(panic));
-                st.running = false;
-            }
-        }
-    }
-}
-
-/// With `first`, `cur` is already marked running and continues with it
-/// (what a step of `cur` returned, or the result it was fired with).
-fn run_chains(cur: &mut Rc<Core>, mut first: Option<Next>) {
-    // While a chain runs, its result lives in this slot (initialised
-    // whenever `flow` is not `Wait`) rather than in the state: one borrow
-    // per step, and each step reads and writes it in place.
-    let mut slot = MaybeUninit::<Outcome>::uninit();
-    'outer: loop {
-        let mut flow = match first.take() {
-            Some(Next::Done(outcome)) => {
-                slot.write(outcome);
-                Flow::Done
-            }
-            Some(Next::Deliver(outcome)) => {
-                slot.write(outcome);
-                Flow::Deliver
-            }
-            Some(Next::Wait(inner)) => Flow::Wait(inner),
-            None => {
-                let mut st = cur.st.borrow_mut();
-                if st.running || st.paused > 0 || !st.called {
-                    return;
-                }
-                st.running = true;
-                slot.write(st.result.take().unwrap_or_else(consumed));
-                Flow::Done
-            }
-        };
-        loop {
-            match flow {
-                Flow::Done => {}
-                Flow::Deliver => {
-                    // SAFETY: initialised (not `Wait`).
-                    let outcome = unsafe { slot.assume_init_read() };
-                    // The awaiting task owns the result now; what stays is
-                    // neutral so nothing is logged as unhandled.
-                    slot.write(Ok(Value::unit()));
-                    let waker = {
-                        let mut st = cur.st.borrow_mut();
-                        st.delivered = Some(outcome);
-                        st.waker.take()
-                    };
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                }
-                Flow::Wait(inner) => {
-                    if Rc::ptr_eq(&inner, cur) {
-                        slot.write(Err(Failure::new(ChainingError)));
-                    } else if let Some(outcome) = take_ready(cur, &inner) {
-                        slot.write(outcome);
-                    } else {
-                        let mut ist = inner.st.borrow_mut();
-                        if ist.chained_to.is_some() {
-                            drop(ist);
-                            slot.write(Err(Failure::new(ChainingError)));
-                        } else {
-                            ist.chained_to = Some(cur.clone());
-                            let inner_can_run = ist.called && ist.paused == 0 && !ist.running;
-                            drop(ist);
-                            {
-                                let mut st = cur.st.borrow_mut();
-                                st.paused += 1;
-                                st.waiting_on = Some(Rc::downgrade(&inner));
-                                st.running = false;
-                            }
-                            if inner_can_run {
-                                *cur = inner;
-                                continue 'outer;
-                            }
-                            return;
-                        }
-                    }
-                }
-            }
-            let step = {
-                let mut st = cur.st.borrow_mut();
-                if st.paused > 0 {
-                    // SAFETY: initialised (handled above).
-                    st.result = Some(unsafe { slot.assume_init_read() });
-                    st.running = false;
-                    return;
-                }
-                match st.chain.pop_front_in_place() {
-                    Some(step) => step,
-                    None => break,
-                }
-            };
-            // SAFETY: nothing ran since the step was taken off the chain,
-            // and the slot is initialised.
-            flow = unsafe { step.call_in_place(slot.as_mut_ptr()) };
-        }
-        // SAFETY: initialised (the loop ends after a handled `flow`).
-        let result = unsafe { slot.assume_init_read() };
-        // The chain of `cur` is exhausted: hand the result to whoever waits for it.
-        let parent = {
-            let mut st = cur.st.borrow_mut();
-            st.running = false;
-            match st.chained_to.take() {
-                Some(parent) => {
-                    // A neutral value stays so that dropping `cur` logs
-                    // nothing: the parent owns the result (and any failure).
-                    st.result = Some(Ok(Value::unit()));
-                    parent
-                }
-                None => {
-                    st.result = Some(result);
-                    return;
-                }
-            }
-        };
-        {
-            let mut pst = parent.st.borrow_mut();
-            pst.result = Some(result);
-            pst.paused = pst.paused.saturating_sub(1);
-            pst.waiting_on = None;
-        }
-        *cur = parent;
     }
 }
 
@@ -1116,21 +1624,10 @@ impl<T: 'static> Clone for Deferred<T> {
 }
 
 impl<T: 'static> Drop for Deferred<T> {
+    #[inline]
     fn drop(&mut self) {
         if self.awaiting {
-            // The task awaiting us was dropped before the result came:
-            // cancel, as Twisted cancels the Deferred a coroutine waits on.
-            let pending = self.core.st.borrow().delivered.is_none();
-            if pending {
-                self.core.cancel();
-            }
-            // Whatever arrives (or arrived) is nobody's now; dropped with
-            // nothing borrowed, as its drop may run user code.
-            let (value, waker) = {
-                let mut st = self.core.st.borrow_mut();
-                (st.delivered.take(), st.waker.take())
-            };
-            drop((value, waker));
+            self.core.drop_awaiter();
         }
         // SAFETY: `core` is not used after this point.
         let core = unsafe { ManuallyDrop::take(&mut self.core) };
@@ -1296,12 +1793,7 @@ impl<T: 'static> Deferred<T> {
     /// Adds a callback that maps the value; failures pass by untouched.
     #[inline]
     pub fn add_callback<U: 'static>(self, f: impl FnOnce(T) -> U + 'static) -> Deferred<U> {
-        self.push_raw(Step::new(move |o| {
-            Next::Done(match o {
-                Ok(v) => downcast::<T>(v).map(|v| Value::new(f(v))),
-                Err(e) => Err(e),
-            })
-        }));
+        self.push_raw(Step::from_run(MapStep(f, PhantomData)));
         self.retype()
     }
 
@@ -1325,13 +1817,7 @@ impl<T: 'static> Deferred<T> {
         self,
         f: impl FnOnce(T) -> Deferred<U> + 'static,
     ) -> Deferred<U> {
-        self.push_raw(Step::new(move |o| match o {
-            Ok(v) => match downcast::<T>(v) {
-                Ok(v) => Next::Wait(f(v).into_core()),
-                Err(e) => Next::Done(Err(e)),
-            },
-            Err(e) => Next::Done(Err(e)),
-        }));
+        self.push_raw(Step::from_run(ThenStep(f, PhantomData)));
         self.retype()
     }
 
@@ -1723,5 +2209,186 @@ mod tests {
         assert!(chain.pop_front().is_some());
         assert!(chain.is_empty() && chain.pop_front().is_none());
         assert!(chain.into_empty_vec().is_empty());
+    }
+
+    #[test]
+    fn map_steps_move_inline_and_boxed_values_and_closures() {
+        let rc = Rc::new(());
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let d = Deferred::<[u64; 6]>::new();
+        // A boxed value (six words) into a closure capturing five words
+        // (boxed too), out as an inline `String`, then a `Vec` of `Rc`s.
+        let caps = [rc.clone(), rc.clone(), rc.clone(), rc.clone(), rc.clone()];
+        let (s1, s2) = (seen.clone(), seen.clone());
+        let r = rc.clone();
+        d.clone()
+            .add_callback(move |a| {
+                drop(caps);
+                format!("{}", a.iter().sum::<u64>())
+            })
+            .add_callback(move |s| {
+                s1.borrow_mut().push(s);
+                vec![r.clone(), r]
+            })
+            .add_callback(move |v| s2.borrow_mut().push(v.len().to_string()));
+        assert_eq!(Rc::strong_count(&rc), 7);
+        d.callback([1, 2, 3, 4, 5, 6]).unwrap();
+        assert_eq!(*seen.borrow(), ["21", "2"]);
+        assert_eq!(Rc::strong_count(&rc), 1, "captures and values dropped once");
+        // Steps dropped without running release their captures too.
+        let e = Deferred::<u8>::new();
+        let caps = [rc.clone(), rc.clone(), rc.clone()];
+        e.clone().add_callback(move |x| {
+            drop(caps);
+            x
+        });
+        drop(e);
+        assert_eq!(Rc::strong_count(&rc), 1);
+    }
+
+    #[test]
+    fn returned_deferreds_go_back_to_the_pool() {
+        // Fired before it is returned: taken at once, its core pooled.
+        let inner = Deferred::<u32>::succeed(4);
+        let inner_addr = Rc::as_ptr(&inner.core);
+        let d = Deferred::<u32>::new();
+        let out = Rc::new(std::cell::Cell::new(0));
+        let o = out.clone();
+        d.clone()
+            .add_callback_deferred(move |_| inner)
+            .add_callback(move |v| o.set(v));
+        d.callback(1).unwrap();
+        assert_eq!(out.get(), 4);
+        assert_eq!(Rc::as_ptr(&Deferred::<u8>::new().core), inner_addr);
+        // Fired later: the outer chain pauses, resumes with its result, and
+        // both cores are pooled once the handles are gone.
+        let inner = Deferred::<u32>::new();
+        let i2 = inner.clone();
+        let d = Deferred::<u32>::new();
+        let o = out.clone();
+        d.clone()
+            .add_callback_deferred(move |_| i2)
+            .add_callback(move |v| o.set(v + 1));
+        d.callback(1).unwrap();
+        assert!(d.paused());
+        inner.callback(9).unwrap();
+        assert!(!d.paused());
+        assert_eq!(out.get(), 10);
+        let (a, b) = (Rc::as_ptr(&d.core), Rc::as_ptr(&inner.core));
+        drop(d);
+        drop(inner);
+        let (x, y) = (Deferred::<u8>::new(), Deferred::<u8>::new());
+        assert_eq!((Rc::as_ptr(&x.core), Rc::as_ptr(&y.core)), (b, a));
+    }
+
+    #[test]
+    fn the_pool_is_bounded_and_emptied_when_its_thread_exits() {
+        let t = std::thread::spawn(|| {
+            let many: Vec<Deferred<u8>> =
+                (0..CORE_POOL_MAX + 50).map(|_| Deferred::new()).collect();
+            drop(many);
+            let p = CorePool::get();
+            let mut pooled = 0;
+            let mut next = p.head.get();
+            while !next.is_null() {
+                pooled += 1;
+                // SAFETY: pooled cores stay alive while pooled.
+                next = unsafe { (*next).pool_next.get() };
+            }
+            assert_eq!(pooled, CORE_POOL_MAX);
+            assert_eq!(p.room.get(), 0);
+            assert!(p.state.get() == PoolState::Guarded);
+            // A Deferred dropped while the thread's destructors run, before
+            // or after the pool's guard: pooled then freed, or freed (run
+            // under valgrind's memcheck, nothing leaks).
+            struct DropLate(Option<Deferred<u8>>);
+            impl Drop for DropLate {
+                fn drop(&mut self) {
+                    drop(self.0.take());
+                }
+            }
+            thread_local! {
+                static LATE: RefCell<Option<DropLate>> = const { RefCell::new(None) };
+            }
+            LATE.with(|l| *l.borrow_mut() = Some(DropLate(Some(Deferred::new()))));
+        });
+        t.join().expect("the thread ran");
+    }
+
+    #[test]
+    fn a_returned_deferred_fired_later_resumes_its_waiter_on_every_path() {
+        let out = Rc::new(RefCell::new(Vec::<String>::new()));
+        // With a canceller, fired with a failure; the outer chain's handles
+        // are all dropped before: only the inner one keeps it alive.
+        let inner = Deferred::<u32>::with_canceller(|_| {});
+        let i2 = inner.clone();
+        let o = out.clone();
+        let outer = Deferred::<u32>::new();
+        outer
+            .clone()
+            .add_callback_deferred(move |_| i2)
+            .add_callbacks(|v| Ok(v.to_string()), |f| Ok(format!("failed: {f}")))
+            .add_callback(move |s| o.borrow_mut().push(s));
+        outer.callback(1).unwrap();
+        let outer_addr = Rc::as_ptr(&outer.core);
+        drop(outer);
+        assert!(out.borrow().is_empty());
+        inner.errback(Failure::msg("no")).unwrap();
+        assert_eq!(*out.borrow(), ["failed: no"]);
+        // The waiter's core went back to the pool once the run was over.
+        drop(inner);
+        let reuse: Vec<_> = (0..2).map(|_| Deferred::<u8>::new()).collect();
+        assert!(reuse.iter().any(|d| Rc::as_ptr(&d.core) == outer_addr));
+        // Three levels, fired innermost first, each with a canceller.
+        let a = Deferred::<u32>::with_canceller(|_| {});
+        let b = Deferred::<u32>::with_canceller(|_| {});
+        let c = Deferred::<u32>::with_canceller(|_| {});
+        let (b2, c2) = (b.clone(), c.clone());
+        let o = out.clone();
+        a.clone()
+            .add_callback_deferred(move |x| b2.add_callback(move |y| x + y))
+            .add_callback(move |v| o.borrow_mut().push(v.to_string()));
+        b.clone().add_callback_deferred(move |_| c2);
+        a.callback(1).unwrap();
+        b.callback(10).unwrap();
+        assert!(a.paused() && b.paused());
+        c.callback(100).unwrap();
+        assert!(!a.paused() && !b.paused());
+        assert_eq!(out.borrow().last().map(String::as_str), Some("101"));
+    }
+
+    #[test]
+    fn a_waiter_unpaused_by_hand_and_its_returned_deferred_firing_meanwhile() {
+        // `unpause` lets a Deferred waiting on another run on (with
+        // `ResultConsumedError`, its result being with the step that
+        // returned the other); if that other one fires during the run, its
+        // result lands in the waiter's state, and the run's own result
+        // replaces it when the run ends (the old one is dropped, not lost).
+        let marker = Rc::new(());
+        let inner = Deferred::<Rc<()>>::new();
+        let (i2, i3) = (inner.clone(), inner.clone());
+        let outer = Deferred::<u8>::new();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let s = seen.clone();
+        let m = marker.clone();
+        let tail = outer.clone().add_callback_deferred(move |_| i2);
+        outer.callback(1).unwrap();
+        assert!(outer.paused());
+        tail.add_both(move |r| {
+            s.borrow_mut().push(r.is_err());
+            i3.callback(m).unwrap();
+            Ok(7u8)
+        });
+        outer.unpause();
+        assert_eq!(*seen.borrow(), [true]);
+        assert_eq!(Rc::strong_count(&marker), 1, "the inner result was dropped");
+        let r = Rc::new(RefCell::new(None));
+        let r2 = r.clone();
+        outer
+            .clone()
+            .finally(move |v| *r2.borrow_mut() = Some(v.ok()));
+        assert_eq!(*r.borrow(), Some(Some(7)), "the run's own result stays");
+        drop((outer, inner));
+        assert_eq!(Rc::strong_count(&marker), 1, "the inner result was dropped");
     }
 }
