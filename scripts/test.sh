@@ -29,3 +29,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -j2 -- -D warnings
 cargo nextest run --workspace -j2 --profile ci
 cargo test --workspace --doc -j2
+# Broken intra-doc links and malformed rustdoc fail the build too.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -j2 --quiet

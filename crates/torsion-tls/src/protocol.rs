@@ -214,7 +214,8 @@ pub struct TlsProtocol {
 }
 
 /// A wrapper that starts in plaintext and switches to TLS when the inner
-/// protocol calls [`crate::TlsTransportExt::start_tls`] on its transport.
+/// protocol calls [`crate::TlsTransportExt::start_tls_server`] (or
+/// [`start_tls_client`](crate::TlsTransportExt::start_tls_client)) on its transport.
 ///
 /// Bytes the inner protocol received after the switch point but had not yet
 /// processed (the tail of the chunk that held the `STARTTLS` command) are
