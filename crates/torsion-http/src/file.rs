@@ -10,7 +10,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -471,11 +470,10 @@ impl BodySource for FileSource {
                 }
                 Some(Seg::File(off, rem)) => {
                     let n = (*rem).min(max as u64) as usize;
-                    let mut buf = vec![0u8; n];
-                    match self.file.read_at(&mut buf, *off) {
+                    let mut buf = Vec::with_capacity(n);
+                    match read_at_uninit(&self.file, &mut buf, n, *off) {
                         Ok(0) => return Chunk::Error(Failure::msg("file shrank while being sent")),
                         Ok(k) => {
-                            buf.truncate(k);
                             *off += k as u64;
                             *rem -= k as u64;
                             return Chunk::Data(buf);
@@ -487,6 +485,35 @@ impl BodySource for FileSource {
             }
         }
     }
+}
+
+/// `pread` of up to `n` bytes at `off` into `buf`'s spare capacity, without
+/// zeroing it first (for a 32 KiB chunk the memset was a measurable share of
+/// serving a file); `buf`'s length becomes the bytes read.
+fn read_at_uninit(file: &fs::File, buf: &mut Vec<u8>, n: usize, off: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    buf.clear();
+    buf.reserve(n);
+    let off = libc::off_t::try_from(off)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    // SAFETY: the pointer and length describe `buf`'s spare capacity (at
+    // least `n` bytes after `reserve`), which pread only writes to; the
+    // length is set to what the kernel reports it wrote, never more than `n`.
+    let k = unsafe {
+        libc::pread(
+            file.as_raw_fd(),
+            buf.spare_capacity_mut().as_mut_ptr().cast(),
+            n,
+            off,
+        )
+    };
+    if k < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let k = (k as usize).min(n);
+    // SAFETY: pread initialised the first `k` bytes of the spare capacity.
+    unsafe { buf.set_len(k) };
+    Ok(k)
 }
 
 /// True when `Accept-Encoding` lists gzip with a non-zero quality.
