@@ -24,6 +24,34 @@ fn local<F: Future>(f: F) -> F::Output {
 
 const BOUND: Duration = Duration::from_secs(30);
 
+/// A reactor attached to tokio (2 s shutdown grace) with a logging echo
+/// server on 127.0.0.1.
+fn echo_under_tokio() -> (
+    Reactor,
+    Rc<torsion_tokio::TokioHost>,
+    Rc<RefCell<Log>>,
+    torsion_core::ListeningPort,
+) {
+    let reactor = Reactor::new().unwrap();
+    reactor.set_shutdown_grace(Duration::from_secs(2));
+    let host = Rc::new(torsion_tokio::attach(&reactor).unwrap());
+    let log = Rc::new(RefCell::new(Log::default()));
+    let port = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), echo_factory(log.clone()))
+        .unwrap();
+    (reactor, host, log, port)
+}
+
+/// The peer reads end-of-stream within 5 s.
+async fn assert_peer_sees_close(s: &mut tokio::net::TcpStream) {
+    let mut b = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+        .await
+        .expect("the close arrives in time")
+        .unwrap();
+    assert_eq!(n, 0, "the peer sees the close");
+}
+
 #[test]
 fn echo_and_http_served_while_tokio_runs() {
     local(async {
@@ -244,13 +272,7 @@ fn a_stalled_host_loop_delays_but_never_loses_io() {
 #[test]
 fn quitting_the_host_loop_closes_open_connections() {
     local(async {
-        let reactor = Reactor::new().unwrap();
-        reactor.set_shutdown_grace(Duration::from_secs(2));
-        let host = Rc::new(torsion_tokio::attach(&reactor).unwrap());
-        let log = Rc::new(RefCell::new(Log::default()));
-        let port = reactor
-            .listen_tcp("127.0.0.1:0".parse().unwrap(), echo_factory(log.clone()))
-            .unwrap();
+        let (reactor, host, log, port) = echo_under_tokio();
         let addr = port.local_addr();
         let h = host.clone();
         let client = tokio::task::spawn_local(async move {
@@ -277,12 +299,7 @@ fn quitting_the_host_loop_closes_open_connections() {
         assert!(!reactor.is_running());
         // The peers see the close.
         for s in &mut conns {
-            let mut b = [0u8; 8];
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(n, 0);
+            assert_peer_sees_close(s).await;
         }
     });
 }
@@ -477,13 +494,7 @@ fn a_reactor_task_woken_by_a_tokio_task_runs_promptly() {
 #[test]
 fn dropping_the_run_future_shuts_the_reactor_down() {
     local(async {
-        let reactor = Reactor::new().unwrap();
-        reactor.set_shutdown_grace(Duration::from_secs(2));
-        let host = Rc::new(torsion_tokio::attach(&reactor).unwrap());
-        let log = Rc::new(RefCell::new(Log::default()));
-        let port = reactor
-            .listen_tcp("127.0.0.1:0".parse().unwrap(), echo_factory(log.clone()))
-            .unwrap();
+        let (reactor, host, log, port) = echo_under_tokio();
         let addr = port.local_addr();
         let client = tokio::task::spawn_local(async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -505,12 +516,7 @@ fn dropping_the_run_future_shuts_the_reactor_down() {
             "the open connection saw connection_lost"
         );
         let mut s = gave_up;
-        let mut b = [0u8; 8];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 0, "the peer sees the close");
+        assert_peer_sees_close(&mut s).await;
         // The reactor can run again under the same host.
         let h = host.clone();
         tokio::task::spawn_local(async move { h.quit() });
