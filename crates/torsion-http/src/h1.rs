@@ -32,8 +32,10 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::rc::Rc;
 
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
@@ -180,8 +182,9 @@ enum ReadState {
 #[derive(Debug)]
 pub struct ServerConn {
     cfg: Rc<ServerConfig>,
-    inbuf: Vec<u8>,
-    pos: usize,
+    /// Unparsed input. A parsed head is split off it and frozen, so the
+    /// request's URI and header values point into it instead of being copied.
+    inbuf: BytesMut,
     read: ReadState,
     pending: VecDeque<Pending>,
     next_id: u64,
@@ -216,8 +219,7 @@ impl ServerConn {
         date.copy_from_slice(b"Thu, 01 Jan 1970 00:00:00 GMT");
         ServerConn {
             cfg,
-            inbuf: Vec::new(),
-            pos: 0,
+            inbuf: BytesMut::new(),
             read: ReadState::Head,
             pending: VecDeque::new(),
             next_id: 0,
@@ -250,19 +252,14 @@ impl ServerConn {
         if matches!(self.read, ReadState::Stopped) || self.closed {
             return;
         }
-        if self.pos > 0 && (self.pos == self.inbuf.len() || self.pos > 4096) {
-            self.inbuf.drain(..self.pos);
-            self.pos = 0;
-        }
         self.inbuf.extend_from_slice(data);
     }
 
     /// Releases input-buffer memory once everything in it was parsed (call
     /// when idle: an idle connection then holds no buffer).
     pub fn compact(&mut self) {
-        if self.pos == self.inbuf.len() {
-            self.inbuf = Vec::new();
-            self.pos = 0;
+        if self.inbuf.is_empty() {
+            self.inbuf = BytesMut::new();
         }
         if self.out.is_empty() {
             self.out = Vec::new();
@@ -274,7 +271,7 @@ impl ServerConn {
 
     /// Unparsed input held.
     pub fn buffered(&self) -> usize {
-        self.inbuf.len() - self.pos
+        self.inbuf.len()
     }
 
     /// True when the caller should keep reading from the peer: the machine is
@@ -357,15 +354,15 @@ impl ServerConn {
             }
             ReadState::Length { id, remaining } => {
                 let id = *id;
-                let avail = self.inbuf.len() - self.pos;
+                let avail = self.inbuf.len();
                 let n = (avail as u64).min(*remaining) as usize;
                 if n == 0 {
                     return None;
                 }
                 let n = n.min(NO_BODY_EVENT_MAX);
                 *remaining -= n as u64;
-                let data = self.inbuf[self.pos..self.pos + n].to_vec();
-                self.pos += n;
+                let data = self.inbuf[..n].to_vec();
+                self.inbuf.advance(n);
                 if *remaining == 0 {
                     self.body_finished(id);
                 }
@@ -374,11 +371,11 @@ impl ServerConn {
             ReadState::Chunked { id, dec } => {
                 let id = *id;
                 loop {
-                    let input = &self.inbuf[self.pos..];
+                    let input = &self.inbuf[..];
                     match dec.decode(input) {
                         Ok(step) => {
                             let data = step.data.map(|r| input[r].to_vec());
-                            self.pos += step.consumed;
+                            self.inbuf.advance(step.consumed);
                             if step.done {
                                 self.body_finished(id);
                                 return Some(match data {
@@ -443,23 +440,12 @@ impl ServerConn {
 
     fn parse_head(&mut self) -> Option<Event> {
         // RFC 9112 §2.2: ignore empty lines before a request-line.
-        while self.inbuf[self.pos..].starts_with(b"\r\n") {
-            self.pos += 2;
+        while self.inbuf.starts_with(b"\r\n") {
+            self.inbuf.advance(2);
         }
-        let buf = &self.inbuf[self.pos..];
+        let buf = &self.inbuf[..];
         if buf.is_empty() {
             return None;
-        }
-        // Request-line length (414) before anything else.
-        let line_end = memchr::memchr(b'\n', buf);
-        match line_end {
-            None if buf.len() > self.cfg.max_request_line => {
-                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
-            }
-            Some(i) if i > self.cfg.max_request_line => {
-                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
-            }
-            _ => {}
         }
         // Uninitialised header slots: zeroing 128 of them (4 KiB) for every
         // request was the largest single cost of parsing a small request.
@@ -476,46 +462,89 @@ impl ServerConn {
         let limit = buf.len().min(self.cfg.max_header_bytes);
         let mut req = httparse::Request::new(&mut []);
         let parsed = req.parse_with_uninit_headers(&buf[..limit], headers);
-        let n = match parsed {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                if buf.len() >= self.cfg.max_header_bytes {
+        // A complete head whose lines all end in CRLF (what clients send)
+        // is checked from the parsed spans; anything else takes the full
+        // scans below, in their order (request-line length first).
+        let complete = match parsed {
+            Ok(httparse::Status::Complete(n)) => crlf_head(&req, buf, n).map(|l| (n, l)),
+            _ => None,
+        };
+        let n = if let Some((n, line_end)) = complete {
+            if line_end > self.cfg.max_request_line {
+                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"));
+            }
+            n
+        } else {
+            // Request-line length (414) before anything else.
+            let line_end = memchr::memchr(b'\n', buf);
+            match line_end {
+                None if buf.len() > self.cfg.max_request_line => {
+                    return Some(self.fail(
+                        None,
+                        StatusCode::URI_TOO_LONG,
+                        "request line too long",
+                    ))
+                }
+                Some(i) if i > self.cfg.max_request_line => {
+                    return Some(self.fail(
+                        None,
+                        StatusCode::URI_TOO_LONG,
+                        "request line too long",
+                    ))
+                }
+                _ => {}
+            }
+            let n = match parsed {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() >= self.cfg.max_header_bytes {
+                        return Some(self.fail(
+                            None,
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "header block too large",
+                        ));
+                    }
+                    // A bare LF in the part already seen is fatal whatever follows.
+                    if has_bare_lf(buf) {
+                        return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
+                    }
+                    return None;
+                }
+                Err(httparse::Error::TooManyHeaders) => {
                     return Some(self.fail(
                         None,
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "header block too large",
-                    ));
+                        "too many header fields",
+                    ))
                 }
-                // A bare LF in the part already seen is fatal whatever follows.
-                if has_bare_lf(buf) {
-                    return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
+                Err(httparse::Error::Version) => {
+                    return Some(self.fail(
+                        None,
+                        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                        "unsupported HTTP version",
+                    ))
                 }
-                return None;
+                Err(_) => return Some(self.fail(None, StatusCode::BAD_REQUEST, "malformed head")),
+            };
+            if has_bare_lf(&buf[..n]) {
+                return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
             }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Some(self.fail(
-                    None,
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "too many header fields",
-                ))
-            }
-            Err(httparse::Error::Version) => {
-                return Some(self.fail(
-                    None,
-                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                    "unsupported HTTP version",
-                ))
-            }
-            Err(_) => return Some(self.fail(None, StatusCode::BAD_REQUEST, "malformed head")),
+            n
         };
-        if has_bare_lf(&buf[..n]) {
-            return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
-        }
-        let head = match build_head(&req, self.next_id, &self.cfg) {
+        let Some(spans) = HeadSpans::new(&req, buf) else {
+            return Some(self.fail(
+                None,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header block too large",
+            ));
+        };
+        // The head leaves the input as one shared buffer: the URI and the
+        // header values are slices of it, not copies.
+        let head_bytes = self.inbuf.split_to(n).freeze();
+        let head = match build_head(&head_bytes, &spans, self.next_id, &self.cfg) {
             Ok(h) => h,
             Err((status, reason)) => return Some(self.fail(None, status, reason)),
         };
-        self.pos += n;
         self.next_id += 1;
         let is_head = head.method == Method::HEAD;
         self.pending.push_back(Pending {
@@ -559,7 +588,6 @@ impl ServerConn {
         self.read = ReadState::Stopped;
         self.close_after = true;
         self.inbuf.clear();
-        self.pos = 0;
         match id {
             Some(id) => {
                 // The request's handler may already be answering; if not, the
@@ -726,7 +754,6 @@ impl ServerConn {
             if matches!(self.read, ReadState::Head) {
                 self.read = ReadState::Stopped;
                 self.inbuf.clear();
-                self.pos = 0;
             }
         }
         Ok(())
@@ -806,15 +833,98 @@ fn has_bare_lf(buf: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r')
 }
 
+/// Where the parts of a parsed head are, as offsets into it (so the head
+/// can be split off the input after parsing, which borrows it).
+struct HeadSpans {
+    method: Range<usize>,
+    path: Range<usize>,
+    version: Option<u8>,
+    count: usize,
+    /// Name and value offsets `[name_start, name_end, value_start, value_end]`
+    /// of the first header fields (no allocation for ordinary requests).
+    inline: [[u32; 4]; INLINE_SPANS],
+    more: Vec<[u32; 4]>,
+}
+
+const INLINE_SPANS: usize = 24;
+
+impl HeadSpans {
+    /// `None` when an offset does not fit in 32 bits.
+    fn new(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Option<HeadSpans> {
+        let base = buf.as_ptr() as usize;
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        let off = |s: &[u8]| {
+            let r = span(s);
+            Some([u32::try_from(r.start).ok()?, u32::try_from(r.end).ok()?])
+        };
+        let mut spans = HeadSpans {
+            method: span(req.method.unwrap_or("").as_bytes()),
+            path: span(req.path.unwrap_or("").as_bytes()),
+            version: req.version,
+            count: req.headers.len(),
+            inline: [[0; 4]; INLINE_SPANS],
+            more: Vec::new(),
+        };
+        for (i, h) in req.headers.iter().enumerate() {
+            let [ns, ne] = off(h.name.as_bytes())?;
+            let [vs, ve] = off(h.value)?;
+            let s = [ns, ne, vs, ve];
+            if i < INLINE_SPANS {
+                spans.inline[i] = s;
+            } else {
+                spans.more.push(s);
+            }
+        }
+        Some(spans)
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
+        self.inline[..self.count.min(INLINE_SPANS)]
+            .iter()
+            .chain(self.more.iter())
+            .map(|s| (s[0] as usize..s[1] as usize, s[2] as usize..s[3] as usize))
+    }
+}
+
+/// For a complete head of `n` bytes whose every line ends in CRLF, the
+/// index of the request line's LF; `None` when a line may end in a bare LF
+/// (or empty lines were skipped before the request line), which the caller
+/// then checks byte by byte. Every LF in a head httparse accepted ends a
+/// line: the request line's, each field line's (right before the next
+/// field name) and the final empty line.
+fn crlf_head(req: &httparse::Request<'_, '_>, buf: &[u8], n: usize) -> Option<usize> {
+    let base = buf.as_ptr() as usize;
+    let method = req.method?;
+    if method.as_ptr() as usize != base || n < 4 || &buf[n - 4..n] != b"\r\n\r\n" {
+        return None;
+    }
+    let mut first_lf = n - 3;
+    for (i, h) in req.headers.iter().enumerate() {
+        let at = h.name.as_ptr() as usize - base;
+        if at < 2 || &buf[at - 2..at] != b"\r\n" {
+            return None;
+        }
+        if i == 0 {
+            first_lf = at - 1;
+        }
+    }
+    Some(first_lf)
+}
+
 fn build_head(
-    req: &httparse::Request<'_, '_>,
+    head: &Bytes,
+    spans: &HeadSpans,
     id: u64,
     cfg: &ServerConfig,
 ) -> Result<RequestHead, (StatusCode, &'static str)> {
     let bad = |r| (StatusCode::BAD_REQUEST, r);
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-        .map_err(|_| bad("invalid method"))?;
-    let path = req.path.unwrap_or("");
+    let method =
+        Method::from_bytes(&head[spans.method.clone()]).map_err(|_| bad("invalid method"))?;
+    let path = std::str::from_utf8(&head[spans.path.clone()])
+        .map_err(|_| bad("invalid request target"))?;
     if path.len() > cfg.max_request_line {
         return Err((StatusCode::URI_TOO_LONG, "URI too long"));
     }
@@ -826,8 +936,9 @@ fn build_head(
     if !valid_form {
         return Err(bad("invalid request target"));
     }
-    let uri: Uri = path.parse().map_err(|_| bad("invalid request target"))?;
-    let version = match req.version {
+    let uri = Uri::from_maybe_shared(head.slice(spans.path.clone()))
+        .map_err(|_| bad("invalid request target"))?;
+    let version = match spans.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
         _ => {
@@ -837,28 +948,39 @@ fn build_head(
             ))
         }
     };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut headers = HeaderMap::with_capacity(spans.count);
     let mut cl: Option<u64> = None;
     let mut cl_count = 0;
-    let mut te: Option<&[u8]> = None;
+    let mut te: Option<Range<usize>> = None;
     let mut hosts = 0;
-    for h in req.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("invalid header value"))?;
+    let (mut conn_close, mut conn_keep_alive) = (false, false);
+    let mut expect: Option<Range<usize>> = None;
+    for (name_at, value_at) in spans.headers() {
+        let name = HeaderName::from_bytes(&head[name_at]).map_err(|_| bad("invalid header name"))?;
+        let raw = &head[value_at.clone()];
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at.clone()))
+            .map_err(|_| bad("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             cl_count += 1;
             if cl_count > 1 {
                 return Err(bad("duplicate Content-Length"));
             }
-            cl = Some(parse_content_length(h.value).ok_or(bad("invalid Content-Length"))?);
+            cl = Some(parse_content_length(raw).ok_or(bad("invalid Content-Length"))?);
         } else if name == header::TRANSFER_ENCODING {
             if te.is_some() {
                 return Err(bad("duplicate Transfer-Encoding"));
             }
-            te = Some(h.value);
+            te = Some(value_at);
         } else if name == header::HOST {
             hosts += 1;
+        } else if name == header::CONNECTION {
+            for t in raw.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                conn_close |= t.eq_ignore_ascii_case(b"close");
+                conn_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT && expect.is_none() {
+            expect = Some(value_at);
         }
         headers.append(name, value);
     }
@@ -874,7 +996,7 @@ fn build_head(
             return Err(bad("Transfer-Encoding in HTTP/1.0"))
         }
         (Some(te), None) => {
-            check_transfer_encoding(te)?;
+            check_transfer_encoding(&head[te])?;
             None
         }
         (None, Some(n)) => Some(n),
@@ -883,20 +1005,13 @@ fn build_head(
     if content_length.is_some_and(|n| n > cfg.max_body) {
         return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
     }
-    let conn_tokens = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|t| t.trim_ascii().to_ascii_lowercase())
-        .collect::<Vec<_>>();
-    let has = |t: &[u8]| conn_tokens.iter().any(|x| x == t);
     let keep_alive = match version {
-        Version::HTTP_11 => !has(b"close"),
-        _ => has(b"keep-alive") && !has(b"close"),
+        Version::HTTP_11 => !conn_close,
+        _ => conn_keep_alive && !conn_close,
     };
     let mut expect_continue = false;
-    if let Some(e) = headers.get(header::EXPECT) {
-        if e.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+    if let Some(e) = expect {
+        if head[e].eq_ignore_ascii_case(b"100-continue") {
             expect_continue = version == Version::HTTP_11 && content_length != Some(0);
         } else {
             return Err((StatusCode::EXPECTATION_FAILED, "unsupported expectation"));

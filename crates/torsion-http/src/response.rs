@@ -248,12 +248,46 @@ pub struct Response {
     pub body: Body,
 }
 
+thread_local! {
+    /// Header maps of responses the server has written, emptied, for the
+    /// next responses: a fresh map allocates twice on its first insert.
+    static SPARE_HEADERS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare maps kept per thread.
+const SPARE_HEADERS_MAX: usize = 64;
+/// Larger maps are freed rather than kept.
+const SPARE_HEADERS_CAPACITY: usize = 32;
+
+/// An empty header map, with room from an earlier response when one is spare.
+fn spare_header_map() -> HeaderMap {
+    SPARE_HEADERS
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps a written response's map (emptied) for a later [`Response::new`].
+pub(crate) fn recycle_header_map(mut headers: HeaderMap) {
+    if headers.capacity() == 0 || headers.capacity() > SPARE_HEADERS_CAPACITY {
+        return;
+    }
+    headers.clear();
+    let _ = SPARE_HEADERS.try_with(move |s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_HEADERS_MAX {
+            s.push(headers);
+        }
+    });
+}
+
 impl Response {
     /// An empty response with `status`.
     pub fn new(status: StatusCode) -> Response {
         Response {
             status,
-            headers: HeaderMap::new(),
+            headers: spare_header_map(),
             body: Body::Empty,
         }
     }

@@ -247,7 +247,6 @@ impl Protocol for HttpProtocol {
             reading_paused: Cell::new(false),
             deadline: Cell::new(None),
             producer: Cell::new(false),
-            out: RefCell::new(Vec::new()),
         });
         self.shared.conns.borrow_mut().push(Rc::downgrade(&conn));
         start_sweeper(&self.shared);
@@ -327,7 +326,6 @@ struct Conn {
     /// The running timeout and when it expires (reactor time).
     deadline: Cell<Option<(TimerKind, Duration)>>,
     producer: Cell<bool>,
-    out: RefCell<Vec<u8>>,
 }
 
 /// Pull producer registered while a body streams: the transport asks for
@@ -344,7 +342,12 @@ impl Producer for ConnProducer {
     fn stop_producing(&self) {}
 }
 
+/// Largest output buffer kept for reuse.
+const SPARE_OUT_MAX: usize = 64 * 1024;
+
 thread_local! {
+    /// One output buffer per thread, lent to the connection writing responses.
+    static SPARE_OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
@@ -409,7 +412,15 @@ impl Conn {
         if self.closed.get() {
             return;
         }
-        set_http_date(&mut self.machine.borrow_mut());
+        {
+            let mut m = self.machine.borrow_mut();
+            set_http_date(&mut m);
+            // Responses are written into the thread's spare output buffer
+            // (not a buffer of the connection's own, grown again for every batch).
+            if !m.has_output() {
+                SPARE_OUT.with(|s| m.swap_output(&mut s.borrow_mut()));
+            }
+        }
         // 1. Requests and their bodies.
         if !self.closing.get() {
             for _ in 0..256 {
@@ -454,11 +465,6 @@ impl Conn {
             let mut slots = self.slots.borrow_mut();
             if slots.is_empty() && slots.capacity() > 0 {
                 *slots = VecDeque::new();
-            }
-            drop(slots);
-            let mut out = self.out.borrow_mut();
-            if out.capacity() > 0 {
-                *out = Vec::new();
             }
         }
     }
@@ -721,6 +727,7 @@ impl Conn {
             .machine
             .borrow_mut()
             .respond(front, status, &headers, len);
+        crate::response::recycle_header_map(headers);
         self.with_slot(front, |s| {
             if let Some(l) = s.log.as_mut() {
                 l.status = status.as_u16();
@@ -804,15 +811,22 @@ impl Conn {
     }
 
     fn flush(&self) {
-        let mut buf = std::mem::take(&mut *self.out.borrow_mut());
+        let mut buf = Vec::new();
         self.machine.borrow_mut().swap_output(&mut buf);
-        if !buf.is_empty() {
-            self.transport.write(&buf);
-            buf.clear();
+        if buf.is_empty() {
+            return;
         }
-        // Keep a small buffer for reuse; idle connections must stay small.
-        if buf.capacity() <= 4 * 1024 {
-            *self.out.borrow_mut() = buf;
+        self.transport.write(&buf);
+        buf.clear();
+        // The buffer goes back to the thread for the next connection's
+        // responses: idle connections hold none.
+        if buf.capacity() <= SPARE_OUT_MAX {
+            SPARE_OUT.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.capacity() < buf.capacity() {
+                    *s = buf;
+                }
+            });
         }
     }
 
