@@ -531,13 +531,14 @@ impl ServerConn {
             }
             n
         };
-        let Some(spans) = HeadSpans::new(&req, buf) else {
+        let mut spans = HeadSpans::default();
+        if !spans.fill(&req, buf) {
             return Some(self.fail(
                 None,
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "header block too large",
             ));
-        };
+        }
         // The head leaves the input as one shared buffer: the URI and the
         // header values are slices of it, not copies.
         let head_bytes = self.inbuf.split_to(n).freeze();
@@ -846,11 +847,26 @@ struct HeadSpans {
     more: Vec<[u32; 4]>,
 }
 
-const INLINE_SPANS: usize = 24;
+const INLINE_SPANS: usize = 16;
+
+impl Default for HeadSpans {
+    fn default() -> Self {
+        HeadSpans {
+            method: 0..0,
+            path: 0..0,
+            version: None,
+            count: 0,
+            inline: [[0; 4]; INLINE_SPANS],
+            more: Vec::new(),
+        }
+    }
+}
 
 impl HeadSpans {
-    /// `None` when an offset does not fit in 32 bits.
-    fn new(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Option<HeadSpans> {
+    /// Records where `req`'s parts are in `buf` (filled in place: the
+    /// struct is too large to move around). False when an offset does not
+    /// fit in 32 bits.
+    fn fill(&mut self, req: &httparse::Request<'_, '_>, buf: &[u8]) -> bool {
         let base = buf.as_ptr() as usize;
         let span = |s: &[u8]| {
             let start = s.as_ptr() as usize - base;
@@ -860,25 +876,22 @@ impl HeadSpans {
             let r = span(s);
             Some([u32::try_from(r.start).ok()?, u32::try_from(r.end).ok()?])
         };
-        let mut spans = HeadSpans {
-            method: span(req.method.unwrap_or("").as_bytes()),
-            path: span(req.path.unwrap_or("").as_bytes()),
-            version: req.version,
-            count: req.headers.len(),
-            inline: [[0; 4]; INLINE_SPANS],
-            more: Vec::new(),
-        };
+        self.method = span(req.method.unwrap_or("").as_bytes());
+        self.path = span(req.path.unwrap_or("").as_bytes());
+        self.version = req.version;
+        self.count = req.headers.len();
         for (i, h) in req.headers.iter().enumerate() {
-            let [ns, ne] = off(h.name.as_bytes())?;
-            let [vs, ve] = off(h.value)?;
+            let (Some([ns, ne]), Some([vs, ve])) = (off(h.name.as_bytes()), off(h.value)) else {
+                return false;
+            };
             let s = [ns, ne, vs, ve];
             if i < INLINE_SPANS {
-                spans.inline[i] = s;
+                self.inline[i] = s;
             } else {
-                spans.more.push(s);
+                self.more.push(s);
             }
         }
-        Some(spans)
+        true
     }
 
     fn headers(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
@@ -1063,6 +1076,21 @@ fn check_transfer_encoding(te: &[u8]) -> Result<(), (StatusCode, &'static str)> 
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    // The common ones in one piece.
+    let line: &'static [u8] = match status.as_u16() {
+        200 => b"HTTP/1.1 200 OK\r\n",
+        204 => b"HTTP/1.1 204 No Content\r\n",
+        206 => b"HTTP/1.1 206 Partial Content\r\n",
+        301 => b"HTTP/1.1 301 Moved Permanently\r\n",
+        302 => b"HTTP/1.1 302 Found\r\n",
+        304 => b"HTTP/1.1 304 Not Modified\r\n",
+        404 => b"HTTP/1.1 404 Not Found\r\n",
+        _ => b"",
+    };
+    if !line.is_empty() {
+        out.extend_from_slice(line);
+        return;
+    }
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -1070,10 +1098,13 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn write_standard_headers(out: &mut Vec<u8>, date: &[u8], cfg: &ServerConfig) {
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\n");
+fn write_standard_headers(out: &mut Vec<u8>, date: &[u8; 29], cfg: &ServerConfig) {
+    // Fixed-size pieces: copied inline, without a call per piece.
+    let mut line = [0u8; 37];
+    line[..6].copy_from_slice(b"date: ");
+    line[6..35].copy_from_slice(date);
+    line[35..].copy_from_slice(b"\r\n");
+    out.extend_from_slice(&line);
     if let Some(name) = &cfg.server_name {
         out.extend_from_slice(b"server: ");
         out.extend_from_slice(name.as_bytes());
@@ -1081,7 +1112,12 @@ fn write_standard_headers(out: &mut Vec<u8>, date: &[u8], cfg: &ServerConfig) {
     }
 }
 
-fn write_error_response(out: &mut Vec<u8>, status: StatusCode, date: &[u8], cfg: &ServerConfig) {
+fn write_error_response(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    date: &[u8; 29],
+    cfg: &ServerConfig,
+) {
     let body = format!(
         "{} {}\n",
         status.as_str(),

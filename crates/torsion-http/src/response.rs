@@ -294,22 +294,28 @@ impl Response {
 
     /// 200 with a UTF-8 text body.
     pub fn text(body: impl Into<String>) -> Response {
-        let mut r = Response::new(StatusCode::OK).with_body(Body::Bytes(body.into().into_bytes()));
-        r.headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
+        Response::typed(
+            body.into().into_bytes(),
+            const { HeaderValue::from_static("text/plain; charset=utf-8") },
+        )
     }
 
     /// 200 with an HTML body.
     pub fn html(body: impl Into<String>) -> Response {
-        let mut r = Response::new(StatusCode::OK).with_body(Body::Bytes(body.into().into_bytes()));
-        r.headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        r
+        Response::typed(
+            body.into().into_bytes(),
+            const { HeaderValue::from_static("text/html; charset=utf-8") },
+        )
+    }
+
+    fn typed(body: Vec<u8>, content_type: HeaderValue) -> Response {
+        let mut headers = spare_header_map();
+        headers.insert(CONTENT_TYPE, content_type);
+        Response {
+            status: StatusCode::OK,
+            headers,
+            body: Body::Bytes(body),
+        }
     }
 
     /// A plain-text error page for `status`.

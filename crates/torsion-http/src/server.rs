@@ -551,15 +551,16 @@ impl Conn {
             })
         });
         let id = head.id;
-        self.slots.borrow_mut().push_back(Slot {
+        let slot = Slot {
             id,
             is_head: head.method == http::Method::HEAD,
             state: SlotState::Waiting,
             deferred: None,
             log,
-        });
+        };
         let postpath = request::split_path(head.uri.path());
         let Some(postpath) = postpath else {
+            self.slots.borrow_mut().push_back(slot);
             self.set_response(id, Ok(Response::error(StatusCode::BAD_REQUEST)));
             return;
         };
@@ -575,13 +576,22 @@ impl Conn {
         );
         let handler = self.shared.handler.clone();
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(req)));
-        match reply {
-            // The oldest unanswered request: straight to the machine, without
-            // parking the response in its slot first.
-            // (Requests with a body take the usual way: their body events come first.)
+        // The oldest unanswered request answered at once: straight to the
+        // machine, without queueing a slot for it at all. (Requests with a
+        // body take the usual way: their body events come first.) Nothing
+        // looks for this request's slot while the handler runs: events
+        // arriving meanwhile only mark the connection for another step.
+        let reply = match reply {
             Ok(Reply::Now(r)) if !has_body && self.machine.borrow().current() == Some(id) => {
-                self.emit(id, r)
+                self.emit(id, r, Some(slot));
+                return;
             }
+            reply => {
+                self.slots.borrow_mut().push_back(slot);
+                reply
+            }
+        };
+        match reply {
             Ok(Reply::Now(r)) => self.set_response(id, Ok(r)),
             Ok(Reply::Later(d)) => {
                 if let Some(s) = self.slots.borrow_mut().iter_mut().find(|s| s.id == id) {
@@ -645,7 +655,7 @@ impl Conn {
                     self.put_state(front, state);
                     return;
                 }
-                SlotState::Ready(resp) => self.emit(front, *resp),
+                SlotState::Ready(resp) => self.emit(front, *resp, None),
                 SlotState::Streaming(mut source) => {
                     if !self.producer.get() {
                         self.producer.set(true);
@@ -700,7 +710,7 @@ impl Conn {
                             }
                             Chunk::End => {
                                 drop(source);
-                                self.finish(front);
+                                self.finish(front, None);
                                 break;
                             }
                             Chunk::Error(f) => {
@@ -715,8 +725,10 @@ impl Conn {
         }
     }
 
-    /// Hands the response for `front` (the oldest unanswered request) to the machine.
-    fn emit(&self, front: u64, resp: Response) {
+    /// Hands the response for `front` (the oldest unanswered request) to
+    /// the machine. `own` is its slot when it was never queued (answered
+    /// at once); otherwise the slot is in the queue.
+    fn emit(&self, front: u64, resp: Response, own: Option<Slot>) {
         let Response {
             status,
             headers,
@@ -728,41 +740,58 @@ impl Conn {
             .borrow_mut()
             .respond(front, status, &headers, len);
         crate::response::recycle_header_map(headers);
-        self.with_slot(front, |s| {
-            if let Some(l) = s.log.as_mut() {
-                l.status = status.as_u16();
-            }
-        });
+        let mut own = own;
+        let mut log = match own.as_mut() {
+            Some(s) => s.log.take(),
+            None => self
+                .slots
+                .borrow_mut()
+                .iter_mut()
+                .find(|s| s.id == front)
+                .and_then(|s| s.log.take()),
+        };
+        if let Some(l) = log.as_mut() {
+            l.status = status.as_u16();
+        }
         if let Err(e) = r {
             self.response_refused(front, e);
             return;
         }
         match body {
-            Body::Empty => self.finish(front),
+            Body::Empty => self.finish(front, log),
             Body::Bytes(b) => {
                 let r = self.machine.borrow_mut().send_data(front, &b);
-                self.with_slot(front, |s| {
-                    if let Some(l) = s.log.as_mut() {
-                        l.bytes = b.len() as u64;
-                    }
-                });
+                if let Some(l) = log.as_mut() {
+                    l.bytes = b.len() as u64;
+                }
                 if let Err(e) = r {
                     self.response_refused(front, e);
                     return;
                 }
-                self.finish(front);
+                self.finish(front, log);
             }
             Body::Stream { source, .. } => {
-                let is_head = self
-                    .slots
-                    .borrow()
-                    .iter()
-                    .any(|s| s.id == front && s.is_head);
+                let is_head = match &own {
+                    Some(s) => s.is_head,
+                    None => self
+                        .slots
+                        .borrow()
+                        .iter()
+                        .any(|s| s.id == front && s.is_head),
+                };
                 if is_head {
                     drop(source);
-                    self.finish(front);
+                    self.finish(front, log);
+                } else if let Some(mut s) = own {
+                    // Later requests are not dispatched yet: the back is its place.
+                    s.log = log;
+                    s.state = SlotState::Streaming(source);
+                    self.slots.borrow_mut().push_back(s);
                 } else {
-                    self.put_state(front, SlotState::Streaming(source));
+                    self.with_slot(front, |s| {
+                        s.log = log;
+                        s.state = SlotState::Streaming(source);
+                    });
                 }
             }
         }
@@ -785,7 +814,9 @@ impl Conn {
         self.slots.borrow_mut().retain(|s| s.id != id);
     }
 
-    fn finish(&self, id: u64) {
+    /// Ends request `id`'s response; `log` is its access-log record when
+    /// the caller holds it (otherwise it is in the slot).
+    fn finish(&self, id: u64, log: Option<Box<LogInfo>>) {
         // Body bytes still arriving for an answered request are dropped.
         if let Some((bid, b)) = self.body.borrow().as_ref() {
             if *bid == id {
@@ -801,7 +832,7 @@ impl Conn {
             let pos = slots.iter().position(|s| s.id == id);
             pos.and_then(|p| slots.remove(p))
         };
-        if let Some(l) = slot.and_then(|s| s.log) {
+        if let Some(l) = log.or_else(|| slot.and_then(|s| s.log)) {
             access_log(&self.shared.cfg.log_name, &self.transport.peer(), &l);
         }
         if self.producer.get() {
