@@ -479,18 +479,10 @@ impl ServerConn {
             let line_end = memchr::memchr(b'\n', buf);
             match line_end {
                 None if buf.len() > self.cfg.max_request_line => {
-                    return Some(self.fail(
-                        None,
-                        StatusCode::URI_TOO_LONG,
-                        "request line too long",
-                    ))
+                    return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
                 }
                 Some(i) if i > self.cfg.max_request_line => {
-                    return Some(self.fail(
-                        None,
-                        StatusCode::URI_TOO_LONG,
-                        "request line too long",
-                    ))
+                    return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
                 }
                 _ => {}
             }
@@ -936,15 +928,17 @@ fn build_head(
     let bad = |r| (StatusCode::BAD_REQUEST, r);
     let method =
         Method::from_bytes(&head[spans.method.clone()]).map_err(|_| bad("invalid method"))?;
-    let path = std::str::from_utf8(&head[spans.path.clone()])
-        .map_err(|_| bad("invalid request target"))?;
+    let path = &head[spans.path.clone()];
+    if !path.is_ascii() && std::str::from_utf8(path).is_err() {
+        return Err(bad("invalid request target"));
+    }
     if path.len() > cfg.max_request_line {
         return Err((StatusCode::URI_TOO_LONG, "URI too long"));
     }
-    let valid_form = path.starts_with('/')
-        || (path == "*" && method == Method::OPTIONS)
-        || path.starts_with("http://")
-        || path.starts_with("https://")
+    let valid_form = path.starts_with(b"/")
+        || (path == b"*" && method == Method::OPTIONS)
+        || path.starts_with(b"http://")
+        || path.starts_with(b"https://")
         || (method == Method::CONNECT && !path.is_empty());
     if !valid_form {
         return Err(bad("invalid request target"));
@@ -961,7 +955,13 @@ fn build_head(
             ))
         }
     };
-    let mut headers = HeaderMap::with_capacity(spans.count);
+    let mut headers = crate::response::spare_header_map();
+    headers.try_reserve(spans.count).map_err(|_| {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        )
+    })?;
     let mut cl: Option<u64> = None;
     let mut cl_count = 0;
     let mut te: Option<Range<usize>> = None;
@@ -969,7 +969,8 @@ fn build_head(
     let (mut conn_close, mut conn_keep_alive) = (false, false);
     let mut expect: Option<Range<usize>> = None;
     for (name_at, value_at) in spans.headers() {
-        let name = HeaderName::from_bytes(&head[name_at]).map_err(|_| bad("invalid header name"))?;
+        let name =
+            HeaderName::from_bytes(&head[name_at]).map_err(|_| bad("invalid header name"))?;
         let raw = &head[value_at.clone()];
         let value = HeaderValue::from_maybe_shared(head.slice(value_at.clone()))
             .map_err(|_| bad("invalid header value"))?;

@@ -249,8 +249,9 @@ pub struct Response {
 }
 
 thread_local! {
-    /// Header maps of responses the server has written, emptied, for the
-    /// next responses: a fresh map allocates twice on its first insert.
+    /// Header maps of responses the server has written and of requests
+    /// dropped, emptied, for the next ones: a fresh map allocates twice on
+    /// its first insert.
     static SPARE_HEADERS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -259,8 +260,9 @@ const SPARE_HEADERS_MAX: usize = 64;
 /// Larger maps are freed rather than kept.
 const SPARE_HEADERS_CAPACITY: usize = 32;
 
-/// An empty header map, with room from an earlier response when one is spare.
-fn spare_header_map() -> HeaderMap {
+/// An empty header map, with room from an earlier request or response when
+/// one is spare.
+pub(crate) fn spare_header_map() -> HeaderMap {
     SPARE_HEADERS
         .try_with(|s| s.borrow_mut().pop())
         .ok()
@@ -268,7 +270,8 @@ fn spare_header_map() -> HeaderMap {
         .unwrap_or_default()
 }
 
-/// Keeps a written response's map (emptied) for a later [`Response::new`].
+/// Keeps a written response's or a dropped request's map (emptied) for a
+/// later request or [`Response::new`].
 pub(crate) fn recycle_header_map(mut headers: HeaderMap) {
     if headers.capacity() == 0 || headers.capacity() > SPARE_HEADERS_CAPACITY {
         return;
