@@ -200,6 +200,27 @@ pub struct ServerConn {
 
 const NO_BODY_EVENT_MAX: usize = 64 * 1024;
 
+/// Buffers an idle connection gave back, for the next busy one: idle
+/// connections hold none, and busy ones do not grow fresh ones every batch.
+struct Spare {
+    inbuf: Option<BytesMut>,
+    pending: VecDeque<Pending>,
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Spare> = const {
+        std::cell::RefCell::new(Spare {
+            inbuf: None,
+            pending: VecDeque::new(),
+        })
+    };
+}
+
+/// Largest input buffer kept as a spare.
+const SPARE_INPUT_MAX: usize = 64 * 1024;
+/// Most queued-request entries kept as a spare.
+const SPARE_PENDING_MAX: usize = 64;
+
 impl ServerConn {
     /// A new connection with these limits.
     pub fn new(cfg: ServerConfig) -> Self {
@@ -252,20 +273,50 @@ impl ServerConn {
         if matches!(self.read, ReadState::Stopped) || self.closed {
             return;
         }
+        if self.inbuf.capacity() == 0 {
+            if let Some(b) = SPARE.with(|s| s.borrow_mut().inbuf.take()) {
+                self.inbuf = b;
+            }
+        }
         self.inbuf.extend_from_slice(data);
     }
 
     /// Releases input-buffer memory once everything in it was parsed (call
     /// when idle: an idle connection then holds no buffer).
+    /// The buffers go back to the thread's spares, for the next connection
+    /// that has work.
     pub fn compact(&mut self) {
         if self.inbuf.is_empty() {
-            self.inbuf = BytesMut::new();
+            let mut b = std::mem::take(&mut self.inbuf);
+            // After the heads were split off, the whole buffer is this one's
+            // again once their requests are gone (not while a handler holds one).
+            if !b.try_reclaim(1) {
+                return self.compact_rest();
+            }
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if b.capacity() <= SPARE_INPUT_MAX
+                    && s.inbuf.as_ref().is_none_or(|o| o.capacity() < b.capacity())
+                {
+                    s.inbuf = Some(b);
+                }
+            });
         }
+        self.compact_rest();
+    }
+
+    fn compact_rest(&mut self) {
         if self.out.is_empty() {
             self.out = Vec::new();
         }
-        if self.pending.is_empty() {
-            self.pending = VecDeque::new();
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            let p = std::mem::take(&mut self.pending);
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if p.capacity() <= SPARE_PENDING_MAX && s.pending.capacity() < p.capacity() {
+                    s.pending = p;
+                }
+            });
         }
     }
 
@@ -439,6 +490,9 @@ impl ServerConn {
     }
 
     fn parse_head(&mut self) -> Option<Event> {
+        if self.pending.capacity() == 0 {
+            self.pending = SPARE.with(|s| std::mem::take(&mut s.borrow_mut().pending));
+        }
         // RFC 9112 §2.2: ignore empty lines before a request-line.
         while self.inbuf.starts_with(b"\r\n") {
             self.inbuf.advance(2);
