@@ -216,8 +216,13 @@ thread_local! {
     };
 }
 
-/// Largest input buffer kept as a spare.
-const SPARE_INPUT_MAX: usize = 64 * 1024;
+/// Heads are shared with (not copied from) input buffers up to this size:
+/// a request a handler keeps for long keeps at most that much alive.
+const SHARE_INPUT_MAX: usize = 4 * 1024;
+
+/// Largest input buffer kept as a spare (larger ones would make every head
+/// a copy, see `SHARE_INPUT_MAX`).
+const SPARE_INPUT_MAX: usize = SHARE_INPUT_MAX;
 /// Most queued-request entries kept as a spare.
 const SPARE_PENDING_MAX: usize = 64;
 
@@ -586,8 +591,16 @@ impl ServerConn {
             ));
         }
         // The head leaves the input as one shared buffer: the URI and the
-        // header values are slices of it, not copies.
-        let head_bytes = self.inbuf.split_to(n).freeze();
+        // header values are slices of it, not copies. From a large input
+        // buffer (a body came with the head) it is copied instead, so a
+        // request a handler keeps does not keep the whole buffer alive.
+        let head_bytes = if self.inbuf.capacity() > SHARE_INPUT_MAX {
+            let b = Bytes::copy_from_slice(&self.inbuf[..n]);
+            self.inbuf.advance(n);
+            b
+        } else {
+            self.inbuf.split_to(n).freeze()
+        };
         let head = match build_head(&head_bytes, &spans, self.next_id, &self.cfg) {
             Ok(h) => h,
             Err((status, reason)) => return Some(self.fail(None, status, reason)),

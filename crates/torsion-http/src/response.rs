@@ -256,7 +256,7 @@ thread_local! {
 }
 
 /// Spare maps kept per thread.
-const SPARE_HEADERS_MAX: usize = 64;
+const SPARE_HEADERS_MAX: usize = 16;
 /// Larger maps are freed rather than kept.
 const SPARE_HEADERS_CAPACITY: usize = 32;
 

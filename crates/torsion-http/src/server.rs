@@ -436,6 +436,7 @@ impl Conn {
         self.write_responses();
         // 3. Bytes out.
         self.flush();
+        self.lend_back_output();
         // 4. Closing.
         let should_close = self.machine.borrow().should_close();
         let drain_now = self.shared.draining.get()
@@ -841,17 +842,37 @@ impl Conn {
         }
     }
 
+    /// Hands the machine's output to the transport; the emptied buffer
+    /// stays with the machine for what this step still writes.
     fn flush(&self) {
         let mut buf = Vec::new();
-        self.machine.borrow_mut().swap_output(&mut buf);
-        if buf.is_empty() {
-            return;
+        {
+            let mut m = self.machine.borrow_mut();
+            if !m.has_output() {
+                return;
+            }
+            m.swap_output(&mut buf);
         }
+        // No borrow held while the transport runs.
         self.transport.write(&buf);
         buf.clear();
-        // The buffer goes back to the thread for the next connection's
-        // responses: idle connections hold none.
-        if buf.capacity() <= SPARE_OUT_MAX {
+        let mut m = self.machine.borrow_mut();
+        if !m.has_output() {
+            m.swap_output(&mut buf);
+        }
+    }
+
+    /// After the step's last flush the (empty) output buffer goes back to
+    /// the thread for the next connection's responses: connections hold none
+    /// between steps.
+    fn lend_back_output(&self) {
+        let mut m = self.machine.borrow_mut();
+        if m.has_output() {
+            return;
+        }
+        let mut buf = Vec::new();
+        m.swap_output(&mut buf);
+        if buf.capacity() > 0 && buf.capacity() <= SPARE_OUT_MAX {
             SPARE_OUT.with(|s| {
                 let mut s = s.borrow_mut();
                 if s.capacity() < buf.capacity() {
