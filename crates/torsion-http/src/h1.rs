@@ -32,8 +32,10 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::rc::Rc;
 
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
@@ -180,8 +182,9 @@ enum ReadState {
 #[derive(Debug)]
 pub struct ServerConn {
     cfg: Rc<ServerConfig>,
-    inbuf: Vec<u8>,
-    pos: usize,
+    /// Unparsed input. A parsed head is split off it and frozen, so the
+    /// request's URI and header values point into it instead of being copied.
+    inbuf: BytesMut,
     read: ReadState,
     pending: VecDeque<Pending>,
     next_id: u64,
@@ -196,6 +199,32 @@ pub struct ServerConn {
 }
 
 const NO_BODY_EVENT_MAX: usize = 64 * 1024;
+
+/// Buffers an idle connection gave back, for the next busy one: idle
+/// connections hold none, and busy ones do not grow fresh ones every batch.
+struct Spare {
+    inbuf: Option<BytesMut>,
+    pending: VecDeque<Pending>,
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Spare> = const {
+        std::cell::RefCell::new(Spare {
+            inbuf: None,
+            pending: VecDeque::new(),
+        })
+    };
+}
+
+/// Heads are shared with (not copied from) input buffers up to this size:
+/// a request a handler keeps for long keeps at most that much alive.
+const SHARE_INPUT_MAX: usize = 4 * 1024;
+
+/// Largest input buffer kept as a spare (larger ones would make every head
+/// a copy, see `SHARE_INPUT_MAX`).
+const SPARE_INPUT_MAX: usize = SHARE_INPUT_MAX;
+/// Most queued-request entries kept as a spare.
+const SPARE_PENDING_MAX: usize = 64;
 
 impl ServerConn {
     /// A new connection with these limits.
@@ -216,8 +245,7 @@ impl ServerConn {
         date.copy_from_slice(b"Thu, 01 Jan 1970 00:00:00 GMT");
         ServerConn {
             cfg,
-            inbuf: Vec::new(),
-            pos: 0,
+            inbuf: BytesMut::new(),
             read: ReadState::Head,
             pending: VecDeque::new(),
             next_id: 0,
@@ -250,31 +278,56 @@ impl ServerConn {
         if matches!(self.read, ReadState::Stopped) || self.closed {
             return;
         }
-        if self.pos > 0 && (self.pos == self.inbuf.len() || self.pos > 4096) {
-            self.inbuf.drain(..self.pos);
-            self.pos = 0;
+        if self.inbuf.capacity() == 0 {
+            if let Some(b) = SPARE.with(|s| s.borrow_mut().inbuf.take()) {
+                self.inbuf = b;
+            }
         }
         self.inbuf.extend_from_slice(data);
     }
 
     /// Releases input-buffer memory once everything in it was parsed (call
     /// when idle: an idle connection then holds no buffer).
+    /// The buffers go back to the thread's spares, for the next connection
+    /// that has work.
     pub fn compact(&mut self) {
-        if self.pos == self.inbuf.len() {
-            self.inbuf = Vec::new();
-            self.pos = 0;
+        if self.inbuf.is_empty() {
+            let mut b = std::mem::take(&mut self.inbuf);
+            // After the heads were split off, the whole buffer is this one's
+            // again once their requests are gone (not while a handler holds one).
+            if !b.try_reclaim(1) {
+                return self.compact_rest();
+            }
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if b.capacity() <= SPARE_INPUT_MAX
+                    && s.inbuf.as_ref().is_none_or(|o| o.capacity() < b.capacity())
+                {
+                    s.inbuf = Some(b);
+                }
+            });
         }
+        self.compact_rest();
+    }
+
+    fn compact_rest(&mut self) {
         if self.out.is_empty() {
             self.out = Vec::new();
         }
-        if self.pending.is_empty() {
-            self.pending = VecDeque::new();
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            let p = std::mem::take(&mut self.pending);
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if p.capacity() <= SPARE_PENDING_MAX && s.pending.capacity() < p.capacity() {
+                    s.pending = p;
+                }
+            });
         }
     }
 
     /// Unparsed input held.
     pub fn buffered(&self) -> usize {
-        self.inbuf.len() - self.pos
+        self.inbuf.len()
     }
 
     /// True when the caller should keep reading from the peer: the machine is
@@ -357,15 +410,15 @@ impl ServerConn {
             }
             ReadState::Length { id, remaining } => {
                 let id = *id;
-                let avail = self.inbuf.len() - self.pos;
+                let avail = self.inbuf.len();
                 let n = (avail as u64).min(*remaining) as usize;
                 if n == 0 {
                     return None;
                 }
                 let n = n.min(NO_BODY_EVENT_MAX);
                 *remaining -= n as u64;
-                let data = self.inbuf[self.pos..self.pos + n].to_vec();
-                self.pos += n;
+                let data = self.inbuf[..n].to_vec();
+                self.inbuf.advance(n);
                 if *remaining == 0 {
                     self.body_finished(id);
                 }
@@ -374,11 +427,11 @@ impl ServerConn {
             ReadState::Chunked { id, dec } => {
                 let id = *id;
                 loop {
-                    let input = &self.inbuf[self.pos..];
+                    let input = &self.inbuf[..];
                     match dec.decode(input) {
                         Ok(step) => {
                             let data = step.data.map(|r| input[r].to_vec());
-                            self.pos += step.consumed;
+                            self.inbuf.advance(step.consumed);
                             if step.done {
                                 self.body_finished(id);
                                 return Some(match data {
@@ -442,24 +495,16 @@ impl ServerConn {
     }
 
     fn parse_head(&mut self) -> Option<Event> {
-        // RFC 9112 §2.2: ignore empty lines before a request-line.
-        while self.inbuf[self.pos..].starts_with(b"\r\n") {
-            self.pos += 2;
+        if self.pending.capacity() == 0 {
+            self.pending = SPARE.with(|s| std::mem::take(&mut s.borrow_mut().pending));
         }
-        let buf = &self.inbuf[self.pos..];
+        // RFC 9112 §2.2: ignore empty lines before a request-line.
+        while self.inbuf.starts_with(b"\r\n") {
+            self.inbuf.advance(2);
+        }
+        let buf = &self.inbuf[..];
         if buf.is_empty() {
             return None;
-        }
-        // Request-line length (414) before anything else.
-        let line_end = memchr::memchr(b'\n', buf);
-        match line_end {
-            None if buf.len() > self.cfg.max_request_line => {
-                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
-            }
-            Some(i) if i > self.cfg.max_request_line => {
-                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
-            }
-            _ => {}
         }
         // Uninitialised header slots: zeroing 128 of them (4 KiB) for every
         // request was the largest single cost of parsing a small request.
@@ -476,46 +521,90 @@ impl ServerConn {
         let limit = buf.len().min(self.cfg.max_header_bytes);
         let mut req = httparse::Request::new(&mut []);
         let parsed = req.parse_with_uninit_headers(&buf[..limit], headers);
-        let n = match parsed {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                if buf.len() >= self.cfg.max_header_bytes {
+        // A complete head whose lines all end in CRLF (what clients send)
+        // is checked from the parsed spans; anything else takes the full
+        // scans below, in their order (request-line length first).
+        let complete = match parsed {
+            Ok(httparse::Status::Complete(n)) => crlf_head(&req, buf, n).map(|l| (n, l)),
+            _ => None,
+        };
+        let n = if let Some((n, line_end)) = complete {
+            if line_end > self.cfg.max_request_line {
+                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"));
+            }
+            n
+        } else {
+            // Request-line length (414) before anything else.
+            let line_end = memchr::memchr(b'\n', buf);
+            match line_end {
+                None if buf.len() > self.cfg.max_request_line => {
+                    return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
+                }
+                Some(i) if i > self.cfg.max_request_line => {
+                    return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
+                }
+                _ => {}
+            }
+            let n = match parsed {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() >= self.cfg.max_header_bytes {
+                        return Some(self.fail(
+                            None,
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "header block too large",
+                        ));
+                    }
+                    // A bare LF in the part already seen is fatal whatever follows.
+                    if has_bare_lf(buf) {
+                        return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
+                    }
+                    return None;
+                }
+                Err(httparse::Error::TooManyHeaders) => {
                     return Some(self.fail(
                         None,
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "header block too large",
-                    ));
+                        "too many header fields",
+                    ))
                 }
-                // A bare LF in the part already seen is fatal whatever follows.
-                if has_bare_lf(buf) {
-                    return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
+                Err(httparse::Error::Version) => {
+                    return Some(self.fail(
+                        None,
+                        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                        "unsupported HTTP version",
+                    ))
                 }
-                return None;
+                Err(_) => return Some(self.fail(None, StatusCode::BAD_REQUEST, "malformed head")),
+            };
+            if has_bare_lf(&buf[..n]) {
+                return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
             }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Some(self.fail(
-                    None,
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "too many header fields",
-                ))
-            }
-            Err(httparse::Error::Version) => {
-                return Some(self.fail(
-                    None,
-                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                    "unsupported HTTP version",
-                ))
-            }
-            Err(_) => return Some(self.fail(None, StatusCode::BAD_REQUEST, "malformed head")),
+            n
         };
-        if has_bare_lf(&buf[..n]) {
-            return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
+        let mut spans = HeadSpans::default();
+        if !spans.fill(&req, buf) {
+            return Some(self.fail(
+                None,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header block too large",
+            ));
         }
-        let head = match build_head(&req, self.next_id, &self.cfg) {
+        // The head leaves the input as one shared buffer: the URI and the
+        // header values are slices of it, not copies. From a large input
+        // buffer (a body came with the head) it is copied instead, so a
+        // request a handler keeps does not keep the whole buffer alive.
+        let head_bytes = if self.inbuf.capacity() > SHARE_INPUT_MAX {
+            let b = Bytes::copy_from_slice(&self.inbuf[..n]);
+            self.inbuf.advance(n);
+            b
+        } else {
+            self.inbuf.split_to(n).freeze()
+        };
+        let head = match build_head(&head_bytes, &spans, self.next_id, &self.cfg) {
             Ok(h) => h,
             Err((status, reason)) => return Some(self.fail(None, status, reason)),
         };
-        self.pos += n;
         self.next_id += 1;
         let is_head = head.method == Method::HEAD;
         self.pending.push_back(Pending {
@@ -559,7 +648,6 @@ impl ServerConn {
         self.read = ReadState::Stopped;
         self.close_after = true;
         self.inbuf.clear();
-        self.pos = 0;
         match id {
             Some(id) => {
                 // The request's handler may already be answering; if not, the
@@ -726,7 +814,6 @@ impl ServerConn {
             if matches!(self.read, ReadState::Head) {
                 self.read = ReadState::Stopped;
                 self.inbuf.clear();
-                self.pos = 0;
             }
         }
         Ok(())
@@ -806,28 +893,126 @@ fn has_bare_lf(buf: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r')
 }
 
+/// Where the parts of a parsed head are, as offsets into it (so the head
+/// can be split off the input after parsing, which borrows it).
+struct HeadSpans {
+    method: Range<usize>,
+    path: Range<usize>,
+    version: Option<u8>,
+    count: usize,
+    /// Name and value offsets `[name_start, name_end, value_start, value_end]`
+    /// of the first header fields (no allocation for ordinary requests).
+    inline: [[u32; 4]; INLINE_SPANS],
+    more: Vec<[u32; 4]>,
+}
+
+const INLINE_SPANS: usize = 16;
+
+impl Default for HeadSpans {
+    fn default() -> Self {
+        HeadSpans {
+            method: 0..0,
+            path: 0..0,
+            version: None,
+            count: 0,
+            inline: [[0; 4]; INLINE_SPANS],
+            more: Vec::new(),
+        }
+    }
+}
+
+impl HeadSpans {
+    /// Records where `req`'s parts are in `buf` (filled in place: the
+    /// struct is too large to move around). False when an offset does not
+    /// fit in 32 bits.
+    fn fill(&mut self, req: &httparse::Request<'_, '_>, buf: &[u8]) -> bool {
+        let base = buf.as_ptr() as usize;
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        let off = |s: &[u8]| {
+            let r = span(s);
+            Some([u32::try_from(r.start).ok()?, u32::try_from(r.end).ok()?])
+        };
+        self.method = span(req.method.unwrap_or("").as_bytes());
+        self.path = span(req.path.unwrap_or("").as_bytes());
+        self.version = req.version;
+        self.count = req.headers.len();
+        for (i, h) in req.headers.iter().enumerate() {
+            let (Some([ns, ne]), Some([vs, ve])) = (off(h.name.as_bytes()), off(h.value)) else {
+                return false;
+            };
+            let s = [ns, ne, vs, ve];
+            if i < INLINE_SPANS {
+                self.inline[i] = s;
+            } else {
+                self.more.push(s);
+            }
+        }
+        true
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
+        self.inline[..self.count.min(INLINE_SPANS)]
+            .iter()
+            .chain(self.more.iter())
+            .map(|s| (s[0] as usize..s[1] as usize, s[2] as usize..s[3] as usize))
+    }
+}
+
+/// For a complete head of `n` bytes whose every line ends in CRLF, the
+/// index of the request line's LF; `None` when a line may end in a bare LF
+/// (or empty lines were skipped before the request line), which the caller
+/// then checks byte by byte. Every LF in a head httparse accepted ends a
+/// line: the request line's, each field line's (right before the next
+/// field name) and the final empty line.
+fn crlf_head(req: &httparse::Request<'_, '_>, buf: &[u8], n: usize) -> Option<usize> {
+    let base = buf.as_ptr() as usize;
+    let method = req.method?;
+    if method.as_ptr() as usize != base || n < 4 || &buf[n - 4..n] != b"\r\n\r\n" {
+        return None;
+    }
+    let mut first_lf = n - 3;
+    for (i, h) in req.headers.iter().enumerate() {
+        let at = h.name.as_ptr() as usize - base;
+        if at < 2 || &buf[at - 2..at] != b"\r\n" {
+            return None;
+        }
+        if i == 0 {
+            first_lf = at - 1;
+        }
+    }
+    Some(first_lf)
+}
+
 fn build_head(
-    req: &httparse::Request<'_, '_>,
+    head: &Bytes,
+    spans: &HeadSpans,
     id: u64,
     cfg: &ServerConfig,
 ) -> Result<RequestHead, (StatusCode, &'static str)> {
     let bad = |r| (StatusCode::BAD_REQUEST, r);
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-        .map_err(|_| bad("invalid method"))?;
-    let path = req.path.unwrap_or("");
+    let method =
+        Method::from_bytes(&head[spans.method.clone()]).map_err(|_| bad("invalid method"))?;
+    let path = &head[spans.path.clone()];
+    if !path.is_ascii() && std::str::from_utf8(path).is_err() {
+        return Err(bad("invalid request target"));
+    }
     if path.len() > cfg.max_request_line {
         return Err((StatusCode::URI_TOO_LONG, "URI too long"));
     }
-    let valid_form = path.starts_with('/')
-        || (path == "*" && method == Method::OPTIONS)
-        || path.starts_with("http://")
-        || path.starts_with("https://")
+    let valid_form = path.starts_with(b"/")
+        || (path == b"*" && method == Method::OPTIONS)
+        || path.starts_with(b"http://")
+        || path.starts_with(b"https://")
         || (method == Method::CONNECT && !path.is_empty());
     if !valid_form {
         return Err(bad("invalid request target"));
     }
-    let uri: Uri = path.parse().map_err(|_| bad("invalid request target"))?;
-    let version = match req.version {
+    let uri = Uri::from_maybe_shared(head.slice(spans.path.clone()))
+        .map_err(|_| bad("invalid request target"))?;
+    let version = match spans.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
         _ => {
@@ -837,28 +1022,46 @@ fn build_head(
             ))
         }
     };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut headers = crate::response::spare_header_map();
+    headers.try_reserve(spans.count).map_err(|_| {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        )
+    })?;
     let mut cl: Option<u64> = None;
     let mut cl_count = 0;
-    let mut te: Option<&[u8]> = None;
+    let mut te: Option<Range<usize>> = None;
     let mut hosts = 0;
-    for h in req.headers.iter() {
+    let (mut conn_close, mut conn_keep_alive) = (false, false);
+    let mut expect: Option<Range<usize>> = None;
+    for (name_at, value_at) in spans.headers() {
         let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("invalid header value"))?;
+            HeaderName::from_bytes(&head[name_at]).map_err(|_| bad("invalid header name"))?;
+        let raw = &head[value_at.clone()];
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at.clone()))
+            .map_err(|_| bad("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             cl_count += 1;
             if cl_count > 1 {
                 return Err(bad("duplicate Content-Length"));
             }
-            cl = Some(parse_content_length(h.value).ok_or(bad("invalid Content-Length"))?);
+            cl = Some(parse_content_length(raw).ok_or(bad("invalid Content-Length"))?);
         } else if name == header::TRANSFER_ENCODING {
             if te.is_some() {
                 return Err(bad("duplicate Transfer-Encoding"));
             }
-            te = Some(h.value);
+            te = Some(value_at);
         } else if name == header::HOST {
             hosts += 1;
+        } else if name == header::CONNECTION {
+            for t in raw.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                conn_close |= t.eq_ignore_ascii_case(b"close");
+                conn_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT && expect.is_none() {
+            expect = Some(value_at);
         }
         headers.append(name, value);
     }
@@ -874,7 +1077,7 @@ fn build_head(
             return Err(bad("Transfer-Encoding in HTTP/1.0"))
         }
         (Some(te), None) => {
-            check_transfer_encoding(te)?;
+            check_transfer_encoding(&head[te])?;
             None
         }
         (None, Some(n)) => Some(n),
@@ -883,20 +1086,13 @@ fn build_head(
     if content_length.is_some_and(|n| n > cfg.max_body) {
         return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
     }
-    let conn_tokens = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|t| t.trim_ascii().to_ascii_lowercase())
-        .collect::<Vec<_>>();
-    let has = |t: &[u8]| conn_tokens.iter().any(|x| x == t);
     let keep_alive = match version {
-        Version::HTTP_11 => !has(b"close"),
-        _ => has(b"keep-alive") && !has(b"close"),
+        Version::HTTP_11 => !conn_close,
+        _ => conn_keep_alive && !conn_close,
     };
     let mut expect_continue = false;
-    if let Some(e) = headers.get(header::EXPECT) {
-        if e.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+    if let Some(e) = expect {
+        if head[e].eq_ignore_ascii_case(b"100-continue") {
             expect_continue = version == Version::HTTP_11 && content_length != Some(0);
         } else {
             return Err((StatusCode::EXPECTATION_FAILED, "unsupported expectation"));
@@ -948,6 +1144,21 @@ fn check_transfer_encoding(te: &[u8]) -> Result<(), (StatusCode, &'static str)> 
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    // The common ones in one piece.
+    let line: &'static [u8] = match status.as_u16() {
+        200 => b"HTTP/1.1 200 OK\r\n",
+        204 => b"HTTP/1.1 204 No Content\r\n",
+        206 => b"HTTP/1.1 206 Partial Content\r\n",
+        301 => b"HTTP/1.1 301 Moved Permanently\r\n",
+        302 => b"HTTP/1.1 302 Found\r\n",
+        304 => b"HTTP/1.1 304 Not Modified\r\n",
+        404 => b"HTTP/1.1 404 Not Found\r\n",
+        _ => b"",
+    };
+    if !line.is_empty() {
+        out.extend_from_slice(line);
+        return;
+    }
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -955,10 +1166,13 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn write_standard_headers(out: &mut Vec<u8>, date: &[u8], cfg: &ServerConfig) {
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\n");
+fn write_standard_headers(out: &mut Vec<u8>, date: &[u8; 29], cfg: &ServerConfig) {
+    // Fixed-size pieces: copied inline, without a call per piece.
+    let mut line = [0u8; 37];
+    line[..6].copy_from_slice(b"date: ");
+    line[6..35].copy_from_slice(date);
+    line[35..].copy_from_slice(b"\r\n");
+    out.extend_from_slice(&line);
     if let Some(name) = &cfg.server_name {
         out.extend_from_slice(b"server: ");
         out.extend_from_slice(name.as_bytes());
@@ -966,7 +1180,12 @@ fn write_standard_headers(out: &mut Vec<u8>, date: &[u8], cfg: &ServerConfig) {
     }
 }
 
-fn write_error_response(out: &mut Vec<u8>, status: StatusCode, date: &[u8], cfg: &ServerConfig) {
+fn write_error_response(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    date: &[u8; 29],
+    cfg: &ServerConfig,
+) {
     let body = format!(
         "{} {}\n",
         status.as_str(),

@@ -370,6 +370,13 @@ impl Request {
     }
 }
 
+impl Drop for Request {
+    fn drop(&mut self) {
+        // The map's room serves a later request or response.
+        crate::response::recycle_header_map(std::mem::take(&mut self.headers));
+    }
+}
+
 /// Splits a path into percent-decoded segments; `None` if a segment is not UTF-8.
 pub(crate) fn split_path(path: &str) -> Option<Vec<String>> {
     let path = path.strip_prefix('/').unwrap_or(path);

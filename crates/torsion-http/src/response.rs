@@ -248,34 +248,77 @@ pub struct Response {
     pub body: Body,
 }
 
+thread_local! {
+    /// Header maps of responses the server has written and of requests
+    /// dropped, emptied, for the next ones: a fresh map allocates twice on
+    /// its first insert.
+    static SPARE_HEADERS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare maps kept per thread.
+const SPARE_HEADERS_MAX: usize = 16;
+/// Larger maps are freed rather than kept.
+const SPARE_HEADERS_CAPACITY: usize = 32;
+
+/// An empty header map, with room from an earlier request or response when
+/// one is spare.
+pub(crate) fn spare_header_map() -> HeaderMap {
+    SPARE_HEADERS
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps a written response's or a dropped request's map (emptied) for a
+/// later request or [`Response::new`].
+pub(crate) fn recycle_header_map(mut headers: HeaderMap) {
+    if headers.capacity() == 0 || headers.capacity() > SPARE_HEADERS_CAPACITY {
+        return;
+    }
+    headers.clear();
+    let _ = SPARE_HEADERS.try_with(move |s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_HEADERS_MAX {
+            s.push(headers);
+        }
+    });
+}
+
 impl Response {
     /// An empty response with `status`.
     pub fn new(status: StatusCode) -> Response {
         Response {
             status,
-            headers: HeaderMap::new(),
+            headers: spare_header_map(),
             body: Body::Empty,
         }
     }
 
     /// 200 with a UTF-8 text body.
     pub fn text(body: impl Into<String>) -> Response {
-        let mut r = Response::new(StatusCode::OK).with_body(Body::Bytes(body.into().into_bytes()));
-        r.headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
+        Response::typed(
+            body.into().into_bytes(),
+            const { HeaderValue::from_static("text/plain; charset=utf-8") },
+        )
     }
 
     /// 200 with an HTML body.
     pub fn html(body: impl Into<String>) -> Response {
-        let mut r = Response::new(StatusCode::OK).with_body(Body::Bytes(body.into().into_bytes()));
-        r.headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        r
+        Response::typed(
+            body.into().into_bytes(),
+            const { HeaderValue::from_static("text/html; charset=utf-8") },
+        )
+    }
+
+    fn typed(body: Vec<u8>, content_type: HeaderValue) -> Response {
+        let mut headers = spare_header_map();
+        headers.insert(CONTENT_TYPE, content_type);
+        Response {
+            status: StatusCode::OK,
+            headers,
+            body: Body::Bytes(body),
+        }
     }
 
     /// A plain-text error page for `status`.

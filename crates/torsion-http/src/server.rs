@@ -247,7 +247,6 @@ impl Protocol for HttpProtocol {
             reading_paused: Cell::new(false),
             deadline: Cell::new(None),
             producer: Cell::new(false),
-            out: RefCell::new(Vec::new()),
         });
         self.shared.conns.borrow_mut().push(Rc::downgrade(&conn));
         start_sweeper(&self.shared);
@@ -327,7 +326,6 @@ struct Conn {
     /// The running timeout and when it expires (reactor time).
     deadline: Cell<Option<(TimerKind, Duration)>>,
     producer: Cell<bool>,
-    out: RefCell<Vec<u8>>,
 }
 
 /// Pull producer registered while a body streams: the transport asks for
@@ -344,7 +342,12 @@ impl Producer for ConnProducer {
     fn stop_producing(&self) {}
 }
 
+/// Largest output buffer kept for reuse.
+const SPARE_OUT_MAX: usize = 64 * 1024;
+
 thread_local! {
+    /// One output buffer per thread, lent to the connection writing responses.
+    static SPARE_OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
@@ -409,7 +412,15 @@ impl Conn {
         if self.closed.get() {
             return;
         }
-        set_http_date(&mut self.machine.borrow_mut());
+        {
+            let mut m = self.machine.borrow_mut();
+            set_http_date(&mut m);
+            // Responses are written into the thread's spare output buffer
+            // (not a buffer of the connection's own, grown again for every batch).
+            if !m.has_output() {
+                SPARE_OUT.with(|s| m.swap_output(&mut s.borrow_mut()));
+            }
+        }
         // 1. Requests and their bodies.
         if !self.closing.get() {
             for _ in 0..256 {
@@ -425,6 +436,7 @@ impl Conn {
         self.write_responses();
         // 3. Bytes out.
         self.flush();
+        self.lend_back_output();
         // 4. Closing.
         let should_close = self.machine.borrow().should_close();
         let drain_now = self.shared.draining.get()
@@ -454,11 +466,6 @@ impl Conn {
             let mut slots = self.slots.borrow_mut();
             if slots.is_empty() && slots.capacity() > 0 {
                 *slots = VecDeque::new();
-            }
-            drop(slots);
-            let mut out = self.out.borrow_mut();
-            if out.capacity() > 0 {
-                *out = Vec::new();
             }
         }
     }
@@ -545,15 +552,16 @@ impl Conn {
             })
         });
         let id = head.id;
-        self.slots.borrow_mut().push_back(Slot {
+        let slot = Slot {
             id,
             is_head: head.method == http::Method::HEAD,
             state: SlotState::Waiting,
             deferred: None,
             log,
-        });
+        };
         let postpath = request::split_path(head.uri.path());
         let Some(postpath) = postpath else {
+            self.slots.borrow_mut().push_back(slot);
             self.set_response(id, Ok(Response::error(StatusCode::BAD_REQUEST)));
             return;
         };
@@ -569,13 +577,22 @@ impl Conn {
         );
         let handler = self.shared.handler.clone();
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(req)));
-        match reply {
-            // The oldest unanswered request: straight to the machine, without
-            // parking the response in its slot first.
-            // (Requests with a body take the usual way: their body events come first.)
+        // The oldest unanswered request answered at once: straight to the
+        // machine, without queueing a slot for it at all. (Requests with a
+        // body take the usual way: their body events come first.) Nothing
+        // looks for this request's slot while the handler runs: events
+        // arriving meanwhile only mark the connection for another step.
+        let reply = match reply {
             Ok(Reply::Now(r)) if !has_body && self.machine.borrow().current() == Some(id) => {
-                self.emit(id, r)
+                self.emit(id, r, Some(slot));
+                return;
             }
+            reply => {
+                self.slots.borrow_mut().push_back(slot);
+                reply
+            }
+        };
+        match reply {
             Ok(Reply::Now(r)) => self.set_response(id, Ok(r)),
             Ok(Reply::Later(d)) => {
                 if let Some(s) = self.slots.borrow_mut().iter_mut().find(|s| s.id == id) {
@@ -639,7 +656,7 @@ impl Conn {
                     self.put_state(front, state);
                     return;
                 }
-                SlotState::Ready(resp) => self.emit(front, *resp),
+                SlotState::Ready(resp) => self.emit(front, *resp, None),
                 SlotState::Streaming(mut source) => {
                     if !self.producer.get() {
                         self.producer.set(true);
@@ -694,7 +711,7 @@ impl Conn {
                             }
                             Chunk::End => {
                                 drop(source);
-                                self.finish(front);
+                                self.finish(front, None);
                                 break;
                             }
                             Chunk::Error(f) => {
@@ -709,8 +726,10 @@ impl Conn {
         }
     }
 
-    /// Hands the response for `front` (the oldest unanswered request) to the machine.
-    fn emit(&self, front: u64, resp: Response) {
+    /// Hands the response for `front` (the oldest unanswered request) to
+    /// the machine. `own` is its slot when it was never queued (answered
+    /// at once); otherwise the slot is in the queue.
+    fn emit(&self, front: u64, resp: Response, own: Option<Slot>) {
         let Response {
             status,
             headers,
@@ -721,41 +740,59 @@ impl Conn {
             .machine
             .borrow_mut()
             .respond(front, status, &headers, len);
-        self.with_slot(front, |s| {
-            if let Some(l) = s.log.as_mut() {
-                l.status = status.as_u16();
-            }
-        });
+        crate::response::recycle_header_map(headers);
+        let mut own = own;
+        let mut log = match own.as_mut() {
+            Some(s) => s.log.take(),
+            None => self
+                .slots
+                .borrow_mut()
+                .iter_mut()
+                .find(|s| s.id == front)
+                .and_then(|s| s.log.take()),
+        };
+        if let Some(l) = log.as_mut() {
+            l.status = status.as_u16();
+        }
         if let Err(e) = r {
             self.response_refused(front, e);
             return;
         }
         match body {
-            Body::Empty => self.finish(front),
+            Body::Empty => self.finish(front, log),
             Body::Bytes(b) => {
                 let r = self.machine.borrow_mut().send_data(front, &b);
-                self.with_slot(front, |s| {
-                    if let Some(l) = s.log.as_mut() {
-                        l.bytes = b.len() as u64;
-                    }
-                });
+                if let Some(l) = log.as_mut() {
+                    l.bytes = b.len() as u64;
+                }
                 if let Err(e) = r {
                     self.response_refused(front, e);
                     return;
                 }
-                self.finish(front);
+                self.finish(front, log);
             }
             Body::Stream { source, .. } => {
-                let is_head = self
-                    .slots
-                    .borrow()
-                    .iter()
-                    .any(|s| s.id == front && s.is_head);
+                let is_head = match &own {
+                    Some(s) => s.is_head,
+                    None => self
+                        .slots
+                        .borrow()
+                        .iter()
+                        .any(|s| s.id == front && s.is_head),
+                };
                 if is_head {
                     drop(source);
-                    self.finish(front);
+                    self.finish(front, log);
+                } else if let Some(mut s) = own {
+                    // Later requests are not dispatched yet: the back is its place.
+                    s.log = log;
+                    s.state = SlotState::Streaming(source);
+                    self.slots.borrow_mut().push_back(s);
                 } else {
-                    self.put_state(front, SlotState::Streaming(source));
+                    self.with_slot(front, |s| {
+                        s.log = log;
+                        s.state = SlotState::Streaming(source);
+                    });
                 }
             }
         }
@@ -778,7 +815,9 @@ impl Conn {
         self.slots.borrow_mut().retain(|s| s.id != id);
     }
 
-    fn finish(&self, id: u64) {
+    /// Ends request `id`'s response; `log` is its access-log record when
+    /// the caller holds it (otherwise it is in the slot).
+    fn finish(&self, id: u64, log: Option<Box<LogInfo>>) {
         // Body bytes still arriving for an answered request are dropped.
         if let Some((bid, b)) = self.body.borrow().as_ref() {
             if *bid == id {
@@ -794,7 +833,7 @@ impl Conn {
             let pos = slots.iter().position(|s| s.id == id);
             pos.and_then(|p| slots.remove(p))
         };
-        if let Some(l) = slot.and_then(|s| s.log) {
+        if let Some(l) = log.or_else(|| slot.and_then(|s| s.log)) {
             access_log(&self.shared.cfg.log_name, &self.transport.peer(), &l);
         }
         if self.producer.get() {
@@ -803,16 +842,43 @@ impl Conn {
         }
     }
 
+    /// Hands the machine's output to the transport; the emptied buffer
+    /// stays with the machine for what this step still writes.
     fn flush(&self) {
-        let mut buf = std::mem::take(&mut *self.out.borrow_mut());
-        self.machine.borrow_mut().swap_output(&mut buf);
-        if !buf.is_empty() {
-            self.transport.write(&buf);
-            buf.clear();
+        let mut buf = Vec::new();
+        {
+            let mut m = self.machine.borrow_mut();
+            if !m.has_output() {
+                return;
+            }
+            m.swap_output(&mut buf);
         }
-        // Keep a small buffer for reuse; idle connections must stay small.
-        if buf.capacity() <= 4 * 1024 {
-            *self.out.borrow_mut() = buf;
+        // No borrow held while the transport runs.
+        self.transport.write(&buf);
+        buf.clear();
+        let mut m = self.machine.borrow_mut();
+        if !m.has_output() {
+            m.swap_output(&mut buf);
+        }
+    }
+
+    /// After the step's last flush the (empty) output buffer goes back to
+    /// the thread for the next connection's responses: connections hold none
+    /// between steps.
+    fn lend_back_output(&self) {
+        let mut m = self.machine.borrow_mut();
+        if m.has_output() {
+            return;
+        }
+        let mut buf = Vec::new();
+        m.swap_output(&mut buf);
+        if buf.capacity() > 0 && buf.capacity() <= SPARE_OUT_MAX {
+            SPARE_OUT.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.capacity() < buf.capacity() {
+                    *s = buf;
+                }
+            });
         }
     }
 

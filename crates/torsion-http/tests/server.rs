@@ -605,3 +605,79 @@ fn stalled_request_body_is_closed_at_body_timeout() {
         );
     });
 }
+
+/// Answers with the path and the `x-tag` header; `/later` keeps its request
+/// for 100 ms first, `/marked` adds an `x-marked` header.
+struct Tags(Reactor);
+
+impl Handler for Tags {
+    fn handle(&self, req: Request) -> Reply {
+        let answer = |req: &Request| {
+            Response::text(format!(
+                "{} {}",
+                req.path(),
+                req.header("x-tag").unwrap_or("-")
+            ))
+        };
+        match req.path() {
+            "/later" => {
+                let d = Deferred::new();
+                let d2 = d.clone();
+                self.0.call_later(Duration::from_millis(100), move || {
+                    let _ = d2.callback(answer(&req));
+                });
+                Reply::Later(d)
+            }
+            "/marked" => {
+                let mut r = answer(&req);
+                r.headers
+                    .insert("x-marked", http::HeaderValue::from_static("yes"));
+                r.into()
+            }
+            _ => answer(&req).into(),
+        }
+    }
+}
+
+#[test]
+fn kept_requests_and_reused_buffers_keep_their_own_headers() {
+    // Header values are slices of the input buffer and header maps are
+    // reused: a request kept while later ones are read into reused
+    // buffers must still see its own values, and a response must not
+    // carry fields of an earlier one.
+    with_server(
+        ServerConfig::default(),
+        |r| Tags(r.clone()),
+        |addr| {
+            let req = |path: &str, tag: &str| {
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Tag: {tag}\r\n\r\n").into_bytes()
+            };
+            let mut a = connect(addr);
+            let mut b = connect(addr);
+            let mut first = req("/later", "a-kept-while-others-come");
+            first.extend(req("/marked", "a2"));
+            first.extend(req("/plain", "a3"));
+            a.write_all(&first).unwrap();
+            let (mut abuf, mut bbuf) = (Vec::new(), Vec::new());
+            // While `/later` waits, other batches go through the same thread's buffers.
+            for i in 0..20 {
+                let mut batch = req("/marked", &format!("b{i}"));
+                batch.extend(req("/plain", &"x".repeat(i + 1)));
+                b.write_all(&batch).unwrap();
+                let m = read_response(&mut b, &mut bbuf, false);
+                assert_eq!(m.text(), format!("/marked b{i}"));
+                assert_eq!(m.header("x-marked"), Some("yes"));
+                let p = read_response(&mut b, &mut bbuf, false);
+                assert_eq!(p.text(), format!("/plain {}", "x".repeat(i + 1)));
+                assert_eq!(p.header("x-marked"), None);
+            }
+            let got: Vec<String> = (0..3)
+                .map(|_| read_response(&mut a, &mut abuf, false).text())
+                .collect();
+            assert_eq!(
+                got,
+                ["/later a-kept-while-others-come", "/marked a2", "/plain a3"]
+            );
+        },
+    );
+}
