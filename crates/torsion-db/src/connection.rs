@@ -377,6 +377,10 @@ impl ToSql for Value {
                 _ => Err(mismatch()),
             },
             Value::Text(s) if <&str as ToSql>::accepts(ty) => s.as_str().to_sql(ty, out),
+            Value::Text(s) if crate::pgtypes::handles(ty) => {
+                crate::pgtypes::encode(ty, s, out)?;
+                Ok(IsNull::No)
+            }
             Value::Blob(b) if *ty == Type::BYTEA => b.as_slice().to_sql(ty, out),
             Value::Bool(b) if *ty == Type::BOOL => b.to_sql(ty, out),
             _ => Err(mismatch()),
@@ -421,7 +425,10 @@ fn with_sources(e: &dyn std::error::Error) -> String {
 fn pg_error(client: &postgres::Client, e: &postgres::Error) -> DbError {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if s.is::<ParamTypeError>() || s.is::<std::num::TryFromIntError>() {
+        if s.is::<ParamTypeError>()
+            || s.is::<std::num::TryFromIntError>()
+            || s.is::<crate::pgtypes::TextValueError>()
+        {
             return DbError::Param {
                 message: with_sources(e),
             };
@@ -476,6 +483,11 @@ fn pg_row(r: &postgres::Row, columns: &Arc<[String]>) -> Result<Row, DbError> {
             ref t if <String as postgres::types::FromSql>::accepts(t) => {
                 r.try_get::<_, Option<String>>(i).map_err(err)?.into()
             }
+            ref t if crate::pgtypes::handles(t) => r
+                .try_get::<_, Option<crate::pgtypes::PgText>>(i)
+                .map_err(err)?
+                .map(|t| t.0)
+                .into(),
             ref t => {
                 return Err(DbError::UnsupportedType {
                     column: col.name().to_string(),

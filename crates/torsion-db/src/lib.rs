@@ -34,6 +34,7 @@
 
 mod connection;
 mod error;
+mod pgtypes;
 mod value;
 
 use std::cell::RefCell;

@@ -5,6 +5,10 @@ use std::sync::Arc;
 use crate::error::RowError;
 
 /// A database value: what parameters are bound as and what rows hold.
+///
+/// PostgreSQL's `uuid`, `json`, `jsonb`, `numeric`, `date`, `time`,
+/// `timestamp` and `timestamptz` travel as [`Value::Text`] in both
+/// directions (see the crate README for the formats).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// SQL NULL.

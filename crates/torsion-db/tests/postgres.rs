@@ -95,7 +95,7 @@ fn parameter_type_mismatch_is_a_param_error() {
     .unwrap_err();
     assert!(matches!(db_error(&err), DbError::Param { .. }), "{err}");
     // Columns of types we do not map come back as a typed error.
-    let err = wait(&reactor, db.run_query("SELECT now() AS t", params![])).unwrap_err();
+    let err = wait(&reactor, db.run_query("SELECT point(1, 2) AS t", params![])).unwrap_err();
     assert!(
         matches!(db_error(&err), DbError::UnsupportedType { .. }),
         "{err}"
@@ -257,5 +257,148 @@ fn an_aborted_transaction_is_not_reported_as_committed() {
     .unwrap();
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0).unwrap()).collect();
     assert_eq!(ids, vec![2]);
+    drop_table(&reactor, &db, &t);
+}
+
+/// uuid, json, jsonb, numeric, date, time, timestamp and timestamptz are
+/// bound from and read as text. The server is the reference: what it stores
+/// from our binary encoding and prints with its own `::text` must equal what
+/// we decode, and both must mean the value we sent.
+#[test]
+fn uuid_json_numeric_and_time_types_map_to_text() {
+    use torsion_db::Value;
+    let reactor = Reactor::new().unwrap();
+    let db = ConnectionPool::new(&reactor, pg(), PoolOptions::default());
+    let t = table("texttypes");
+    wait(
+        &reactor,
+        db.run_operation(
+            format!(
+                "CREATE TABLE {t} (k int PRIMARY KEY, u uuid, j json, jb jsonb, n numeric, \
+                 d date, tm time, ts timestamp, tz timestamptz)"
+            ),
+            params![],
+        ),
+    )
+    .unwrap();
+    let rows_in: [[&str; 8]; 3] = [
+        [
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            r#"{"a": [1, 2]}"#,
+            r#"{"b": 2, "a": 1}"#,
+            "-12345.678900",
+            "2024-02-29",
+            "23:59:59.123456",
+            "2026-11-25 16:30:00.5",
+            "2026-11-25 18:30:00+02",
+        ],
+        [
+            "00000000000000000000000000000000",
+            "[]",
+            "null",
+            "0.0001",
+            "1999-12-31",
+            "00:00:00",
+            "1970-01-01 00:00:00",
+            "1969-12-31T23:59:59.999999Z",
+        ],
+        [
+            "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+            "1",
+            "[1, \"x\"]",
+            "NaN",
+            "infinity",
+            "12:00",
+            "-infinity",
+            "2000-01-01 00:00:00-08:30",
+        ],
+    ];
+    for (k, r) in rows_in.iter().enumerate() {
+        let mut p = params![k as i64];
+        p.extend(r.iter().map(|v| Value::from(*v)));
+        wait(
+            &reactor,
+            db.run_operation(
+                format!("INSERT INTO {t} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+                p,
+            ),
+        )
+        .unwrap();
+    }
+    wait(
+        &reactor,
+        db.run_operation(format!("INSERT INTO {t} (k) VALUES (3)"), params![]),
+    )
+    .unwrap();
+    let rows = wait(
+        &reactor,
+        db.run_query(
+            format!(
+                "SELECT u, u::text, j, j::text, jb, jb::text, n, n::text, d, d::text, \
+                 tm, tm::text, ts, ts::text, tz, \
+                 CASE WHEN isfinite(tz) THEN (tz AT TIME ZONE 'UTC')::text || '+00' \
+                      ELSE tz::text END \
+                 FROM {t} ORDER BY k"
+            ),
+            params![],
+        ),
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 4);
+    for (k, row) in rows.iter().take(3).enumerate() {
+        for col in 0..8 {
+            let ours = row.get::<String, _>(2 * col).unwrap();
+            let server = row.get::<String, _>(2 * col + 1).unwrap();
+            assert_eq!(ours, server, "row {k}, column {col}");
+        }
+    }
+    // And they mean what was sent.
+    let first: Vec<String> = (0..8).map(|c| rows[0].get(2 * c).unwrap()).collect();
+    assert_eq!(
+        first,
+        [
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            r#"{"a": [1, 2]}"#,
+            r#"{"a": 1, "b": 2}"#,
+            "-12345.678900",
+            "2024-02-29",
+            "23:59:59.123456",
+            "2026-11-25 16:30:00.5",
+            "2026-11-25 16:30:00+00",
+        ]
+    );
+    assert_eq!(
+        rows[1].get::<String, _>(14).unwrap(),
+        "1969-12-31 23:59:59.999999+00"
+    );
+    assert_eq!(
+        rows[2].get::<String, _>(0).unwrap(),
+        "ffffffff-ffff-ffff-ffff-ffffffffffff"
+    );
+    assert_eq!(
+        rows[2].get::<String, _>(14).unwrap(),
+        "2000-01-01 08:30:00+00"
+    );
+    // NULLs of these types are NULL.
+    for col in 0..8 {
+        assert_eq!(
+            rows[3].value(2 * col).unwrap(),
+            &Value::Null,
+            "column {col}"
+        );
+    }
+    // A malformed value is a parameter error naming the problem.
+    let err = wait(
+        &reactor,
+        db.run_operation(
+            format!("INSERT INTO {t} (k, u) VALUES (9, $1)"),
+            params!["not-a-uuid"],
+        ),
+    )
+    .unwrap_err();
+    match db_error(&err) {
+        DbError::Param { message } => assert!(message.contains("not a uuid"), "{message}"),
+        other => panic!("expected a parameter error, got {other:?}"),
+    }
     drop_table(&reactor, &db, &t);
 }
