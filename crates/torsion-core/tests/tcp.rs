@@ -561,9 +561,9 @@ impl Protocol for Reverser {
     }
 }
 
-#[test]
-fn half_close_from_a_torsion_client() {
-    let reactor = Reactor::new().unwrap();
+/// Starts a [`Reverser`] server on 127.0.0.1:0; returns its address and the
+/// events its connections record.
+fn reverser_server(reactor: &Reactor) -> (std::net::SocketAddr, Rc<RefCell<Vec<String>>>) {
     let events = Rc::new(RefCell::new(Vec::new()));
     let ev = events.clone();
     let addr = reactor
@@ -577,6 +577,13 @@ fn half_close_from_a_torsion_client() {
         )
         .unwrap()
         .local_addr();
+    (addr, events)
+}
+
+#[test]
+fn half_close_from_a_torsion_client() {
+    let reactor = Reactor::new().unwrap();
+    let (addr, events) = reverser_server(&reactor);
     let (p, log) = AccumulatingProtocol::half_closeable();
     let slot = RefCell::new(Some(p));
     let (f, outcome) = recording(
@@ -671,20 +678,8 @@ print(data.decode())
 #[test]
 fn half_close_from_a_python_peer() {
     let reactor = Reactor::new().unwrap();
-    let events = Rc::new(RefCell::new(Vec::new()));
-    let ev = events.clone();
-    let port = reactor
-        .listen_tcp(
-            any_local(),
-            factory_fn(move || Reverser {
-                t: None,
-                got: Vec::new(),
-                events: ev.clone(),
-            }),
-        )
-        .unwrap()
-        .local_addr()
-        .port();
+    let (addr, events) = reverser_server(&reactor);
+    let port = addr.port();
     let Some((ok, out, err)) = wait_thread(&reactor, python(PY_HALF_CLOSE, port)) else {
         panic!("python3 is required (scripts/apt.d/core.txt)");
     };
@@ -1339,19 +1334,7 @@ fn paused_eof(size: u32) {
 #[test]
 fn large_upload_then_half_close_is_fully_read() {
     let reactor = Reactor::new().unwrap();
-    let events = Rc::new(RefCell::new(Vec::new()));
-    let ev = events.clone();
-    let addr = reactor
-        .listen_tcp(
-            any_local(),
-            factory_fn(move || Reverser {
-                t: None,
-                got: Vec::new(),
-                events: ev.clone(),
-            }),
-        )
-        .unwrap()
-        .local_addr();
+    let (addr, events) = reverser_server(&reactor);
     let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
     let expected: Vec<u8> = big.iter().rev().copied().chain(*b"|done").collect();
     let peer = std::thread::spawn(move || {
