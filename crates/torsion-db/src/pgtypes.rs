@@ -123,26 +123,19 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<String, BoxError> {
         }
         Type::TIMESTAMP | Type::TIMESTAMPTZ => {
             let us = be_i64(raw)?;
-            let mut s = match us {
+            match us {
                 i64::MAX => return Ok("infinity".into()),
                 i64::MIN => return Ok("-infinity".into()),
-                _ => {
-                    let days = us.div_euclid(MICROS_PER_DAY);
-                    let rest = us.rem_euclid(MICROS_PER_DAY);
-                    let mut s = format_date(days + UNIX_TO_PG_DAYS);
-                    s.push(' ');
-                    s.push_str(&format_time(rest));
-                    s
-                }
-            };
-            if *ty == Type::TIMESTAMPTZ {
-                // Keep a BC suffix last, as PostgreSQL prints it.
-                match s.strip_suffix(" BC") {
-                    Some(head) => s = format!("{head}+00 BC"),
-                    None => s.push_str("+00"),
-                }
+                _ => {}
             }
-            Ok(s)
+            let date = format_date(us.div_euclid(MICROS_PER_DAY) + UNIX_TO_PG_DAYS);
+            let time = format_time(us.rem_euclid(MICROS_PER_DAY));
+            let zone = if *ty == Type::TIMESTAMPTZ { "+00" } else { "" };
+            // PostgreSQL puts the era last: `0044-03-15 12:00:00+00 BC`.
+            Ok(match date.strip_suffix(" BC") {
+                Some(d) => format!("{d} {time}{zone} BC"),
+                None => format!("{date} {time}{zone}"),
+            })
         }
         _ => Err(err(format!("type {} is not decoded as text", ty.name()))),
     }
@@ -316,13 +309,22 @@ fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, BoxError> {
     s.parse().map_err(|_| err(format!("bad {what}: {s:?}")))
 }
 
-/// `YYYY-MM-DD` → days since 1970-01-01.
+/// `YYYY-MM-DD[ BC]` → days since 1970-01-01.
 fn parse_date(s: &str) -> Result<i64, BoxError> {
+    let (s, bc) = match s.strip_suffix(" BC") {
+        Some(d) => (d, true),
+        None => (s, false),
+    };
     let mut it = s.splitn(3, '-');
     let (Some(y), Some(m), Some(d)) = (it.next(), it.next(), it.next()) else {
         return Err(err(format!("not a date (YYYY-MM-DD): {s:?}")));
     };
     let (y, m, d): (i64, u32, u32) = (number(y, "year")?, number(m, "month")?, number(d, "day")?);
+    if bc && y == 0 {
+        return Err(err(format!("there is no year 0 BC: {s:?}")));
+    }
+    // Year 1 BC is the proleptic year 0.
+    let y = if bc { 1 - y } else { y };
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let days_in_month = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -370,11 +372,19 @@ fn parse_time(s: &str) -> Result<i64, BoxError> {
 /// `YYYY-MM-DD[ T]HH:MM[:SS[.f]]` with, for `timestamptz`, an optional `Z`
 /// or `±HH[:MM]` offset (none means UTC) → microseconds since 2000-01-01.
 fn parse_timestamp(s: &str, with_zone: bool) -> Result<i64, BoxError> {
-    let (date, rest) = match s.find([' ', 'T']) {
-        Some(i) => (&s[..i], &s[i + 1..]),
-        None => (s, "00:00"),
+    let (body, bc) = match s.strip_suffix(" BC") {
+        Some(b) => (b, true),
+        None => (s, false),
     };
-    let days = parse_date(date)? - UNIX_TO_PG_DAYS;
+    let (date, rest) = match body.find([' ', 'T']) {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (body, "00:00"),
+    };
+    let days = if bc {
+        parse_date(&format!("{date} BC"))?
+    } else {
+        parse_date(date)?
+    } - UNIX_TO_PG_DAYS;
     let (time, offset_us) = split_offset(rest)?;
     if offset_us.is_some() && !with_zone {
         return Err(err(format!(
@@ -526,6 +536,13 @@ mod tests {
         assert_eq!(round(Type::DATE, "1969-12-31"), "1969-12-31");
         assert_eq!(round(Type::DATE, "2024-02-29"), "2024-02-29");
         assert_eq!(round(Type::DATE, "infinity"), "infinity");
+        assert_eq!(round(Type::DATE, "0044-03-15 BC"), "0044-03-15 BC");
+        assert_eq!(round(Type::DATE, "0001-01-01 BC"), "0001-01-01 BC");
+        assert!(encode(&Type::DATE, "0000-01-01 BC", &mut BytesMut::new()).is_err());
+        assert_eq!(
+            round(Type::TIMESTAMPTZ, "0044-03-15 12:00:00.25+00 BC"),
+            "0044-03-15 12:00:00.25+00 BC"
+        );
         assert_eq!(round(Type::TIME, "23:59:59.5"), "23:59:59.5");
         assert_eq!(round(Type::TIME, "07:05"), "07:05:00");
         assert_eq!(
@@ -558,6 +575,67 @@ mod tests {
             &mut BytesMut::new()
         )
         .is_err());
+    }
+
+    const TYPES: [Type; 8] = [
+        Type::UUID,
+        Type::JSON,
+        Type::JSONB,
+        Type::NUMERIC,
+        Type::DATE,
+        Type::TIME,
+        Type::TIMESTAMP,
+        Type::TIMESTAMPTZ,
+    ];
+
+    proptest::proptest! {
+        // What a server (or anything posing as one) sends is decoded to a
+        // value or a typed error, never a panic; so is any text a caller binds.
+        #[test]
+        fn arbitrary_bytes_and_text_never_panic(
+            t in 0usize..8,
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            text in ".{0,40}",
+        ) {
+            let ty = &TYPES[t];
+            let _ = decode(ty, &raw);
+            let _ = encode(ty, &text, &mut BytesMut::new());
+        }
+
+        // Decimal text survives the binary form exactly (sign, leading
+        // zeros dropped, scale kept).
+        #[test]
+        fn decimal_text_round_trips(
+            neg in proptest::bool::ANY,
+            int in "[0-9]{0,30}",
+            frac in "[0-9]{0,30}",
+        ) {
+            proptest::prop_assume!(!(int.is_empty() && frac.is_empty()));
+            let text = format!("{}{int}{}{frac}", if neg { "-" } else { "" }, if frac.is_empty() { "" } else { "." });
+            let mut canon = int.trim_start_matches('0').to_string();
+            if canon.is_empty() {
+                canon.push('0');
+            }
+            if !frac.is_empty() {
+                canon = format!("{canon}.{frac}");
+            }
+            let is_zero = !int.bytes().chain(frac.bytes()).any(|b| b != b'0');
+            if neg && !is_zero {
+                canon.insert(0, '-');
+            }
+            proptest::prop_assert_eq!(round(Type::NUMERIC, &text), canon);
+        }
+
+        // Every instant within ±3000 years at microsecond precision comes back.
+        #[test]
+        fn timestamps_round_trip(us in -94_000_000_000_000_000i64..31_000_000_000_000_000i64) {
+            let mut b = BytesMut::new();
+            b.put_i64(us);
+            let text = decode(&Type::TIMESTAMP, &b).unwrap();
+            let mut back = BytesMut::new();
+            encode(&Type::TIMESTAMP, &text, &mut back).unwrap();
+            proptest::prop_assert_eq!(&back[..], &b[..]);
+        }
     }
 
     #[test]

@@ -281,7 +281,7 @@ fn uuid_json_numeric_and_time_types_map_to_text() {
         ),
     )
     .unwrap();
-    let rows_in: [[&str; 8]; 3] = [
+    let rows_in: [[&str; 8]; 4] = [
         [
             "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
             r#"{"a": [1, 2]}"#,
@@ -312,6 +312,16 @@ fn uuid_json_numeric_and_time_types_map_to_text() {
             "-infinity",
             "2000-01-01 00:00:00-08:30",
         ],
+        [
+            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "{}",
+            "{}",
+            "-0.5",
+            "0044-03-15 BC",
+            "24:00:00",
+            "0044-03-15 12:00:00.25 BC",
+            "0001-01-01 00:00:00+00 BC",
+        ],
     ];
     for (k, r) in rows_in.iter().enumerate() {
         let mut p = params![k as i64];
@@ -327,25 +337,24 @@ fn uuid_json_numeric_and_time_types_map_to_text() {
     }
     wait(
         &reactor,
-        db.run_operation(format!("INSERT INTO {t} (k) VALUES (3)"), params![]),
+        db.run_operation(format!("INSERT INTO {t} (k) VALUES (4)"), params![]),
     )
     .unwrap();
+    // The server prints timestamptz in the session's zone: UTC here, as we do.
+    let select = format!(
+        "SELECT u, u::text, j, j::text, jb, jb::text, n, n::text, d, d::text, \
+         tm, tm::text, ts, ts::text, tz, tz::text FROM {t} ORDER BY k"
+    );
     let rows = wait(
         &reactor,
-        db.run_query(
-            format!(
-                "SELECT u, u::text, j, j::text, jb, jb::text, n, n::text, d, d::text, \
-                 tm, tm::text, ts, ts::text, tz, \
-                 CASE WHEN isfinite(tz) THEN (tz AT TIME ZONE 'UTC')::text || '+00' \
-                      ELSE tz::text END \
-                 FROM {t} ORDER BY k"
-            ),
-            params![],
-        ),
+        db.run_interaction(move |txn| {
+            txn.execute("SET LOCAL TIME ZONE 'UTC'", &[])?;
+            Ok(txn.query(&select, &[])?)
+        }),
     )
     .unwrap();
-    assert_eq!(rows.len(), 4);
-    for (k, row) in rows.iter().take(3).enumerate() {
+    assert_eq!(rows.len(), 5);
+    for (k, row) in rows.iter().take(4).enumerate() {
         for col in 0..8 {
             let ours = row.get::<String, _>(2 * col).unwrap();
             let server = row.get::<String, _>(2 * col + 1).unwrap();
@@ -379,10 +388,14 @@ fn uuid_json_numeric_and_time_types_map_to_text() {
         rows[2].get::<String, _>(14).unwrap(),
         "2000-01-01 08:30:00+00"
     );
+    assert_eq!(
+        rows[3].get::<String, _>(12).unwrap(),
+        "0044-03-15 12:00:00.25 BC"
+    );
     // NULLs of these types are NULL.
     for col in 0..8 {
         assert_eq!(
-            rows[3].value(2 * col).unwrap(),
+            rows[4].value(2 * col).unwrap(),
             &Value::Null,
             "column {col}"
         );
