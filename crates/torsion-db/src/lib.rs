@@ -35,6 +35,20 @@
 mod connection;
 mod error;
 mod pgtypes;
+
+/// Entry points for the fuzz targets in `/fuzz` (built only with
+/// `--cfg fuzzing`, which cargo-fuzz sets): not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes `raw` as the binary form of the `kind`-th type carried as text
+    /// (uuid, json, jsonb, numeric, date, time, timestamp, timestamptz) and,
+    /// when that succeeds, checks that the text encodes back to a value that
+    /// decodes to the same text.
+    pub fn pg_text_round_trip(kind: u8, raw: &[u8]) {
+        crate::pgtypes::fuzz_round_trip(kind, raw)
+    }
+}
 mod value;
 
 use std::cell::RefCell;

@@ -89,6 +89,13 @@ fn utf8(b: &[u8]) -> Result<String, BoxError> {
 /// Days since 2000-01-01, PostgreSQL's epoch, of 1970-01-01.
 const UNIX_TO_PG_DAYS: i64 = 10_957;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// PostgreSQL's own limits (relative to 2000-01-01): dates from 4714-11-24
+/// BC to 5874897-12-31, timestamps from 4714-11-24 BC up to 294277-01-01.
+/// Values outside them never come from a server and are refused both ways.
+const PG_DATE_MIN: i64 = -2_451_545;
+const PG_DATE_END: i64 = 2_145_031_949;
+const PG_TIMESTAMP_MIN: i64 = -211_813_488_000_000_000;
+const PG_TIMESTAMP_END: i64 = 9_223_371_331_200_000_000;
 
 fn decode(ty: &Type, raw: &[u8]) -> Result<String, BoxError> {
     match *ty {
@@ -112,7 +119,10 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<String, BoxError> {
         Type::DATE => match be_i32(raw)? {
             i32::MAX => Ok("infinity".into()),
             i32::MIN => Ok("-infinity".into()),
-            d => Ok(format_date(i64::from(d) + UNIX_TO_PG_DAYS)),
+            d if (PG_DATE_MIN..PG_DATE_END).contains(&i64::from(d)) => {
+                Ok(format_date(i64::from(d) + UNIX_TO_PG_DAYS))
+            }
+            _ => Err(err("date out of PostgreSQL's range")),
         },
         Type::TIME => {
             let us = be_i64(raw)?;
@@ -126,6 +136,9 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<String, BoxError> {
             match us {
                 i64::MAX => return Ok("infinity".into()),
                 i64::MIN => return Ok("-infinity".into()),
+                t if !(PG_TIMESTAMP_MIN..PG_TIMESTAMP_END).contains(&t) => {
+                    return Err(err("timestamp out of PostgreSQL's range"))
+                }
                 _ => {}
             }
             let date = format_date(us.div_euclid(MICROS_PER_DAY) + UNIX_TO_PG_DAYS);
@@ -210,6 +223,9 @@ fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
     let (Ok(ndigits), Ok(dscale)) = (usize::try_from(ndigits), usize::try_from(dscale)) else {
         return Err(err("invalid numeric header"));
     };
+    if raw.len() != 8 + 2 * ndigits {
+        return Err(err("numeric length does not match its digit count"));
+    }
     let mut digits = Vec::with_capacity(ndigits);
     for i in 0..ndigits {
         let d = be_i16(raw, 8 + 2 * i)?;
@@ -225,20 +241,23 @@ fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
             .unwrap_or(0)
     };
     let mut s = String::new();
-    if sign == NUMERIC_NEG && digits.iter().any(|d| *d != 0) {
-        s.push('-');
-    }
-    if weight < 0 {
-        s.push('0');
-    } else {
-        for i in 0..=weight {
-            if i == 0 {
-                let _ = write!(s, "{}", digit(i));
-            } else {
-                let _ = write!(s, "{:04}", digit(i));
+    // The integer part: the first non-zero base-10000 digit unpadded, the
+    // rest padded to four; "0" when there is none.
+    let mut int = String::new();
+    for i in 0..=weight {
+        let d = digit(i);
+        if int.is_empty() {
+            if d != 0 {
+                let _ = write!(int, "{d}");
             }
+        } else {
+            let _ = write!(int, "{d:04}");
         }
     }
+    if int.is_empty() {
+        int.push('0');
+    }
+    s.push_str(&int);
     if dscale > 0 {
         let mut frac = String::with_capacity(dscale + 4);
         let mut i = weight + 1;
@@ -249,6 +268,11 @@ fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
         frac.truncate(dscale);
         s.push('.');
         s.push_str(&frac);
+    }
+    // A minus only before a value that shows a non-zero digit (digits past
+    // the display scale, which PostgreSQL never sends, do not count).
+    if sign == NUMERIC_NEG && s.bytes().any(|b| matches!(b, b'1'..=b'9')) {
+        s.insert(0, '-');
     }
     Ok(s)
 }
@@ -286,6 +310,12 @@ pub(crate) fn encode(ty: &Type, text: &str, out: &mut BytesMut) -> Result<(), Bo
                 "-infinity" => i64::from(i32::MIN),
                 _ => parse_date(text)? - UNIX_TO_PG_DAYS,
             };
+            let in_range = (PG_DATE_MIN..PG_DATE_END).contains(&days)
+                || days == i64::from(i32::MAX)
+                || days == i64::from(i32::MIN);
+            if !in_range {
+                return Err(err(format!("date out of PostgreSQL's range: {text:?}")));
+            }
             out.put_i32(i32::try_from(days).map_err(|_| err("date out of range"))?);
         }
         Type::TIME => out.put_i64(parse_time(text)?),
@@ -295,6 +325,14 @@ pub(crate) fn encode(ty: &Type, text: &str, out: &mut BytesMut) -> Result<(), Bo
                 "-infinity" => i64::MIN,
                 _ => parse_timestamp(text, *ty == Type::TIMESTAMPTZ)?,
             };
+            if !(PG_TIMESTAMP_MIN..PG_TIMESTAMP_END).contains(&us)
+                && us != i64::MAX
+                && us != i64::MIN
+            {
+                return Err(err(format!(
+                    "timestamp out of PostgreSQL's range: {text:?}"
+                )));
+            }
             out.put_i64(us);
         }
         _ => return Err(err(format!("type {} is not encoded from text", ty.name()))),
@@ -490,6 +528,28 @@ fn encode_numeric(text: &str, out: &mut BytesMut) -> Result<(), BoxError> {
         out.put_i16(d);
     }
     Ok(())
+}
+
+/// For the fuzz target: decode arbitrary bytes, and re-encode what decodes.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_round_trip(kind: u8, raw: &[u8]) {
+    const TYPES: [Type; 8] = [
+        Type::UUID,
+        Type::JSON,
+        Type::JSONB,
+        Type::NUMERIC,
+        Type::DATE,
+        Type::TIME,
+        Type::TIMESTAMP,
+        Type::TIMESTAMPTZ,
+    ];
+    let ty = &TYPES[usize::from(kind) % TYPES.len()];
+    let Ok(text) = decode(ty, raw) else { return };
+    let mut again = BytesMut::new();
+    // Text we print must be text we accept, meaning the same value (the
+    // bytes may differ: e.g. a numeric's unnormalised digits).
+    encode(ty, &text, &mut again).unwrap_or_else(|e| panic!("{text:?} does not encode: {e}"));
+    assert_eq!(decode(ty, &again).ok().as_deref(), Some(text.as_str()));
 }
 
 #[cfg(test)]
