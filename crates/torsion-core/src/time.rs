@@ -264,3 +264,40 @@ impl DelayedCall {
         Some(d)
     }
 }
+
+/// The proleptic Gregorian date `(year, month, day)` of a day counted from
+/// 1970-01-01 (negative before it; year 0 is 1 BC). Protocols that print
+/// dates (HTTP logs, database values) share this rather than each carrying
+/// a copy of the arithmetic (Howard Hinnant's `civil_from_days`).
+///
+/// ```
+/// use torsion_core::time::{civil_from_days, days_from_civil};
+/// assert_eq!(civil_from_days(0), (1970, 1, 1));
+/// assert_eq!(civil_from_days(-1), (1969, 12, 31));
+/// assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+/// assert_eq!(civil_from_days(days_from_civil(-43, 3, 15)), (-43, 3, 15));
+/// ```
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Days from 1970-01-01 of the proleptic Gregorian date `(year, month,
+/// day)`; the inverse of [`civil_from_days`]. The date is not validated.
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}

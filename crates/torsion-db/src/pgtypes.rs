@@ -15,22 +15,25 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut, BytesMut};
 use postgres::types::{FromSql, Type};
+use torsion_core::time::{civil_from_days, days_from_civil};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
 /// The types this module maps to and from text.
+const TEXT_TYPES: [Type; 8] = [
+    Type::UUID,
+    Type::JSON,
+    Type::JSONB,
+    Type::NUMERIC,
+    Type::DATE,
+    Type::TIME,
+    Type::TIMESTAMP,
+    Type::TIMESTAMPTZ,
+];
+
+/// Whether `ty` is one of the types this module maps to and from text.
 pub(crate) fn handles(ty: &Type) -> bool {
-    matches!(
-        *ty,
-        Type::UUID
-            | Type::JSON
-            | Type::JSONB
-            | Type::NUMERIC
-            | Type::DATE
-            | Type::TIME
-            | Type::TIMESTAMP
-            | Type::TIMESTAMPTZ
-    )
+    TEXT_TYPES.contains(ty)
 }
 
 /// A column of one of the [`handles`] types, decoded to text.
@@ -175,30 +178,6 @@ fn format_time(us: i64) -> String {
         s.push_str(f.trim_end_matches('0'));
     }
     s
-}
-
-// Howard Hinnant's proleptic Gregorian conversions (days from 1970-01-01).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 const NUMERIC_NEG: u16 = 0x4000;
@@ -533,17 +512,7 @@ fn encode_numeric(text: &str, out: &mut BytesMut) -> Result<(), BoxError> {
 /// For the fuzz target: decode arbitrary bytes, and re-encode what decodes.
 #[cfg(fuzzing)]
 pub(crate) fn fuzz_round_trip(kind: u8, raw: &[u8]) {
-    const TYPES: [Type; 8] = [
-        Type::UUID,
-        Type::JSON,
-        Type::JSONB,
-        Type::NUMERIC,
-        Type::DATE,
-        Type::TIME,
-        Type::TIMESTAMP,
-        Type::TIMESTAMPTZ,
-    ];
-    let ty = &TYPES[usize::from(kind) % TYPES.len()];
+    let ty = &TEXT_TYPES[usize::from(kind) % TEXT_TYPES.len()];
     let Ok(text) = decode(ty, raw) else { return };
     let mut again = BytesMut::new();
     // Text we print must be text we accept, meaning the same value (the
@@ -637,17 +606,6 @@ mod tests {
         .is_err());
     }
 
-    const TYPES: [Type; 8] = [
-        Type::UUID,
-        Type::JSON,
-        Type::JSONB,
-        Type::NUMERIC,
-        Type::DATE,
-        Type::TIME,
-        Type::TIMESTAMP,
-        Type::TIMESTAMPTZ,
-    ];
-
     proptest::proptest! {
         // What a server (or anything posing as one) sends is decoded to a
         // value or a typed error, never a panic; so is any text a caller binds.
@@ -657,7 +615,7 @@ mod tests {
             raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
             text in ".{0,40}",
         ) {
-            let ty = &TYPES[t];
+            let ty = &TEXT_TYPES[t];
             let _ = decode(ty, &raw);
             let _ = encode(ty, &text, &mut BytesMut::new());
         }
