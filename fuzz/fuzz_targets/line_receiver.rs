@@ -7,7 +7,9 @@ use torsion_core::basic::{LineReceiver, Next};
 const MAX: usize = 64;
 
 fn run(data: &[u8], step: usize) -> (Vec<Vec<u8>>, bool) {
-    let mut r = LineReceiver::new().with_delimiter(b"\r\n").with_max_length(MAX);
+    let mut r = LineReceiver::new()
+        .with_delimiter(b"\r\n")
+        .with_max_length(MAX);
     let mut lines = Vec::new();
     let mut failed = false;
     for chunk in data.chunks(step.max(1)) {

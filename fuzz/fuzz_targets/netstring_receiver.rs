@@ -24,10 +24,14 @@ fuzz_target!(|input: &[u8]| {
     let Some((&first, data)) = input.split_first() else {
         return;
     };
-    assert_eq!(run(data, data.len()), run(data, usize::from(first % 13) + 1));
+    assert_eq!(
+        run(data, data.len()),
+        run(data, usize::from(first % 13) + 1)
+    );
     // Encoding round-trips.
     let mut r = NetstringReceiver::new(data.len());
     let mut back = Vec::new();
-    r.feed(&NetstringReceiver::encode(data), |s| back.push(s.to_vec())).unwrap();
+    r.feed(&NetstringReceiver::encode(data), |s| back.push(s.to_vec()))
+        .unwrap();
     assert_eq!(back, vec![data.to_vec()]);
 });
