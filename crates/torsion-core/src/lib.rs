@@ -76,7 +76,7 @@ pub use threads::{
     suggest_thread_pool_size, ThreadPool, ThreadPoolError,
 };
 pub use time::{Clock, DelayedCall, DelayedCallError};
-pub use transport::{Transport, TransportImpl, UnixCredentials};
+pub use transport::{SendFileError, Transport, TransportImpl, UnixCredentials};
 
 /// Number of open file descriptors of this process (Linux), for leak checks in tests.
 pub fn open_fd_count() -> std::io::Result<usize> {

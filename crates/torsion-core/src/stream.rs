@@ -64,6 +64,10 @@ pub(crate) trait StreamSocket: Read + Write + mio::event::Source + 'static {
     fn extension(&self, _type_id: std::any::TypeId) -> Option<Rc<dyn std::any::Any>> {
         None
     }
+    /// The descriptor `sendfile(2)` writes to, for sockets that allow it.
+    fn sendfile_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Most buffers one `writev` takes from the queue.
@@ -754,6 +758,37 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
             .borrow()
             .as_ref()
             .and_then(|s| s.extension(type_id))
+    }
+
+    fn send_file(
+        &self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Result<usize, crate::transport::SendFileError> {
+        use crate::transport::SendFileError;
+        if self.has(
+            flag::CLOSED
+                | flag::DISCONNECTING
+                | flag::WRITE_SHUT
+                | flag::WRITE_SHUT_PENDING
+                | flag::ABORTING,
+        ) || self.wbuf.borrow().len > 0
+        {
+            return Err(SendFileError::Busy);
+        }
+        // Borrowed only for the call: the descriptor cannot outlive the socket.
+        let sock = self.sock.try_borrow().map_err(|_| SendFileError::Busy)?;
+        let Some(fd) = sock.as_ref().and_then(|s| s.sendfile_fd()) else {
+            return Err(SendFileError::NotSupported(self.unsupported("sendfile")));
+        };
+        crate::sys::sendfile(fd, file, offset, len).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::Unsupported {
+                SendFileError::NotSupported(self.unsupported("sendfile"))
+            } else {
+                SendFileError::Io(e)
+            }
+        })
     }
 }
 

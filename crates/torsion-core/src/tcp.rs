@@ -49,6 +49,9 @@ impl StreamSocket for TcpStream {
                 transport: "TCP (closed)",
             })
     }
+    fn sendfile_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
 }
 
 /// Options for `listen_tcp_with`.

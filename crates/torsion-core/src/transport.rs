@@ -103,6 +103,17 @@ pub trait TransportImpl: 'static {
         let _ = type_id;
         None
     }
+    /// Sends up to `len` bytes of `file` from `offset` straight from the
+    /// kernel (`sendfile(2)`); see [`Transport::send_file`].
+    fn send_file(
+        &self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Result<usize, SendFileError> {
+        let _ = (file, offset, len);
+        Err(SendFileError::NotSupported(self.unsupported("sendfile")))
+    }
     /// The error for a query this transport cannot answer.
     fn unsupported(&self, what: &'static str) -> NotSupportedError {
         NotSupportedError {
@@ -110,6 +121,21 @@ pub trait TransportImpl: 'static {
             transport: self.kind(),
         }
     }
+}
+
+/// Why [`Transport::send_file`] sent nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendFileError {
+    /// This transport cannot hand a file to the kernel (TLS, in-memory).
+    #[error(transparent)]
+    NotSupported(NotSupportedError),
+    /// Bytes are still queued before it, or the connection is closing.
+    #[error("the transport has queued data or is closing")]
+    Busy,
+    /// `sendfile(2)` failed.
+    #[error("sendfile: {0}")]
+    Io(std::io::Error),
 }
 
 /// The handle a protocol keeps to write to its connection.
@@ -221,6 +247,35 @@ impl Transport {
     /// The transport kind ("TCP", "Unix", "TLS", "memory", ...).
     pub fn kind(&self) -> &'static str {
         self.0.kind()
+    }
+    /// Sends up to `len` bytes of `file`, starting at `offset`, from the
+    /// kernel's page cache straight to the socket (`sendfile(2)`: no copy
+    /// through user memory), and returns how many bytes the socket took —
+    /// 0 when it is full. It only sends when nothing is queued before it,
+    /// so bytes stay in order: with data still in the write buffer, or a
+    /// close under way, it answers [`SendFileError::Busy`]; a transport
+    /// that cannot (TLS, in-memory) answers
+    /// [`SendFileError::NotSupported`]. Either way, write the bytes the
+    /// ordinary way instead. An I/O error is returned as it is; the
+    /// connection learns of a broken socket on its own next read or write.
+    ///
+    /// ```no_run
+    /// # fn demo(t: &torsion_core::Transport, file: &std::fs::File) {
+    /// use torsion_core::transport::SendFileError;
+    /// match t.send_file(file, 0, 1 << 20) {
+    ///     Ok(n) => println!("the kernel took {n} bytes"),
+    ///     Err(SendFileError::Busy | SendFileError::NotSupported(_)) => { /* read and write() */ }
+    ///     Err(SendFileError::Io(e)) => eprintln!("{e}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn send_file(
+        &self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Result<usize, SendFileError> {
+        self.0.send_file(file, offset, len)
     }
     /// A transport-specific fact of type `T`, or a clear error naming what was asked.
     pub fn extension<T: Any>(&self, what: &'static str) -> Result<Rc<T>, NotSupportedError> {

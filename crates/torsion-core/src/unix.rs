@@ -279,6 +279,9 @@ impl StreamSocket for UnixSock {
                 transport: "Unix",
             })
     }
+    fn sendfile_fd(&self) -> Option<RawFd> {
+        Some(self.io.as_raw_fd())
+    }
     fn extension(&self, type_id: TypeId) -> Option<Rc<dyn Any>> {
         if type_id == TypeId::of::<UnixFdPassing>() {
             Some(Rc::new(UnixFdPassing {

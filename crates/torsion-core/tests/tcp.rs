@@ -1565,3 +1565,120 @@ fn a_flooding_connection_does_not_starve_others() {
     let sent = flood.join().unwrap();
     assert!(sent > 1 << 20, "the flood barely ran ({sent} bytes)");
 }
+
+/// `send_file` hands a file to the kernel in order with ordinary writes:
+/// refused (`Busy`) while earlier bytes are queued, then the whole file,
+/// then the bytes written after it; a transport that cannot answers
+/// `NotSupported`.
+#[test]
+fn send_file_keeps_order_with_writes_and_is_refused_while_bytes_are_queued() {
+    use torsion_core::SendFileError;
+    let dir = std::env::temp_dir().join(format!("torsion-sendfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+
+    struct Sender {
+        file: Rc<std::fs::File>,
+        len: u64,
+        reactor: Reactor,
+        busy_seen: Rc<Cell<bool>>,
+    }
+    fn pump(t: Transport, file: Rc<std::fs::File>, off: u64, len: u64, r: Reactor) {
+        let mut off = off;
+        while off < len {
+            match t.send_file(&file, off, (len - off) as usize) {
+                Ok(0) => break, // the socket is full: try again shortly
+                Ok(n) => off += n as u64,
+                Err(e) => panic!("send_file failed: {e}"),
+            }
+        }
+        if off < len {
+            let r2 = r.clone();
+            r.call_later(Duration::from_millis(1), move || {
+                pump(t, file, off, len, r2)
+            });
+            return;
+        }
+        t.write(b"|tail");
+        t.lose_connection();
+    }
+    impl Protocol for Sender {
+        fn connection_made(&mut self, t: Transport) {
+            t.write(b"head|");
+            // The head is still queued: the file must not overtake it.
+            self.busy_seen.set(matches!(
+                t.send_file(&self.file, 0, 10),
+                Err(SendFileError::Busy)
+            ));
+            let (file, len, r) = (self.file.clone(), self.len, self.reactor.clone());
+            // Next turn: the head has been flushed.
+            self.reactor.call_soon(move || pump(t, file, 0, len, r));
+        }
+        fn data_received(&mut self, _: &[u8]) {}
+    }
+
+    let reactor = Reactor::new().unwrap();
+    let file = Rc::new(std::fs::File::open(&path).unwrap());
+    let busy_seen = Rc::new(Cell::new(false));
+    let (r, f, b) = (reactor.clone(), file.clone(), busy_seen.clone());
+    let len = data.len() as u64;
+    let addr = reactor
+        .listen_tcp(
+            any_local(),
+            factory_fn(move || Sender {
+                file: f.clone(),
+                len,
+                reactor: r.clone(),
+                busy_seen: b.clone(),
+            }),
+        )
+        .unwrap()
+        .local_addr();
+    let client = std::thread::spawn(move || {
+        let mut s = StdStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        // Read slowly at first so the socket fills and send_file returns 0.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(5));
+            let n = s.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    // Turn the reactor until the client thread has read everything.
+    let client = Rc::new(RefCell::new(Some(client)));
+    let out: Rc<RefCell<Option<Vec<u8>>>> = Rc::new(RefCell::new(None));
+    let (c, o) = (client.clone(), out.clone());
+    stop_when(&reactor, move || {
+        if c.borrow().as_ref().is_some_and(|h| h.is_finished()) {
+            let h = c.borrow_mut().take().unwrap();
+            *o.borrow_mut() = Some(h.join().unwrap());
+        }
+        o.borrow().is_some()
+    });
+    run_until_stopped(&reactor, LIMIT, "file sent");
+    let got = out.borrow_mut().take().unwrap();
+    assert!(
+        busy_seen.get(),
+        "send_file with bytes queued must be refused"
+    );
+    let mut want = b"head|".to_vec();
+    want.extend_from_slice(&data);
+    want.extend_from_slice(b"|tail");
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "bytes out of order or altered");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A transport with no socket cannot.
+    let st = torsion_core::testing::StringTransport::new();
+    let t = Transport::new(st);
+    assert!(matches!(
+        t.send_file(&file, 0, 1),
+        Err(SendFileError::NotSupported(_))
+    ));
+}

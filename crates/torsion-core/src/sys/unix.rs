@@ -212,6 +212,49 @@ pub(crate) fn pidfd_open(_pid: u32) -> io::Result<OwnedFd> {
     ))
 }
 
+/// `sendfile(2)` of up to `len` bytes of `file` at `offset` to socket `out`;
+/// 0 when the socket is full (`EAGAIN`).
+#[cfg(target_os = "linux")]
+pub(crate) fn sendfile(
+    out: RawFd,
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut off = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    loop {
+        // SAFETY: both descriptors are open for the duration of the call
+        // (the caller borrows the socket and the file), and `off` is a
+        // valid out-parameter.
+        let n = unsafe { libc::sendfile(out, file.as_raw_fd(), &mut off, len) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Only Linux's `sendfile(2)` is used; elsewhere callers write the bytes.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn sendfile(
+    _out: RawFd,
+    _file: &std::fs::File,
+    _offset: u64,
+    _len: usize,
+) -> io::Result<usize> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "sendfile is used on Linux only",
+    ))
+}
+
 /// How a reaped child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WaitStatus {
