@@ -456,6 +456,24 @@ struct FileSource {
 }
 
 impl BodySource for FileSource {
+    fn file_region(&self) -> Option<(&fs::File, u64, u64)> {
+        match self.segs.front() {
+            Some(Seg::File(off, rem)) if *rem > 0 => Some((&self.file, *off, *rem)),
+            _ => None,
+        }
+    }
+
+    fn file_region_sent(&mut self, n: u64) {
+        if let Some(Seg::File(off, rem)) = self.segs.front_mut() {
+            let n = n.min(*rem);
+            *off += n;
+            *rem -= n;
+            if *rem == 0 {
+                self.segs.pop_front();
+            }
+        }
+    }
+
     fn next_chunk(&mut self, max: usize, _notify: &Notify) -> Chunk {
         loop {
             match self.segs.front_mut() {

@@ -839,6 +839,36 @@ impl ServerConn {
         Ok(())
     }
 
+    /// True when the body of response `id` may go out unframed by another
+    /// route (a `sendfile`): its head was written, it is delimited by
+    /// `Content-Length` or by the close (not chunked), and none of the
+    /// machine's output is still waiting to be taken, so nothing can be
+    /// overtaken.
+    pub fn raw_body_ready(&mut self, id: u64) -> bool {
+        if self.has_output() {
+            return false;
+        }
+        matches!(
+            self.front_for(id).map(|p| p.framing),
+            Ok(Some(Framing::Length(_) | Framing::Close))
+        )
+    }
+
+    /// Counts `n` body bytes of response `id` that the caller sent itself
+    /// after [`raw_body_ready`](Self::raw_body_ready) said it may: the same
+    /// length check as [`send_data`](Self::send_data), without the bytes.
+    pub fn note_raw_body_sent(&mut self, id: u64, n: u64) -> Result<(), SendError> {
+        let sent = self.bytes_sent_body;
+        let p = self.front_for(id)?;
+        match p.framing.ok_or(SendError::HeadNotSent)? {
+            Framing::Length(len) if sent + n > len => return Err(SendError::TooLong),
+            Framing::Length(_) | Framing::Close => {}
+            Framing::Empty | Framing::Chunked => return Err(SendError::HeadNotSent),
+        }
+        self.bytes_sent_body += n;
+        Ok(())
+    }
+
     /// Ends the current response; the next request's response may follow.
     pub fn finish(&mut self, id: u64) -> Result<(), SendError> {
         let sent = self.bytes_sent_body;

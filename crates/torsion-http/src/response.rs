@@ -51,6 +51,21 @@ pub enum Chunk {
 pub trait BodySource: 'static {
     /// The next piece, at most about `max` bytes.
     fn next_chunk(&mut self, max: usize, notify: &Notify) -> Chunk;
+
+    /// When the next bytes are a region of a file — `(file, offset, len)` —
+    /// the connection may hand them to the kernel (`sendfile`) instead of
+    /// calling [`next_chunk`](Self::next_chunk), and then reports what
+    /// went with [`file_region_sent`](Self::file_region_sent). The default:
+    /// never.
+    fn file_region(&self) -> Option<(&std::fs::File, u64, u64)> {
+        None
+    }
+
+    /// `n` bytes of the region [`file_region`](Self::file_region) offered
+    /// were sent.
+    fn file_region_sent(&mut self, n: u64) {
+        let _ = n;
+    }
 }
 
 /// A response body.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use torsion_core::{
     Address, Deferred, DelayedCall, Factory, Failure, ListeningPort, Phase, Producer, Protocol,
-    Reactor, SystemEvent, Transport,
+    Reactor, SendFileError, SystemEvent, Transport,
 };
 
 use crate::config::ServerConfig;
@@ -32,6 +32,20 @@ const STREAM_CHUNK: usize = 32 * 1024;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Pieces pulled per step before yielding to other connections.
 const STREAM_PIECES_PER_STEP: usize = 16;
+/// Most bytes handed to one `sendfile` call.
+const SENDFILE_MAX: u64 = 1 << 20;
+
+/// What an attempt to send a body's file region did.
+enum FileStep {
+    /// Bytes went out; carry on.
+    Sent,
+    /// Bytes are queued ahead: wait for the transport to pull.
+    Wait,
+    /// No file region, or the kernel took nothing: copy the bytes instead.
+    Copy,
+    /// The body or the socket failed: abort the connection.
+    Failed,
+}
 
 struct Shared {
     reactor: Reactor,
@@ -686,6 +700,19 @@ impl Conn {
                             return;
                         }
                         pieces += 1;
+                        match self.send_file_region(front, &mut source) {
+                            FileStep::Sent => continue,
+                            FileStep::Wait => {
+                                // The transport pulls again once its buffer is empty.
+                                self.put_state(front, SlotState::Streaming(source));
+                                return;
+                            }
+                            FileStep::Failed => {
+                                self.abort();
+                                return;
+                            }
+                            FileStep::Copy => {}
+                        }
                         let notify = self.notify();
                         let chunk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             source.next_chunk(STREAM_CHUNK, &notify)
@@ -901,6 +928,63 @@ impl Conn {
                 t.lose_connection();
             }
         });
+    }
+
+    /// Hands the next bytes of a file-backed body to the kernel
+    /// (`sendfile`) when the source offers a file region, the transport is
+    /// a plain socket with nothing queued, and the response is not chunked.
+    fn send_file_region(&self, front: u64, source: &mut Box<dyn BodySource>) -> FileStep {
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let Some((file, off, left)) = source.file_region() else {
+                return Ok(None);
+            };
+            if !self.machine.borrow_mut().raw_body_ready(front) {
+                return Ok(None);
+            }
+            let want = usize::try_from(left.min(SENDFILE_MAX)).unwrap_or(usize::MAX);
+            match self.transport.send_file(file, off, want) {
+                Ok(n) => Ok(Some(n as u64)),
+                Err(SendFileError::Busy) if self.transport.write_buffer_len() > 0 => {
+                    Err(FileStep::Wait)
+                }
+                Err(SendFileError::Io(e)) => {
+                    tracing::error!(peer = %self.transport.peer(), error = %e, "sendfile failed");
+                    Err(FileStep::Failed)
+                }
+                Err(_) => Ok(None),
+            }
+        }));
+        let n = match attempt {
+            Ok(Ok(Some(n))) if n > 0 => n,
+            // Nothing sent (the socket is full, or no file region): the
+            // bytes go through the write buffer, whose draining pulls again.
+            Ok(Ok(_)) => return FileStep::Copy,
+            Ok(Err(step)) => return step,
+            Err(p) => {
+                let f = Failure::from_panic(p);
+                tracing::error!(peer = %self.transport.peer(), failure = %f, "response body failed");
+                return FileStep::Failed;
+            }
+        };
+        if let Err(p) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.file_region_sent(n)))
+        {
+            let f = Failure::from_panic(p);
+            tracing::error!(peer = %self.transport.peer(), failure = %f, "response body failed");
+            return FileStep::Failed;
+        }
+        self.with_slot(front, |s| {
+            if let Some(l) = s.log.as_mut() {
+                l.bytes += n;
+            }
+        });
+        match self.machine.borrow_mut().note_raw_body_sent(front, n) {
+            Ok(()) => FileStep::Sent,
+            Err(e) => {
+                tracing::error!(peer = %self.transport.peer(), error = %e, "streamed body does not fit its response");
+                FileStep::Failed
+            }
+        }
     }
 
     fn abort(&self) {

@@ -254,3 +254,71 @@ fn gzip_for_text_types_when_enabled() {
     });
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// A large file to a client that reads slowly at first, then a pipelined
+/// request for a range of it and a small file on the same connection: the
+/// file path (`sendfile` when the socket keeps up, copies through the
+/// write buffer when it does not) keeps every byte in order.
+#[test]
+fn a_slow_reader_and_pipelined_file_responses_get_every_byte_in_order() {
+    use std::io::{Read, Write};
+    let (base, root) = fixture("slowfile");
+    let big: Vec<u8> = (0..12 << 20).map(|i: u32| (i * 31 % 253) as u8).collect();
+    std::fs::write(root.join("huge.bin"), &big).unwrap();
+    with_server(ServerConfig::default(), site(&root), move |addr| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        s.write_all(
+            b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n\
+              GET /huge.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=5000000-5999999\r\n\r\n\
+              GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        // Slowly at first: the server's socket buffer fills up.
+        for _ in 0..40 {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            let n = s.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.read_to_end(&mut got).unwrap();
+        // Three responses, back to back.
+        let mut rest = &got[..];
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let end = rest
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("a response head")
+                + 4;
+            let head = std::str::from_utf8(&rest[..end])
+                .unwrap()
+                .to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            bodies.push((
+                head.lines().next().unwrap().to_string(),
+                rest[end..end + len].to_vec(),
+            ));
+            rest = &rest[end + len..];
+        }
+        assert!(
+            rest.is_empty(),
+            "{} stray bytes after the last response",
+            rest.len()
+        );
+        assert_eq!(bodies[0].0, "http/1.1 200 ok");
+        assert!(bodies[0].1 == big, "whole file differs");
+        assert_eq!(bodies[1].0, "http/1.1 206 partial content");
+        assert!(bodies[1].1 == big[5_000_000..6_000_000], "range differs");
+        assert_eq!(bodies[2].1, b"hello world\n");
+    });
+    let _ = std::fs::remove_dir_all(base);
+}
