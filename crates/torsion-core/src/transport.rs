@@ -265,7 +265,7 @@ impl Transport {
     /// match t.send_file(file, 0, 1 << 20) {
     ///     Ok(n) => println!("the kernel took {n} bytes"),
     ///     Err(SendFileError::Busy | SendFileError::NotSupported(_)) => { /* read and write() */ }
-    ///     Err(SendFileError::Io(e)) => eprintln!("{e}"),
+    ///     Err(e) => eprintln!("{e}"),
     /// }
     /// # }
     /// ```
