@@ -13,7 +13,7 @@ use std::io;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use crate::protocol::{factory_released, Factory};
+use crate::protocol::{factory_in_use, factory_released, Factory};
 use crate::reactor::{Inner, Reactor, Source};
 use crate::time::DelayedCall;
 
@@ -40,6 +40,25 @@ impl AcceptState {
             let _ = c.cancel();
         }
     }
+}
+
+/// Registers a listening socket for its port (readable events drive the
+/// accept loop), keeps it in the port's `slot`, and counts the port as a
+/// user of its factory: the opening half shared by TCP and Unix listeners.
+pub(crate) fn open_listener<A: Acceptor, L: mio::event::Source>(
+    reactor: &Reactor,
+    port: &Rc<A>,
+    mut listener: L,
+    token: &Cell<usize>,
+    slot: &RefCell<Option<L>>,
+    factory: &Rc<dyn Factory>,
+) -> io::Result<()> {
+    let source = port.clone();
+    let key = reactor.register_source(&mut listener, mio::Interest::READABLE, move |_| source)?;
+    token.set(key);
+    *slot.borrow_mut() = Some(listener);
+    factory_in_use(&**factory);
+    Ok(())
 }
 
 /// Closes a listening socket: deregisters it, retires its token, cancels a

@@ -11,13 +11,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket};
 
-use crate::accept::{accept_some, close_listener, AcceptState, Acceptor};
+use crate::accept::{accept_some, close_listener, open_listener, AcceptState, Acceptor};
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
 use crate::error::{ConnectionError, NotSupportedError};
 use crate::failure::{catch, Failure};
-use crate::protocol::{factory_in_use, ClientFactory, Factory};
+use crate::protocol::{ClientFactory, Factory};
 use crate::reactor::{Inner, Reactor, Readiness, Source};
 use crate::stream::{Connection, StreamSocket};
 use crate::time::DelayedCall;
@@ -249,7 +249,7 @@ impl Reactor {
     ) -> io::Result<ListeningPort> {
         listener.set_nonblocking(true)?;
         let host = listener.local_addr()?;
-        let mut listener = TcpListener::from_std(listener);
+        let listener = TcpListener::from_std(listener);
         let port = Rc::new(TcpPort {
             reactor: self.downgrade(),
             token: Cell::new(usize::MAX),
@@ -258,11 +258,7 @@ impl Reactor {
             host,
             accept: AcceptState::default(),
         });
-        let source = port.clone();
-        let key = self.register_source(&mut listener, Interest::READABLE, move |_| source)?;
-        port.token.set(key);
-        *port.listener.borrow_mut() = Some(listener);
-        factory_in_use(&*factory);
+        open_listener(self, &port, listener, &port.token, &port.listener, &factory)?;
         tracing::info!(addr = %host, "listening on tcp:{}", host);
         Ok(ListeningPort { port })
     }

@@ -36,13 +36,13 @@ use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::accept::{accept_some, close_listener, AcceptState, Acceptor};
+use crate::accept::{accept_some, close_listener, open_listener, AcceptState, Acceptor};
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
 use crate::error::{ConnectionError, NotSupportedError};
 use crate::failure::{catch, Failure};
-use crate::protocol::{factory_in_use, ClientFactory, Factory};
+use crate::protocol::{ClientFactory, Factory};
 use crate::reactor::{Inner, Reactor, Readiness, Source};
 use crate::stream::{Connection, StreamSocket};
 use crate::transport::{Transport, UnixCredentials};
@@ -729,7 +729,7 @@ impl Reactor {
     /// Registers a listening socket and starts accepting on it.
     fn serve_unix_listener(
         &self,
-        mut listener: UnixListener,
+        listener: UnixListener,
         factory: Rc<dyn Factory>,
         path: UnixPath,
         owns_file: bool,
@@ -743,11 +743,7 @@ impl Reactor {
             owns_file,
             accept: AcceptState::default(),
         });
-        let source = port.clone();
-        let key = self.register_source(&mut listener, Interest::READABLE, move |_| source)?;
-        port.token.set(key);
-        *port.listener.borrow_mut() = Some(listener);
-        factory_in_use(&*factory);
+        open_listener(self, &port, listener, &port.token, &port.listener, &factory)?;
         tracing::info!(path = %path, "listening on unix:{}", path);
         Ok(UnixPort { port })
     }
