@@ -42,51 +42,66 @@ impl AcceptState {
     }
 }
 
-/// Registers a listening socket for its port (readable events drive the
-/// accept loop), keeps it in the port's `slot`, and counts the port as a
-/// user of its factory: the opening half shared by TCP and Unix listeners.
-pub(crate) fn open_listener<A: Acceptor, L: mio::event::Source>(
-    reactor: &Reactor,
-    port: &Rc<A>,
-    mut listener: L,
-    token: &Cell<usize>,
-    slot: &RefCell<Option<L>>,
-    factory: &Rc<dyn Factory>,
-) -> io::Result<()> {
-    let source = port.clone();
-    let key = reactor.register_source(&mut listener, mio::Interest::READABLE, move |_| source)?;
-    token.set(key);
-    *slot.borrow_mut() = Some(listener);
-    factory_in_use(&**factory);
-    Ok(())
+/// What every stream listener (TCP, Unix) holds: its socket while open,
+/// its token, its factory and its accept-retry state, with the opening and
+/// closing steps they share.
+pub(crate) struct Listening<L> {
+    reactor: Weak<Inner>,
+    token: Cell<usize>,
+    /// The listening socket; `None` once closed.
+    pub(crate) socket: RefCell<Option<L>>,
+    pub(crate) factory: Rc<dyn Factory>,
+    pub(crate) accept: AcceptState,
 }
 
-/// Closes a listening socket: deregisters it, retires its token, cancels a
-/// pending accept retry and tells the factory it will get no more
-/// connections. `before_stop` runs after the socket is closed and before
-/// `stop_factory` (a Unix listener removes its socket file there). Returns
-/// false, doing nothing, when the listener was already closed.
-pub(crate) fn close_listener<L: mio::event::Source>(
-    listener: &RefCell<Option<L>>,
-    reactor: &Weak<Inner>,
-    token: usize,
-    accept: &AcceptState,
-    factory: &Rc<dyn Factory>,
-    before_stop: impl FnOnce(),
-) -> bool {
-    let Some(mut l) = listener.borrow_mut().take() else {
-        return false;
-    };
-    if let Some(inner) = reactor.upgrade() {
-        let r = Reactor::from_inner(inner);
-        let _ = r.registry().deregister(&mut l);
-        r.retire_source(token);
+impl<L: mio::event::Source> Listening<L> {
+    pub(crate) fn new(reactor: &Reactor, factory: Rc<dyn Factory>) -> Self {
+        Listening {
+            reactor: reactor.downgrade(),
+            token: Cell::new(usize::MAX),
+            socket: RefCell::new(None),
+            factory,
+            accept: AcceptState::default(),
+        }
     }
-    accept.cancel();
-    drop(l);
-    before_stop();
-    factory_released(&**factory);
-    true
+
+    /// Registers `listener` for `port` (readable events drive the accept
+    /// loop), keeps it, and counts the port as a user of its factory.
+    pub(crate) fn open<A: Acceptor>(
+        &self,
+        reactor: &Reactor,
+        port: &Rc<A>,
+        mut listener: L,
+    ) -> io::Result<()> {
+        let source = port.clone();
+        let key =
+            reactor.register_source(&mut listener, mio::Interest::READABLE, move |_| source)?;
+        self.token.set(key);
+        *self.socket.borrow_mut() = Some(listener);
+        factory_in_use(&*self.factory);
+        Ok(())
+    }
+
+    /// Closes the socket: deregisters it, retires its token, cancels a
+    /// pending accept retry and tells the factory it will get no more
+    /// connections. `before_stop` runs after the socket is closed and before
+    /// `stop_factory` (a Unix listener removes its socket file there).
+    /// Returns false, doing nothing, when it was already closed.
+    pub(crate) fn close(&self, before_stop: impl FnOnce()) -> bool {
+        let Some(mut l) = self.socket.borrow_mut().take() else {
+            return false;
+        };
+        if let Some(inner) = self.reactor.upgrade() {
+            let r = Reactor::from_inner(inner);
+            let _ = r.registry().deregister(&mut l);
+            r.retire_source(self.token.get());
+        }
+        self.accept.cancel();
+        drop(l);
+        before_stop();
+        factory_released(&*self.factory);
+        true
+    }
 }
 
 /// A listener the shared loop can drive.

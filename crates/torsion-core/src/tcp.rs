@@ -11,7 +11,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket};
 
-use crate::accept::{accept_some, close_listener, open_listener, AcceptState, Acceptor};
+use crate::accept::{accept_some, AcceptState, Acceptor, Listening};
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
@@ -107,25 +107,13 @@ impl ListeningPort {
 }
 
 struct TcpPort {
-    reactor: Weak<Inner>,
-    token: Cell<usize>,
-    listener: RefCell<Option<TcpListener>>,
-    factory: Rc<dyn Factory>,
+    lis: Listening<TcpListener>,
     host: SocketAddr,
-    accept: AcceptState,
 }
 
 impl TcpPort {
     fn close(&self) {
-        let closed = close_listener(
-            &self.listener,
-            &self.reactor,
-            self.token.get(),
-            &self.accept,
-            &self.factory,
-            || {},
-        );
-        if closed {
+        if self.lis.close(|| {}) {
             tracing::info!(addr = %self.host, "stopped listening");
         }
     }
@@ -140,7 +128,7 @@ impl TcpPort {
             self.host
         };
         let peer_addr = Address::Tcp(peer);
-        let protocol = match catch(|| self.factory.build_protocol(&peer_addr)) {
+        let protocol = match catch(|| self.lis.factory.build_protocol(&peer_addr)) {
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(f) => {
@@ -159,7 +147,7 @@ impl TcpPort {
 
 impl Acceptor for TcpPort {
     fn accept_one(self: &Rc<Self>, reactor: &Reactor) -> io::Result<bool> {
-        let r = match self.listener.borrow().as_ref() {
+        let r = match self.lis.socket.borrow().as_ref() {
             Some(l) => l.accept(),
             None => return Ok(false),
         };
@@ -168,7 +156,7 @@ impl Acceptor for TcpPort {
         Ok(true)
     }
     fn accept_state(&self) -> &AcceptState {
-        &self.accept
+        &self.lis.accept
     }
     fn describe(&self) -> &dyn fmt::Display {
         &self.host
@@ -177,7 +165,7 @@ impl Acceptor for TcpPort {
 
 impl Source for TcpPort {
     fn ready(self: Rc<Self>, reactor: &Reactor, readiness: Readiness) {
-        if readiness.readable && !self.accept.waiting() {
+        if readiness.readable && !self.lis.accept.waiting() {
             accept_some(&self, reactor);
         }
     }
@@ -251,14 +239,10 @@ impl Reactor {
         let host = listener.local_addr()?;
         let listener = TcpListener::from_std(listener);
         let port = Rc::new(TcpPort {
-            reactor: self.downgrade(),
-            token: Cell::new(usize::MAX),
-            listener: RefCell::new(None),
-            factory: factory.clone(),
+            lis: Listening::new(self, factory),
             host,
-            accept: AcceptState::default(),
         });
-        open_listener(self, &port, listener, &port.token, &port.listener, &factory)?;
+        port.lis.open(self, &port, listener)?;
         tracing::info!(addr = %host, "listening on tcp:{}", host);
         Ok(ListeningPort { port })
     }

@@ -36,7 +36,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::accept::{accept_some, close_listener, open_listener, AcceptState, Acceptor};
+use crate::accept::{accept_some, AcceptState, Acceptor, Listening};
 use crate::address::Address;
 use crate::connector::{Connector, ConnectorImpl, ConnectorState};
 use crate::deferred::Deferred;
@@ -413,35 +413,24 @@ impl UnixPort {
 }
 
 struct UnixPortInner {
-    reactor: Weak<Inner>,
-    token: Cell<usize>,
-    listener: RefCell<Option<UnixListener>>,
-    factory: Rc<dyn Factory>,
+    lis: Listening<UnixListener>,
     path: UnixPath,
     owns_file: bool,
-    accept: AcceptState,
 }
 
 impl UnixPortInner {
     fn close(&self) {
-        close_listener(
-            &self.listener,
-            &self.reactor,
-            self.token.get(),
-            &self.accept,
-            &self.factory,
-            || {
-                if let (true, UnixPath::File(p)) = (self.owns_file, &self.path) {
-                    let _ = std::fs::remove_file(p);
-                }
-            },
-        );
+        self.lis.close(|| {
+            if let (true, UnixPath::File(p)) = (self.owns_file, &self.path) {
+                let _ = std::fs::remove_file(p);
+            }
+        });
     }
 }
 
 impl Acceptor for UnixPortInner {
     fn accept_one(self: &Rc<Self>, reactor: &Reactor) -> io::Result<bool> {
-        let r = match self.listener.borrow().as_ref() {
+        let r = match self.lis.socket.borrow().as_ref() {
             Some(l) => l.accept(),
             None => return Ok(false),
         };
@@ -452,7 +441,7 @@ impl Acceptor for UnixPortInner {
         };
         start_unix_connection(
             reactor,
-            &self.factory,
+            &self.lis.factory,
             stream,
             peer,
             self.path.address(),
@@ -461,7 +450,7 @@ impl Acceptor for UnixPortInner {
         Ok(true)
     }
     fn accept_state(&self) -> &AcceptState {
-        &self.accept
+        &self.lis.accept
     }
     fn describe(&self) -> &dyn fmt::Display {
         &self.path
@@ -507,7 +496,7 @@ fn start_unix_connection(
 
 impl Source for UnixPortInner {
     fn ready(self: Rc<Self>, reactor: &Reactor, readiness: Readiness) {
-        if readiness.readable && !self.accept.waiting() {
+        if readiness.readable && !self.lis.accept.waiting() {
             accept_some(&self, reactor);
         }
     }
@@ -735,15 +724,11 @@ impl Reactor {
         owns_file: bool,
     ) -> Result<UnixPort, UnixError> {
         let port = Rc::new(UnixPortInner {
-            reactor: self.downgrade(),
-            token: Cell::new(usize::MAX),
-            listener: RefCell::new(None),
-            factory: factory.clone(),
+            lis: Listening::new(self, factory),
             path: path.clone(),
             owns_file,
-            accept: AcceptState::default(),
         });
-        open_listener(self, &port, listener, &port.token, &port.listener, &factory)?;
+        port.lis.open(self, &port, listener)?;
         tracing::info!(path = %path, "listening on unix:{}", path);
         Ok(UnixPort { port })
     }
