@@ -1,6 +1,8 @@
 //! The client Agent against the Torsion server (same reactor) and against
 //! Python's http.server.
 
+mod common;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -23,21 +25,7 @@ where
 {
     let reactor = Reactor::new().unwrap();
     let root = Tree::new();
-    root.put_child(
-        "fast",
-        Rc::new(handler_fn(|_| async { Ok(Response::text("fast")) })),
-    );
-    root.put_child(
-        "echo",
-        Rc::new(handler_fn(|req: Request| async move {
-            let m = req.method.clone();
-            let b = req.into_body().bytes(1 << 20).await?;
-            Ok(Response::text(format!(
-                "{m} {}",
-                String::from_utf8_lossy(&b)
-            )))
-        })),
-    );
+    common::add_fast_and_echo(&root);
     root.put_child(
         "never",
         Rc::new(handler_fn(|_| async { Deferred::<Response>::new().await })),

@@ -3,6 +3,8 @@
 //! CONNECT tunnelling through a proxy written as a Torsion protocol.
 #![cfg(feature = "tls")]
 
+mod common;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -15,9 +17,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose
 use rcgen::{KeyPair, KeyUsagePurpose};
 use torsion_core::{factory_fn, ConnectOptions, Deferred, Failure, Protocol, Reactor, Transport};
 use torsion_http::client::{AgentConfig, ClientError, Proxy};
-use torsion_http::{
-    handler_fn, Agent, HttpServer, Request, Resource, Response, ServerConfig, Site, Tree,
-};
+use torsion_http::{handler_fn, Agent, HttpServer, Resource, Response, ServerConfig, Site, Tree};
 use torsion_tls::{
     listen_ssl, CertificateError, CertificateKey, TlsClientConfig, TlsError, TlsServerConfig,
     TrustRoots,
@@ -75,21 +75,7 @@ impl Pki {
 
 fn site() -> Site {
     let root = Tree::new();
-    root.put_child(
-        "fast",
-        Rc::new(handler_fn(|_| async { Ok(Response::text("fast")) })),
-    );
-    root.put_child(
-        "echo",
-        Rc::new(handler_fn(|req: Request| async move {
-            let m = req.method.clone();
-            let b = req.into_body().bytes(1 << 20).await?;
-            Ok(Response::text(format!(
-                "{m} {}",
-                String::from_utf8_lossy(&b)
-            )))
-        })),
-    );
+    common::add_fast_and_echo(&root);
     root.put_child(
         "big",
         Rc::new(handler_fn(|_| async {

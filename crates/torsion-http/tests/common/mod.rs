@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use torsion_core::Reactor;
-use torsion_http::{Handler, HttpServer, ServerConfig};
+use torsion_http::{
+    handler_fn, Handler, HttpServer, Request, Resource, Response, ServerConfig, Tree,
+};
 
 /// Runs `client(addr)` in a thread against a server with `handler`; the
 /// reactor stops when the client returns (or after 30 s). Panics in the
@@ -184,4 +186,24 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// Adds the two routes the client tests share to `root`: `/fast` answers
+/// "fast", `/echo` answers with the request's method and body.
+pub fn add_fast_and_echo(root: &Tree) {
+    root.put_child(
+        "fast",
+        std::rc::Rc::new(handler_fn(|_| async { Ok(Response::text("fast")) })),
+    );
+    root.put_child(
+        "echo",
+        std::rc::Rc::new(handler_fn(|req: Request| async move {
+            let m = req.method.clone();
+            let b = req.into_body().bytes(1 << 20).await?;
+            Ok(Response::text(format!(
+                "{m} {}",
+                String::from_utf8_lossy(&b)
+            )))
+        })),
+    );
 }
