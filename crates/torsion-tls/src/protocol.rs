@@ -869,6 +869,38 @@ impl TlsShared {
 
     // ----- what the inner protocol and the extension trait call -----
 
+    /// `lose_connection` (`whole`) or `lose_write_connection`: plaintext
+    /// passes it down at once; TLS sends close_notify, after the handshake
+    /// if that is still under way (early data goes out first).
+    fn request_close(&self, whole: bool) {
+        let plain = {
+            let mut st = self.st.borrow_mut();
+            if st.flags.lost {
+                return;
+            }
+            if whole {
+                st.flags.close_requested = true;
+            } else {
+                st.flags.write_shut_requested = true;
+            }
+            match st.mode {
+                Mode::Plain => true,
+                Mode::Tls(_) if st.flags.handshake_done => false,
+                // Acted on when the handshake completes.
+                Mode::Tls(_) => return,
+            }
+        };
+        if !plain {
+            self.send_close(whole);
+        } else if let Some(l) = self.lower() {
+            if whole {
+                l.lose_connection();
+            } else {
+                l.lose_write_connection();
+            }
+        }
+    }
+
     pub(crate) fn start_tls(&self, side: TlsSide, leftover: &[u8]) -> Result<(), StartTlsError> {
         {
             let st = self.st.borrow();
@@ -969,28 +1001,7 @@ impl TransportImpl for TlsShared {
     }
 
     fn lose_connection(&self) {
-        let action = {
-            let mut st = self.st.borrow_mut();
-            if st.flags.lost {
-                return;
-            }
-            st.flags.close_requested = true;
-            match st.mode {
-                Mode::Plain => 0,
-                Mode::Tls(_) if st.flags.handshake_done => 1,
-                // Close once the handshake is done (the early data goes first).
-                Mode::Tls(_) => 2,
-            }
-        };
-        match action {
-            0 => {
-                if let Some(l) = self.lower() {
-                    l.lose_connection();
-                }
-            }
-            1 => self.send_close(true),
-            _ => {}
-        }
+        self.request_close(true);
     }
 
     fn abort_connection(&self) {
@@ -1000,27 +1011,7 @@ impl TransportImpl for TlsShared {
     }
 
     fn lose_write_connection(&self) {
-        let action = {
-            let mut st = self.st.borrow_mut();
-            if st.flags.lost {
-                return;
-            }
-            st.flags.write_shut_requested = true;
-            match st.mode {
-                Mode::Plain => 0,
-                Mode::Tls(_) if st.flags.handshake_done => 1,
-                Mode::Tls(_) => 2,
-            }
-        };
-        match action {
-            0 => {
-                if let Some(l) = self.lower() {
-                    l.lose_write_connection();
-                }
-            }
-            1 => self.send_close(false),
-            _ => {}
-        }
+        self.request_close(false);
     }
 
     fn peer(&self) -> Address {
