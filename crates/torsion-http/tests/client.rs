@@ -91,12 +91,7 @@ where
     r.unwrap_or_else(|| Err(Failure::msg("timed out")))
 }
 
-async fn text(d: Deferred<torsion_http::ClientResponse>) -> Result<(u16, String), Failure> {
-    let r = d.await?;
-    let status = r.status.as_u16();
-    let b = r.bytes(64 << 20).await?;
-    Ok((status, String::from_utf8_lossy(&b).into_owned()))
-}
+use common::text;
 
 #[test]
 fn agent_get_post_pool_and_streaming_against_torsion() {
@@ -257,16 +252,7 @@ fn agent_against_python_http_server() {
     let result = run(ServerConfig::default(), move |reactor, _| async move {
         let agent = Agent::new(&reactor);
         let base = format!("http://127.0.0.1:{port}");
-        let r = agent.get(&format!("{base}/data.bin")).await?;
-        assert_eq!(r.status.as_u16(), 200);
-        assert_eq!(r.bytes(1 << 20).await?, data);
-        // Python answers /sub with a 301 to /sub/: followed, then a listing.
-        let r = agent.get(&format!("{base}/sub")).await?;
-        assert_eq!(r.url.path(), "/sub/");
-        let html = String::from_utf8(r.bytes(1 << 20).await?).unwrap();
-        assert!(html.contains("f.txt"), "{html}");
-        assert_eq!(text(agent.get(&format!("{base}/missing"))).await?.0, 404);
-        Ok(())
+        common::browse_python_server(&agent, &base, &data).await
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -126,12 +126,7 @@ fn https_server(reactor: &Reactor, pki: &Pki, names: &[&str]) -> u16 {
     port.local_addr().port()
 }
 
-async fn text(d: Deferred<torsion_http::ClientResponse>) -> Result<(u16, String), Failure> {
-    let r = d.await?;
-    let status = r.status.as_u16();
-    let b = r.bytes(64 << 20).await?;
-    Ok((status, String::from_utf8_lossy(&b).into_owned()))
-}
+use common::text;
 
 fn tls_agent(reactor: &Reactor, pki: &Pki, proxy: Option<Proxy>) -> Agent {
     Agent::with_config(
@@ -250,16 +245,7 @@ fn agent_https_against_python_tls_server() {
     let result = run(move |reactor| async move {
         let agent = tls_agent(&reactor, &pki, None);
         let base = format!("https://127.0.0.1:{port}");
-        let r = agent.get(&format!("{base}/data.bin")).await?;
-        assert_eq!(r.status.as_u16(), 200);
-        assert_eq!(r.bytes(1 << 20).await?, data);
-        // A redirect to /sub/ over https, then the listing.
-        let r = agent.get(&format!("{base}/sub")).await?;
-        assert_eq!(r.url.path(), "/sub/");
-        let html = String::from_utf8(r.bytes(1 << 20).await?).unwrap();
-        assert!(html.contains("f.txt"), "{html}");
-        assert_eq!(text(agent.get(&format!("{base}/missing"))).await?.0, 404);
-        Ok(())
+        common::browse_python_server(&agent, &base, &data).await
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -207,3 +207,33 @@ pub fn add_fast_and_echo(root: &Tree) {
         })),
     );
 }
+
+/// Status and body text of a client response.
+pub async fn text(
+    d: torsion_core::Deferred<torsion_http::ClientResponse>,
+) -> Result<(u16, String), torsion_core::Failure> {
+    let r = d.await?;
+    let status = r.status.as_u16();
+    let b = r.bytes(64 << 20).await?;
+    Ok((status, String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// The Agent against Python's `http.server` at `base` serving `data.bin`
+/// (`data`) and `sub/f.txt`: the file, a redirect from `/sub` to its
+/// listing, and a 404.
+pub async fn browse_python_server(
+    agent: &torsion_http::Agent,
+    base: &str,
+    data: &[u8],
+) -> Result<(), torsion_core::Failure> {
+    let r = agent.get(&format!("{base}/data.bin")).await?;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.bytes(1 << 20).await?, data);
+    // Python answers /sub with a 301 to /sub/: followed, then a listing.
+    let r = agent.get(&format!("{base}/sub")).await?;
+    assert_eq!(r.url.path(), "/sub/");
+    let html = String::from_utf8(r.bytes(1 << 20).await?).unwrap();
+    assert!(html.contains("f.txt"), "{html}");
+    assert_eq!(text(agent.get(&format!("{base}/missing"))).await?.0, 404);
+    Ok(())
+}
