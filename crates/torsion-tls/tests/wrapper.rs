@@ -12,6 +12,18 @@ use torsion_core::testing::{self, AccumulatingProtocol, LoopbackPump, StringTran
 use torsion_core::{ConnectOptions, ConnectionError, Reactor, Transport};
 use torsion_tls::*;
 
+/// A fresh CA and an echo server and client connected over TLS in memory
+/// for the name "localhost".
+fn localhost_loopback() -> (LoopbackPump, Log, testing::AccumulatedLog) {
+    let pki = Pki::new("CA");
+    let (pump, slog, clog) = loopback(
+        pki.server_config(&["localhost"]),
+        pki.client_config(),
+        "localhost",
+    );
+    (pump, slog, clog)
+}
+
 fn loopback(
     server_cfg: TlsServerConfig,
     client_cfg: TlsClientConfig,
@@ -91,12 +103,7 @@ fn echo_over_memory_loopback_with_queries() {
 
 #[test]
 fn large_writes_roundtrip_over_loopback() {
-    let pki = Pki::new("CA");
-    let (pump, _slog, clog) = loopback(
-        pki.server_config(&["localhost"]),
-        pki.client_config(),
-        "localhost",
-    );
+    let (pump, _slog, clog) = localhost_loopback();
     let ct = clog.transport().unwrap();
     let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     ct.write(&payload);
@@ -107,12 +114,7 @@ fn large_writes_roundtrip_over_loopback() {
 
 #[test]
 fn when_handshake_done_fires_with_info() {
-    let pki = Pki::new("CA");
-    let (pump, _slog, clog) = loopback(
-        pki.server_config(&["localhost"]),
-        pki.client_config(),
-        "localhost",
-    );
+    let (pump, _slog, clog) = localhost_loopback();
     let ct = clog.transport().unwrap();
     let got = Rc::new(std::cell::RefCell::new(None));
     let g = got.clone();
@@ -418,12 +420,7 @@ fn stalled_handshake_times_out() {
 
 #[test]
 fn paused_reader_holds_data_back_and_resumes() {
-    let pki = Pki::new("CA");
-    let (pump, slog, clog) = loopback(
-        pki.server_config(&["localhost"]),
-        pki.client_config(),
-        "localhost",
-    );
+    let (pump, slog, clog) = localhost_loopback();
     pump.pump();
     let st: Transport = slog.borrow().transport.clone().unwrap();
     let ct = clog.transport().unwrap();
@@ -485,12 +482,7 @@ fn tls_over_tls_over_loopback() {
 
 #[test]
 fn lose_connection_before_the_handshake_still_delivers_early_writes() {
-    let pki = Pki::new("CA");
-    let (pump, slog, clog) = loopback(
-        pki.server_config(&["localhost"]),
-        pki.client_config(),
-        "localhost",
-    );
+    let (pump, slog, clog) = localhost_loopback();
     let ct = clog.transport().unwrap();
     ct.write(b"last words");
     ct.lose_connection();
@@ -509,12 +501,7 @@ fn lose_connection_before_the_handshake_still_delivers_early_writes() {
 
 #[test]
 fn peer_closing_without_close_notify_is_truncation() {
-    let pki = Pki::new("CA");
-    let (pump, slog, clog) = loopback(
-        pki.server_config(&["localhost"]),
-        pki.client_config(),
-        "localhost",
-    );
+    let (pump, slog, clog) = localhost_loopback();
     clog.transport().unwrap().write(b"x");
     pump.pump();
     // Close the raw transport under the client's TLS layer: no close_notify is sent.
