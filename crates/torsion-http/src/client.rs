@@ -493,7 +493,7 @@ impl ClientRequest {
     pub fn with_stream(mut self, body: Body) -> ClientRequest {
         match body {
             Body::Empty => self.body.clear(),
-            Body::Bytes(b) => self.body = b,
+            Body::Bytes(b) => self.body = Vec::from(b),
             Body::Stream { len, source } => {
                 self.stream = Some(StreamBody(Rc::new(RefCell::new(Some((source, len))))))
             }

@@ -169,7 +169,7 @@ impl File {
         if meta.is_dir() {
             if !req.path().ends_with('/') {
                 let mut loc = format!("{}/", req.path());
-                if let Some(q) = req.uri.query() {
+                if let Some(q) = req.query() {
                     loc.push('?');
                     loc.push_str(q);
                 }
@@ -242,7 +242,7 @@ impl File {
             Ok(f) => f,
             Err(_) => return Response::error(StatusCode::FORBIDDEN),
         };
-        let ranges = if req.method == Method::GET && if_range_ok(req, &etag, mtime) {
+        let ranges = if *req.method() == Method::GET && if_range_ok(req, &etag, mtime) {
             req.header(RANGE).map(|r| parse_ranges(r, len))
         } else {
             None
@@ -335,7 +335,7 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 fn not_modified(req: &crate::Request, etag: &str, mtime: SystemTime) -> bool {
-    if req.method != Method::GET && req.method != Method::HEAD {
+    if *req.method() != Method::GET && *req.method() != Method::HEAD {
         return false;
     }
     if let Some(inm) = req.header(IF_NONE_MATCH) {
@@ -536,7 +536,7 @@ fn read_at_uninit(file: &fs::File, buf: &mut Vec<u8>, n: usize, off: u64) -> io:
 
 /// True when `Accept-Encoding` lists gzip with a non-zero quality.
 fn accepts_gzip(req: &crate::Request) -> bool {
-    req.headers
+    req.headers()
         .get_all(ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())

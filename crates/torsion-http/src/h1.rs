@@ -32,7 +32,6 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::mem::MaybeUninit;
-use std::ops::Range;
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -43,30 +42,203 @@ use crate::chunked::{self, ChunkedDecoder, ChunkedError};
 use crate::config::ServerConfig;
 
 /// The head of a request, as the machine parsed and checked it.
-#[derive(Debug, Clone)]
+///
+/// The head keeps the bytes it was parsed from (one shared buffer, split
+/// off the input without a copy); the target and the header fields are
+/// read out of them when asked for. So a request costs no header map and no
+/// URI unless someone wants one: [`RequestHead::header`] and
+/// [`RequestHead::fields`] read the bytes directly, [`RequestHead::headers`]
+/// and [`RequestHead::uri`] build the `http` types.
+///
+/// ```
+/// use torsion_http::h1::{Event, ServerConn};
+/// use torsion_http::ServerConfig;
+///
+/// let mut conn = ServerConn::new(ServerConfig::default());
+/// conn.receive(b"GET /a/b?q=1 HTTP/1.1\r\nHost: example.org\r\nAccept: */*\r\n\r\n");
+/// let Some(Event::Head(head)) = conn.next_event() else { panic!() };
+/// assert_eq!(head.path(), "/a/b");
+/// assert_eq!(head.query(), Some("q=1"));
+/// assert_eq!(head.header("host"), Some(&b"example.org"[..]));
+/// assert_eq!(head.fields().count(), 2);
+/// assert_eq!(head.headers()["accept"], "*/*");
+/// ```
+#[derive(Clone)]
 pub struct RequestHead {
     /// Sequence number on this connection, from 0; responses are matched by it.
     pub id: u64,
     /// Request method.
     pub method: Method,
-    /// Request target.
-    pub uri: Uri,
     /// `HTTP/1.0` or `HTTP/1.1`.
     pub version: Version,
-    /// Header fields.
-    pub headers: HeaderMap,
     /// Body length when known (`Content-Length`, or 0 without body); `None` for chunked.
     pub content_length: Option<u64>,
     /// True when the connection stays open after this request.
     pub keep_alive: bool,
     /// The client sent `Expect: 100-continue`.
     pub expect_continue: bool,
+    /// The head as received: request line, field lines, empty line. Every
+    /// line ends in CRLF (the machine refuses anything else).
+    raw: Bytes,
+    /// Where the request target is in `raw`.
+    target: (u32, u32),
+    /// Where its `?` is (the target's end when it has no query).
+    query: u32,
+    /// Where the first field line starts in `raw`.
+    fields: u32,
+    /// The target parsed at once when it is not a plain origin-form path
+    /// (absolute-form, `*`, authority-form, or characters outside RFC
+    /// 3986's path and query set); `None` when it can be built lazily.
+    uri: Option<Box<Uri>>,
 }
 
 impl RequestHead {
     /// True when a body follows the head.
     pub fn has_body(&self) -> bool {
         self.content_length != Some(0)
+    }
+
+    /// The request target exactly as sent.
+    pub fn target(&self) -> &str {
+        self.raw_str(self.target.0, self.target.1)
+    }
+
+    fn raw_str(&self, from: u32, to: u32) -> &str {
+        // The target was checked to be UTF-8 when the head was accepted.
+        let bytes = self.raw.get(from as usize..to as usize).unwrap_or_default();
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    /// The path of the target (without the query).
+    pub fn path(&self) -> &str {
+        match &self.uri {
+            Some(u) => u.path(),
+            None => self.raw_str(self.target.0, self.query),
+        }
+    }
+
+    /// The query of the target, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        match &self.uri {
+            Some(u) => u.query(),
+            None => {
+                (self.query < self.target.1).then(|| self.raw_str(self.query + 1, self.target.1))
+            }
+        }
+    }
+
+    /// The target as an [`http::Uri`] (built on each call).
+    pub fn uri(&self) -> Uri {
+        match &self.uri {
+            Some(u) => (**u).clone(),
+            // A plain origin-form target always parses (see `origin_form_is_plain`).
+            None => Uri::from_maybe_shared(
+                self.raw
+                    .slice(self.target.0 as usize..self.target.1 as usize),
+            )
+            .unwrap_or_else(|_| Uri::from_static("/")),
+        }
+    }
+
+    /// The first header field named `name` (compared without case), its
+    /// value without surrounding whitespace.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The header fields in the order they were sent: name as sent, value
+    /// without surrounding whitespace.
+    pub fn fields(&self) -> Fields<'_> {
+        Fields {
+            rest: self.raw.get(self.fields as usize..).unwrap_or_default(),
+        }
+    }
+
+    /// The header fields as an [`http::HeaderMap`] (built on each call;
+    /// values share the head's buffer).
+    pub fn headers(&self) -> HeaderMap {
+        build_header_map(&self.raw, self.fields())
+    }
+
+    /// The head's bytes as received (empty for a request built by hand).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// A head without received bytes, for a request built by hand.
+    pub(crate) fn built(method: Method, version: Version, uri: Uri) -> RequestHead {
+        RequestHead {
+            id: 0,
+            method,
+            version,
+            content_length: Some(0),
+            keep_alive: true,
+            expect_continue: false,
+            raw: Bytes::new(),
+            target: (0, 0),
+            query: 0,
+            fields: 0,
+            uri: Some(Box::new(uri)),
+        }
+    }
+}
+
+/// Builds a map from fields read out of `raw` (values are slices of it).
+pub(crate) fn build_header_map(raw: &Bytes, fields: Fields<'_>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in fields {
+        // The machine accepted these bytes, and httparse's name and value
+        // alphabets are exactly the `http` crate's: neither can fail.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(raw.slice_ref(value)),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+impl std::fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .field("target", &self.target())
+            .field("version", &self.version)
+            .field("fields", &self.fields().collect::<Vec<_>>())
+            .field("content_length", &self.content_length)
+            .field("keep_alive", &self.keep_alive)
+            .field("expect_continue", &self.expect_continue)
+            .finish()
+    }
+}
+
+/// The header fields of a [`RequestHead`], read out of its bytes.
+#[derive(Debug, Clone)]
+pub struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest;
+        // The empty line that ends the head (or nothing, for a built head).
+        if rest.len() < 3 {
+            return None;
+        }
+        let colon = memchr::memchr(b':', rest)?;
+        let lf = colon + memchr::memchr(b'\n', &rest[colon..])?;
+        let value_end = if rest[lf - 1] == b'\r' { lf - 1 } else { lf };
+        let value = rest.get(colon + 1..value_end).unwrap_or_default();
+        self.rest = &rest[lf + 1..];
+        // Names are tokens (ASCII), values trimmed as httparse trims them.
+        let name = std::str::from_utf8(&rest[..colon]).unwrap_or_default();
+        Some((name, value.trim_ascii()))
     }
 }
 
@@ -105,9 +277,8 @@ impl PartialEq for RequestHead {
     fn eq(&self, o: &Self) -> bool {
         self.id == o.id
             && self.method == o.method
-            && self.uri == o.uri
             && self.version == o.version
-            && self.headers == o.headers
+            && self.raw == o.raw
             && self.content_length == o.content_length
             && self.keep_alive == o.keep_alive
             && self.expect_continue == o.expect_continue
@@ -582,28 +753,33 @@ impl ServerConn {
             }
             n
         };
-        let mut spans = HeadSpans::default();
-        if !spans.fill(&req, buf) {
-            return Some(self.fail(
-                None,
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "header block too large",
-            ));
-        }
-        // The head leaves the input as one shared buffer: the URI and the
-        // header values are slices of it, not copies. From a large input
+        let info = match check_head(&req, buf, n, &self.cfg) {
+            Ok(i) => i,
+            Err((status, reason)) => return Some(self.fail(None, status, reason)),
+        };
+        // The head leaves the input as one shared buffer: the target and the
+        // header values are read out of it, not copied. From a large input
         // buffer (a body came with the head) it is copied instead, so a
         // request a handler keeps does not keep the whole buffer alive.
-        let head_bytes = if self.inbuf.capacity() > SHARE_INPUT_MAX {
+        let raw = if self.inbuf.capacity() > SHARE_INPUT_MAX {
             let b = Bytes::copy_from_slice(&self.inbuf[..n]);
             self.inbuf.advance(n);
             b
         } else {
             self.inbuf.split_to(n).freeze()
         };
-        let head = match build_head(&head_bytes, &spans, self.next_id, &self.cfg) {
-            Ok(h) => h,
-            Err((status, reason)) => return Some(self.fail(None, status, reason)),
+        let head = RequestHead {
+            id: self.next_id,
+            method: info.method,
+            version: info.version,
+            content_length: info.content_length,
+            keep_alive: info.keep_alive,
+            expect_continue: info.expect_continue,
+            raw,
+            target: info.target,
+            query: info.query,
+            fields: info.fields,
+            uri: info.uri,
         };
         self.next_id += 1;
         let is_head = head.method == Method::HEAD;
@@ -742,6 +918,80 @@ impl ServerConn {
         headers: &HeaderMap,
         content_length: Option<u64>,
     ) -> Result<(), SendError> {
+        self.write_head(id, status, headers, None, content_length)
+            .map(|_| ())
+    }
+
+    /// Writes a whole response whose body is in memory for request `id`
+    /// (the oldest unanswered one): [`respond`](Self::respond),
+    /// [`send_data`](Self::send_data) and [`finish`](Self::finish) in one
+    /// call, the common case of a handler that answers at once.
+    ///
+    /// ```
+    /// use torsion_http::h1::{Event, ServerConn};
+    /// use torsion_http::ServerConfig;
+    /// use http::{HeaderMap, StatusCode};
+    ///
+    /// let mut conn = ServerConn::new(ServerConfig::default());
+    /// conn.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    /// let Some(Event::Head(head)) = conn.next_event() else { panic!() };
+    /// conn.respond_with_body(head.id, StatusCode::OK, &HeaderMap::new(), b"hi").unwrap();
+    /// let out = String::from_utf8(conn.take_output()).unwrap();
+    /// assert!(out.ends_with("content-length: 2\r\n\r\nhi"));
+    /// assert_eq!(conn.current(), None);
+    /// ```
+    pub fn respond_with_body(
+        &mut self,
+        id: u64,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), SendError> {
+        self.respond_typed_with_body(id, status, headers, None, body)
+    }
+
+    /// [`respond_with_body`](Self::respond_with_body) with a Content-Type
+    /// written when `headers` has none.
+    pub fn respond_typed_with_body(
+        &mut self,
+        id: u64,
+        status: StatusCode,
+        headers: &HeaderMap,
+        default_type: Option<&HeaderValue>,
+        body: &[u8],
+    ) -> Result<(), SendError> {
+        let framing =
+            self.write_head(id, status, headers, default_type, Some(body.len() as u64))?;
+        if matches!(framing, Framing::Length(_)) {
+            self.out.extend_from_slice(body);
+        }
+        self.bytes_sent_body = body.len() as u64;
+        self.finish(id)
+    }
+
+    /// [`respond`](Self::respond) with a Content-Type written when
+    /// `headers` has none.
+    pub fn respond_typed(
+        &mut self,
+        id: u64,
+        status: StatusCode,
+        headers: &HeaderMap,
+        default_type: Option<&HeaderValue>,
+        content_length: Option<u64>,
+    ) -> Result<(), SendError> {
+        self.write_head(id, status, headers, default_type, content_length)
+            .map(|_| ())
+    }
+
+    /// The head of `respond`; returns the framing chosen for the body.
+    fn write_head(
+        &mut self,
+        id: u64,
+        status: StatusCode,
+        headers: &HeaderMap,
+        default_type: Option<&HeaderValue>,
+        content_length: Option<u64>,
+    ) -> Result<Framing, SendError> {
         let p = self.front_for(id)?;
         if p.framing.is_some() {
             return Err(SendError::HeadAlreadySent);
@@ -771,7 +1021,8 @@ impl ServerConn {
         }
         let version = p.version;
         let is_head = p.is_head;
-        p.framing = Some(if is_head { Framing::Empty } else { framing });
+        let effective = if is_head { Framing::Empty } else { framing };
+        p.framing = Some(effective);
         let out = &mut self.out;
         write_status_line(out, status);
         write_standard_headers(out, &self.date, &self.cfg);
@@ -788,6 +1039,13 @@ impl ServerConn {
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
+        }
+        if let Some(ct) = default_type {
+            if headers.is_empty() || !headers.contains_key(header::CONTENT_TYPE) {
+                out.extend_from_slice(b"content-type: ");
+                out.extend_from_slice(ct.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
         }
         match framing {
             Framing::Length(n) => {
@@ -816,7 +1074,7 @@ impl ServerConn {
                 self.inbuf.clear();
             }
         }
-        Ok(())
+        Ok(effective)
     }
 
     /// Adds body bytes to the current response.
@@ -923,74 +1181,6 @@ fn has_bare_lf(buf: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r')
 }
 
-/// Where the parts of a parsed head are, as offsets into it (so the head
-/// can be split off the input after parsing, which borrows it).
-struct HeadSpans {
-    method: Range<usize>,
-    path: Range<usize>,
-    version: Option<u8>,
-    count: usize,
-    /// Name and value offsets `[name_start, name_end, value_start, value_end]`
-    /// of the first header fields (no allocation for ordinary requests).
-    inline: [[u32; 4]; INLINE_SPANS],
-    more: Vec<[u32; 4]>,
-}
-
-const INLINE_SPANS: usize = 16;
-
-impl Default for HeadSpans {
-    fn default() -> Self {
-        HeadSpans {
-            method: 0..0,
-            path: 0..0,
-            version: None,
-            count: 0,
-            inline: [[0; 4]; INLINE_SPANS],
-            more: Vec::new(),
-        }
-    }
-}
-
-impl HeadSpans {
-    /// Records where `req`'s parts are in `buf` (filled in place: the
-    /// struct is too large to move around). False when an offset does not
-    /// fit in 32 bits.
-    fn fill(&mut self, req: &httparse::Request<'_, '_>, buf: &[u8]) -> bool {
-        let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            start..start + s.len()
-        };
-        let off = |s: &[u8]| {
-            let r = span(s);
-            Some([u32::try_from(r.start).ok()?, u32::try_from(r.end).ok()?])
-        };
-        self.method = span(req.method.unwrap_or("").as_bytes());
-        self.path = span(req.path.unwrap_or("").as_bytes());
-        self.version = req.version;
-        self.count = req.headers.len();
-        for (i, h) in req.headers.iter().enumerate() {
-            let (Some([ns, ne]), Some([vs, ve])) = (off(h.name.as_bytes()), off(h.value)) else {
-                return false;
-            };
-            let s = [ns, ne, vs, ve];
-            if i < INLINE_SPANS {
-                self.inline[i] = s;
-            } else {
-                self.more.push(s);
-            }
-        }
-        true
-    }
-
-    fn headers(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
-        self.inline[..self.count.min(INLINE_SPANS)]
-            .iter()
-            .chain(self.more.iter())
-            .map(|s| (s[0] as usize..s[1] as usize, s[2] as usize..s[3] as usize))
-    }
-}
-
 /// For a complete head of `n` bytes whose every line ends in CRLF, the
 /// index of the request line's LF; `None` when a line may end in a bare LF
 /// (or empty lines were skipped before the request line), which the caller
@@ -1016,33 +1206,110 @@ fn crlf_head(req: &httparse::Request<'_, '_>, buf: &[u8], n: usize) -> Option<us
     Some(first_lf)
 }
 
-fn build_head(
-    head: &Bytes,
-    spans: &HeadSpans,
-    id: u64,
-    cfg: &ServerConfig,
-) -> Result<RequestHead, (StatusCode, &'static str)> {
-    let bad = |r| (StatusCode::BAD_REQUEST, r);
-    let method =
-        Method::from_bytes(&head[spans.method.clone()]).map_err(|_| bad("invalid method"))?;
-    let path = &head[spans.path.clone()];
-    if !path.is_ascii() && std::str::from_utf8(path).is_err() {
-        return Err(bad("invalid request target"));
+/// What the machine learned from a parsed head, without borrowing it.
+struct HeadInfo {
+    method: Method,
+    version: Version,
+    target: (u32, u32),
+    query: u32,
+    fields: u32,
+    uri: Option<Box<Uri>>,
+    content_length: Option<u64>,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// Bytes an origin-form target may hold for its `Uri` to be built later
+/// instead of now: RFC 3986's `pchar`, `/` and `?` (all of which the `http`
+/// crate accepts, so the lazy build cannot fail).
+static PLAIN_TARGET: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'%'
+                    | b'/'
+                    | b'?'
+            );
+        b += 1;
     }
+    t
+};
+
+fn origin_form_is_plain(target: &[u8]) -> bool {
+    target.first() == Some(&b'/') && target.iter().all(|&b| PLAIN_TARGET[b as usize])
+}
+
+/// Length limit of a header name (the `http` crate's).
+const MAX_NAME_LEN: usize = (1 << 16) - 1;
+
+/// Checks a head httparse accepted, reading what the machine needs from
+/// the framing fields (no header map is built).
+fn check_head(
+    req: &httparse::Request<'_, '_>,
+    buf: &[u8],
+    head_len: usize,
+    cfg: &ServerConfig,
+) -> Result<HeadInfo, (StatusCode, &'static str)> {
+    let bad = |r| (StatusCode::BAD_REQUEST, r);
+    let too_large = (
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "header block too large",
+    );
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| u32::try_from(s.as_ptr() as usize - base).map_err(|_| too_large);
+    let method = req.method.unwrap_or_default();
+    let method = match method {
+        // The common ones without a table look-up.
+        "GET" => Method::GET,
+        "POST" => Method::POST,
+        _ => Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?,
+    };
+    let path = req.path.unwrap_or_default().as_bytes();
     if path.len() > cfg.max_request_line {
         return Err((StatusCode::URI_TOO_LONG, "URI too long"));
     }
-    let valid_form = path.starts_with(b"/")
-        || (path == b"*" && method == Method::OPTIONS)
-        || path.starts_with(b"http://")
-        || path.starts_with(b"https://")
-        || (method == Method::CONNECT && !path.is_empty());
-    if !valid_form {
-        return Err(bad("invalid request target"));
-    }
-    let uri = Uri::from_maybe_shared(head.slice(spans.path.clone()))
-        .map_err(|_| bad("invalid request target"))?;
-    let version = match spans.version {
+    let target_at = offset(path)?;
+    let target = (target_at, target_at + path.len() as u32);
+    let query = target_at + memchr::memchr(b'?', path).unwrap_or(path.len()) as u32;
+    let uri = if origin_form_is_plain(path) {
+        None
+    } else {
+        if std::str::from_utf8(path).is_err() {
+            return Err(bad("invalid request target"));
+        }
+        let valid_form = path.starts_with(b"/")
+            || (path == b"*" && method == Method::OPTIONS)
+            || path.starts_with(b"http://")
+            || path.starts_with(b"https://")
+            || (method == Method::CONNECT && !path.is_empty());
+        if !valid_form {
+            return Err(bad("invalid request target"));
+        }
+        Some(Box::new(
+            Uri::try_from(path).map_err(|_| bad("invalid request target"))?,
+        ))
+    };
+    let version = match req.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
         _ => {
@@ -1052,48 +1319,46 @@ fn build_head(
             ))
         }
     };
-    let mut headers = crate::response::spare_header_map();
-    headers.try_reserve(spans.count).map_err(|_| {
-        (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "too many header fields",
-        )
-    })?;
+    let fields = match req.headers.first() {
+        Some(h) => offset(h.name.as_bytes())?,
+        // No fields: what follows the request line is the empty line.
+        None => u32::try_from(head_len.saturating_sub(2)).map_err(|_| too_large)?,
+    };
     let mut cl: Option<u64> = None;
-    let mut cl_count = 0;
-    let mut te: Option<Range<usize>> = None;
+    let mut te: Option<&[u8]> = None;
     let mut hosts = 0;
     let (mut conn_close, mut conn_keep_alive) = (false, false);
-    let mut expect: Option<Range<usize>> = None;
-    for (name_at, value_at) in spans.headers() {
-        let name =
-            HeaderName::from_bytes(&head[name_at]).map_err(|_| bad("invalid header name"))?;
-        let raw = &head[value_at.clone()];
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at.clone()))
-            .map_err(|_| bad("invalid header value"))?;
-        if name == header::CONTENT_LENGTH {
-            cl_count += 1;
-            if cl_count > 1 {
-                return Err(bad("duplicate Content-Length"));
-            }
-            cl = Some(parse_content_length(raw).ok_or(bad("invalid Content-Length"))?);
-        } else if name == header::TRANSFER_ENCODING {
-            if te.is_some() {
-                return Err(bad("duplicate Transfer-Encoding"));
-            }
-            te = Some(value_at);
-        } else if name == header::HOST {
-            hosts += 1;
-        } else if name == header::CONNECTION {
-            for t in raw.split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                conn_close |= t.eq_ignore_ascii_case(b"close");
-                conn_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name == header::EXPECT && expect.is_none() {
-            expect = Some(value_at);
+    let mut expect: Option<&[u8]> = None;
+    for h in req.headers.iter() {
+        let (name, raw) = (h.name.as_bytes(), h.value);
+        if name.len() > MAX_NAME_LEN {
+            return Err(too_large);
         }
-        headers.append(name, value);
+        // Dispatch on length first: most fields are none of these.
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
+            6 if expect.is_none() && name.eq_ignore_ascii_case(b"expect") => expect = Some(raw),
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for t in raw.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    conn_close |= t.eq_ignore_ascii_case(b"close");
+                    conn_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                if cl.is_some() {
+                    return Err(bad("duplicate Content-Length"));
+                }
+                cl = Some(parse_content_length(raw).ok_or(bad("invalid Content-Length"))?);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                if te.is_some() {
+                    return Err(bad("duplicate Transfer-Encoding"));
+                }
+                te = Some(raw);
+            }
+            _ => {}
+        }
     }
     if hosts > 1 {
         return Err(bad("more than one Host"));
@@ -1107,7 +1372,7 @@ fn build_head(
             return Err(bad("Transfer-Encoding in HTTP/1.0"))
         }
         (Some(te), None) => {
-            check_transfer_encoding(&head[te])?;
+            check_transfer_encoding(te)?;
             None
         }
         (None, Some(n)) => Some(n),
@@ -1122,18 +1387,19 @@ fn build_head(
     };
     let mut expect_continue = false;
     if let Some(e) = expect {
-        if head[e].eq_ignore_ascii_case(b"100-continue") {
+        if e.eq_ignore_ascii_case(b"100-continue") {
             expect_continue = version == Version::HTTP_11 && content_length != Some(0);
         } else {
             return Err((StatusCode::EXPECTATION_FAILED, "unsupported expectation"));
         }
     }
-    Ok(RequestHead {
-        id,
+    Ok(HeadInfo {
         method,
-        uri,
         version,
-        headers,
+        target,
+        query,
+        fields,
+        uri,
         content_length,
         keep_alive,
         expect_continue,

@@ -42,6 +42,7 @@ pub mod response;
 pub mod server;
 mod util;
 
+pub use bytes::Bytes;
 pub use client::{Agent, AgentConfig, ClientResponse, Proxy};
 pub use config::ServerConfig;
 pub use file::File;
@@ -49,5 +50,5 @@ pub use request::{Request, RequestBody};
 pub use resource::{
     handler_fn, FnHandler, Handler, IntoResponseResult, Redirect, Reply, Resource, Site, Tree,
 };
-pub use response::{Body, BodySender, BodySource, Chunk, Notify, Response};
+pub use response::{Body, BodySender, BodySource, Chunk, Notify, Response, Text};
 pub use server::HttpServer;

@@ -81,7 +81,7 @@ impl ReverseProxy {
         if t.is_empty() {
             t.push('/');
         }
-        if let Some(q) = req.uri.query() {
+        if let Some(q) = req.query() {
             t.push('?');
             t.push_str(q);
         }
@@ -123,7 +123,7 @@ impl Resource for ReverseProxy {
             let Ok(url) = url.parse::<Uri>() else {
                 return Ok(Response::error(StatusCode::BAD_REQUEST));
             };
-            let mut headers = strip_hop_by_hop(&req.headers);
+            let mut headers = strip_hop_by_hop(req.headers());
             headers.remove(header::HOST);
             headers.remove(header::CONTENT_LENGTH);
             if let Some(host) = req.header(header::HOST) {
@@ -146,8 +146,8 @@ impl Resource for ReverseProxy {
                 .header(header::CONTENT_LENGTH)
                 .and_then(|v| v.parse::<u64>().ok());
             let has_body =
-                req.headers.contains_key(header::TRANSFER_ENCODING) || cl.is_some_and(|n| n > 0);
-            let mut creq = ClientRequest::new(req.method.clone(), url);
+                req.headers().contains_key(header::TRANSFER_ENCODING) || cl.is_some_and(|n| n > 0);
+            let mut creq = ClientRequest::new(req.method().clone(), url);
             if has_body {
                 creq = creq.with_stream(Body::from_request_body(req.take_body(), cl));
             }

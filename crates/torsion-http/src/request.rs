@@ -1,6 +1,6 @@
 //! The request a handler receives, with its streaming body.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +9,8 @@ use std::task::{Context, Poll, Waker};
 
 use http::{HeaderMap, Method, Uri, Version};
 use torsion_core::{Address, Deferred, Failure, Reactor};
+
+use crate::h1::RequestHead;
 
 /// The request body ended early: the connection broke or the input was malformed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -236,26 +238,51 @@ impl Future for ChunkFuture<'_> {
 
 /// An HTTP request as handlers see it.
 ///
+/// The head is kept as it arrived and read on demand: [`Request::header`]
+/// looks a field up in the received bytes, and the [`HeaderMap`] of
+/// [`Request::headers`] and the [`Uri`] of [`Request::uri`] are built the
+/// first time someone asks for them. A handler that needs neither costs no
+/// map and no allocation for them.
+///
 /// The resource tree consumes the path segment by segment: `prepath` holds
 /// the segments already matched, `postpath` those still to go (Twisted's
 /// names).
-#[derive(Debug)]
+///
+/// ```
+/// use torsion_http::Request;
+/// let mut req = Request::new(http::Method::GET, "/docs/a%20b?page=2".parse().unwrap());
+/// assert_eq!(req.path(), "/docs/a%20b");
+/// assert_eq!(req.query(), Some("page=2"));
+/// assert_eq!(req.postpath, vec!["docs".to_string(), "a b".to_string()]);
+/// req.headers_mut().insert("accept", "text/html".parse().unwrap());
+/// assert_eq!(req.header("Accept"), Some("text/html"));
+/// ```
 pub struct Request {
-    /// Method.
-    pub method: Method,
-    /// Target as sent.
-    pub uri: Uri,
-    /// Protocol version.
-    pub version: Version,
-    /// Header fields.
-    pub headers: HeaderMap,
     /// Path segments consumed by the resource tree so far (percent-decoded).
     pub prepath: Vec<String>,
     /// Path segments still to consume (percent-decoded).
     pub postpath: Vec<String>,
+    head: RequestHead,
+    /// Built from the head on first use (or given, for requests built by hand).
+    headers: OnceCell<Box<HeaderMap>>,
+    uri: OnceCell<Box<Uri>>,
     body: Option<RequestBody>,
-    peer: Address,
+    peer: Rc<Address>,
     reactor: Option<Reactor>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", self.method())
+            .field("target", &self.target())
+            .field("version", &self.version())
+            .field("headers", self.headers())
+            .field("prepath", &self.prepath)
+            .field("postpath", &self.postpath)
+            .field("peer", &self.peer)
+            .finish()
+    }
 }
 
 impl Request {
@@ -269,50 +296,101 @@ impl Request {
     pub fn new(method: Method, uri: Uri) -> Request {
         let postpath = split_path(uri.path()).unwrap_or_default();
         Request {
-            method,
-            uri,
-            version: Version::HTTP_11,
-            headers: HeaderMap::new(),
             prepath: Vec::new(),
             postpath,
+            head: RequestHead::built(method, Version::HTTP_11, uri.clone()),
+            headers: OnceCell::from(Box::default()),
+            uri: OnceCell::from(Box::new(uri)),
             body: Some(RequestBody::empty()),
-            peer: Address::Memory("test".into()),
+            peer: Rc::new(Address::Memory("test".into())),
             reactor: None,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn from_parts(
-        method: Method,
-        uri: Uri,
-        version: Version,
-        headers: HeaderMap,
-        body: RequestBody,
-        peer: Address,
+    pub(crate) fn from_head(
+        head: RequestHead,
+        body: Option<RequestBody>,
+        peer: Rc<Address>,
         reactor: Reactor,
         postpath: Vec<String>,
     ) -> Request {
         Request {
-            method,
-            uri,
-            version,
-            headers,
             prepath: Vec::new(),
             postpath,
-            body: Some(body),
+            head,
+            headers: OnceCell::new(),
+            uri: OnceCell::new(),
+            body,
             peer,
             reactor: Some(reactor),
         }
     }
 
-    /// The path part of the target.
-    pub fn path(&self) -> &str {
-        self.uri.path()
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.head.method
     }
 
-    /// A header's value as text, if present and valid UTF-8.
-    pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+    /// The protocol version.
+    pub fn version(&self) -> Version {
+        self.head.version
+    }
+
+    /// The request target exactly as the client sent it.
+    pub fn target(&self) -> &str {
+        match self.uri.get() {
+            Some(u) if self.head.raw().is_empty() => u.path_and_query().map_or("/", |p| p.as_str()),
+            _ => self.head.target(),
+        }
+    }
+
+    /// The target as a [`Uri`] (parsed on first use).
+    pub fn uri(&self) -> &Uri {
+        self.uri.get_or_init(|| Box::new(self.head.uri()))
+    }
+
+    /// The path part of the target.
+    pub fn path(&self) -> &str {
+        match self.uri.get() {
+            Some(u) => u.path(),
+            None => self.head.path(),
+        }
+    }
+
+    /// The query part of the target, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        match self.uri.get() {
+            Some(u) => u.query(),
+            None => self.head.query(),
+        }
+    }
+
+    /// The header fields (the map is built on first use; its values share
+    /// the received head's buffer).
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers.get_or_init(|| Box::new(self.head.headers()))
+    }
+
+    /// The header fields, to change them (builds the map if needed).
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        if self.headers.get().is_none() {
+            let map = Box::new(self.head.headers());
+            let _ = self.headers.set(map);
+        }
+        self.headers.get_mut().expect("set just above")
+    }
+
+    /// The first value of header `name` (any case) as text, if present and
+    /// valid UTF-8. Reads the received head directly unless the map was built.
+    pub fn header(&self, name: impl AsRef<str>) -> Option<&str> {
+        let name = name.as_ref();
+        match self.headers.get() {
+            Some(map) => map.get(name).and_then(|v| v.to_str().ok()),
+            None => self
+                .head
+                .header(name)
+                .and_then(|v| std::str::from_utf8(v).ok()),
+        }
     }
 
     /// The host the client asked for (`Host` header without the port, lowercased).
@@ -320,7 +398,7 @@ impl Request {
         let h = self
             .header(http::header::HOST)
             .map(str::to_string)
-            .or_else(|| self.uri.host().map(str::to_string))?;
+            .or_else(|| self.uri().host().map(str::to_string))?;
         let h = if h.starts_with('[') {
             h.split_inclusive(']').next().unwrap_or(&h).to_string()
         } else {
@@ -336,7 +414,7 @@ impl Request {
 
     /// Sets the peer address (for requests built by hand).
     pub fn set_peer(&mut self, peer: Address) {
-        self.peer = peer;
+        self.peer = Rc::new(peer);
     }
 
     /// The reactor serving the request (`None` for requests built by hand).
@@ -367,13 +445,6 @@ impl Request {
             s.push('/');
         }
         s
-    }
-}
-
-impl Drop for Request {
-    fn drop(&mut self) {
-        // The map's room serves a later request or response.
-        crate::response::recycle_header_map(std::mem::take(&mut self.headers));
     }
 }
 

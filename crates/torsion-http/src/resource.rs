@@ -189,7 +189,7 @@ pub trait Resource: 'static {
     }
     /// Answers the request; dispatches on the method by default.
     fn render(&self, req: Request) -> Reply {
-        match req.method {
+        match *req.method() {
             Method::GET => self.render_get(req),
             Method::HEAD => self.render_head(req),
             Method::POST => self.render_post(req),

@@ -1,6 +1,7 @@
 //! Responses: status, headers and a body that is either in memory or
 //! produced piece by piece as the client takes it.
 
+use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -72,8 +73,9 @@ pub trait BodySource: 'static {
 pub enum Body {
     /// No body bytes.
     Empty,
-    /// A body in memory.
-    Bytes(Vec<u8>),
+    /// A body in memory (`Bytes::from_static` for constant text costs no
+    /// allocation; a `Vec` or `String` converts without a copy).
+    Bytes(Bytes),
     /// A body pulled from a source; `len` is its length when known
     /// (sent as `Content-Length`, otherwise the body is chunked).
     Stream {
@@ -245,13 +247,56 @@ impl BodySource for BodyStreamSource {
     }
 }
 
+/// UTF-8 text for [`Response::text`] and [`Response::html`]: made from a
+/// `&'static str` without a copy, or from a `String`, `&String` or
+/// `Cow<str>`.
+#[derive(Debug, Clone)]
+pub struct Text(Bytes);
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Self {
+        Text(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text(Bytes::from(s))
+    }
+}
+
+impl From<&String> for Text {
+    fn from(s: &String) -> Self {
+        Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<std::borrow::Cow<'static, str>> for Text {
+    fn from(s: std::borrow::Cow<'static, str>) -> Self {
+        match s {
+            std::borrow::Cow::Borrowed(b) => b.into(),
+            std::borrow::Cow::Owned(o) => o.into(),
+        }
+    }
+}
+
 /// An HTTP response.
+///
+/// The server writes the framing fields itself (`Content-Length` or
+/// `Transfer-Encoding`, `Connection`, `Date`, `Server`). The Content-Type
+/// is `headers`' when it names one, otherwise `default_content_type`
+/// (Twisted's `defaultContentType`): [`Response::text`] and
+/// [`Response::html`] set only the default, so the common answer needs no
+/// header map at all. [`Response::content_type`] tells which applies.
 ///
 /// ```
 /// use torsion_http::Response;
 /// let r = Response::text("Hello, World!").header("x-demo", "1");
 /// assert_eq!(r.status, http::StatusCode::OK);
-/// assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
+/// assert_eq!(r.content_type().unwrap(), "text/plain; charset=utf-8");
+/// assert!(r.headers.get("content-type").is_none());
+/// let r = r.header("content-type", "text/markdown");
+/// assert_eq!(r.content_type().unwrap(), "text/markdown");
 /// ```
 #[derive(Debug)]
 pub struct Response {
@@ -261,6 +306,8 @@ pub struct Response {
     pub headers: HeaderMap,
     /// The body.
     pub body: Body,
+    /// The Content-Type sent when `headers` has none.
+    pub default_content_type: Option<HeaderValue>,
 }
 
 thread_local! {
@@ -307,32 +354,41 @@ impl Response {
             status,
             headers: spare_header_map(),
             body: Body::Empty,
+            default_content_type: None,
         }
     }
 
-    /// 200 with a UTF-8 text body.
-    pub fn text(body: impl Into<String>) -> Response {
+    /// The Content-Type the response will carry: the one in `headers`,
+    /// else the default.
+    pub fn content_type(&self) -> Option<&HeaderValue> {
+        self.headers
+            .get(CONTENT_TYPE)
+            .or(self.default_content_type.as_ref())
+    }
+
+    /// 200 with a UTF-8 text body: a `&'static str` (no copy) or a `String`.
+    pub fn text(body: impl Into<Text>) -> Response {
         Response::typed(
-            body.into().into_bytes(),
+            body.into().0,
             const { HeaderValue::from_static("text/plain; charset=utf-8") },
         )
     }
 
-    /// 200 with an HTML body.
-    pub fn html(body: impl Into<String>) -> Response {
+    /// 200 with an HTML body: a `&'static str` (no copy) or a `String`.
+    pub fn html(body: impl Into<Text>) -> Response {
         Response::typed(
-            body.into().into_bytes(),
+            body.into().0,
             const { HeaderValue::from_static("text/html; charset=utf-8") },
         )
     }
 
-    fn typed(body: Vec<u8>, content_type: HeaderValue) -> Response {
-        let mut headers = spare_header_map();
-        headers.insert(CONTENT_TYPE, content_type);
+    fn typed(body: Bytes, content_type: HeaderValue) -> Response {
         Response {
             status: StatusCode::OK,
-            headers,
+            // Empty: no allocation until someone adds a field.
+            headers: HeaderMap::new(),
             body: Body::Bytes(body),
+            default_content_type: Some(content_type),
         }
     }
 

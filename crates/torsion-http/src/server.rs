@@ -250,6 +250,7 @@ impl Protocol for HttpProtocol {
         let conn = Rc::new_cyclic(|me| Conn {
             me: me.clone(),
             shared: self.shared.clone(),
+            peer: Rc::new(transport.peer()),
             transport,
             machine: RefCell::new(ServerConn::with_shared_config(self.shared.cfg.clone())),
             slots: RefCell::new(VecDeque::new()),
@@ -315,6 +316,24 @@ struct Slot {
     log: Option<Box<LogInfo>>,
 }
 
+impl Slot {
+    fn waiting(id: u64, is_head: bool, log: Option<Box<LogInfo>>) -> Slot {
+        Slot {
+            id,
+            is_head,
+            state: SlotState::Waiting,
+            deferred: None,
+            log,
+        }
+    }
+}
+
+/// What a request answered at once (and so never queued) leaves for its response.
+struct Answered {
+    is_head: bool,
+    log: Option<Box<LogInfo>>,
+}
+
 struct LogInfo {
     request_line: String,
     referer: String,
@@ -328,6 +347,8 @@ struct Conn {
     me: Weak<Conn>,
     shared: Rc<Shared>,
     transport: Transport,
+    /// The peer's address, shared with every request (not copied per request).
+    peer: Rc<Address>,
     machine: RefCell<ServerConn>,
     slots: RefCell<VecDeque<Slot>>,
     /// The request whose body is arriving now.
@@ -543,49 +564,41 @@ impl Conn {
             });
             let shared_body = request::new_body(false, Some(on_consume));
             *self.body.borrow_mut() = Some((head.id, shared_body.clone()));
-            RequestBody::new(shared_body)
+            Some(RequestBody::new(shared_body))
         } else {
-            RequestBody::empty()
+            // `take_body` makes the empty body if a handler asks for one.
+            None
         };
         // The access log line's parts are kept only when someone listens.
         let log = access_log_enabled().then(|| {
             let hv = |n| {
-                head.headers
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
+                head.header(n)
+                    .and_then(|v| std::str::from_utf8(v).ok())
                     .unwrap_or("-")
                     .to_string()
             };
             Box::new(LogInfo {
-                request_line: format!("{} {} {:?}", head.method, head.uri, head.version),
-                referer: hv(http::header::REFERER),
-                user_agent: hv(http::header::USER_AGENT),
+                request_line: format!("{} {} {:?}", head.method, head.target(), head.version),
+                referer: hv("referer"),
+                user_agent: hv("user-agent"),
                 status: 0,
                 bytes: 0,
                 time: SystemTime::now(),
             })
         });
         let id = head.id;
-        let slot = Slot {
-            id,
-            is_head: head.method == http::Method::HEAD,
-            state: SlotState::Waiting,
-            deferred: None,
-            log,
-        };
-        let postpath = request::split_path(head.uri.path());
-        let Some(postpath) = postpath else {
-            self.slots.borrow_mut().push_back(slot);
+        let is_head = head.method == http::Method::HEAD;
+        let Some(postpath) = request::split_path(head.path()) else {
+            self.slots
+                .borrow_mut()
+                .push_back(Slot::waiting(id, is_head, log));
             self.set_response(id, Ok(Response::error(StatusCode::BAD_REQUEST)));
             return;
         };
-        let req = Request::from_parts(
-            head.method,
-            head.uri,
-            head.version,
-            head.headers,
+        let req = Request::from_head(
+            head,
             body,
-            self.transport.peer(),
+            self.peer.clone(),
             self.shared.reactor.clone(),
             postpath,
         );
@@ -598,11 +611,13 @@ impl Conn {
         // arriving meanwhile only mark the connection for another step.
         let reply = match reply {
             Ok(Reply::Now(r)) if !has_body && self.machine.borrow().current() == Some(id) => {
-                self.emit(id, r, Some(slot));
+                self.emit(id, r, Some(Answered { is_head, log }));
                 return;
             }
             reply => {
-                self.slots.borrow_mut().push_back(slot);
+                self.slots
+                    .borrow_mut()
+                    .push_back(Slot::waiting(id, is_head, log));
                 reply
             }
         };
@@ -754,74 +769,91 @@ impl Conn {
     }
 
     /// Hands the response for `front` (the oldest unanswered request) to
-    /// the machine. `own` is its slot when it was never queued (answered
-    /// at once); otherwise the slot is in the queue.
-    fn emit(&self, front: u64, resp: Response, own: Option<Slot>) {
+    /// the machine. `own` is what its request left when it was answered at
+    /// once and never queued a slot; otherwise its slot is in the queue.
+    fn emit(&self, front: u64, resp: Response, own: Option<Answered>) {
         let Response {
             status,
             headers,
             body,
+            default_content_type,
         } = resp;
-        let len = body.len();
-        let r = self
-            .machine
-            .borrow_mut()
-            .respond(front, status, &headers, len);
-        crate::response::recycle_header_map(headers);
-        let mut own = own;
-        let mut log = match own.as_mut() {
-            Some(s) => s.log.take(),
-            None => self
-                .slots
-                .borrow_mut()
-                .iter_mut()
-                .find(|s| s.id == front)
-                .and_then(|s| s.log.take()),
+        let (own_is_head, mut log) = match own {
+            Some(o) => (Some(o.is_head), o.log),
+            None => (
+                None,
+                self.slots
+                    .borrow_mut()
+                    .iter_mut()
+                    .find(|s| s.id == front)
+                    .and_then(|s| s.log.take()),
+            ),
         };
         if let Some(l) = log.as_mut() {
             l.status = status.as_u16();
         }
+        let whole = match &body {
+            Body::Empty => Some(&[][..]),
+            Body::Bytes(b) => Some(&b[..]),
+            Body::Stream { .. } => None,
+        };
+        if let Some(bytes) = whole {
+            // Head, body and end in one call: the common case.
+            let r = self.machine.borrow_mut().respond_typed_with_body(
+                front,
+                status,
+                &headers,
+                default_content_type.as_ref(),
+                bytes,
+            );
+            crate::response::recycle_header_map(headers);
+            if let Some(l) = log.as_mut() {
+                l.bytes = bytes.len() as u64;
+            }
+            match r {
+                Ok(()) => self.finished(front, log),
+                Err(e) => self.response_refused(front, e),
+            }
+            return;
+        }
+        let Body::Stream { len, source } = body else {
+            return;
+        };
+        let r = self.machine.borrow_mut().respond_typed(
+            front,
+            status,
+            &headers,
+            default_content_type.as_ref(),
+            len,
+        );
+        crate::response::recycle_header_map(headers);
         if let Err(e) = r {
             self.response_refused(front, e);
             return;
         }
-        match body {
-            Body::Empty => self.finish(front, log),
-            Body::Bytes(b) => {
-                let r = self.machine.borrow_mut().send_data(front, &b);
-                if let Some(l) = log.as_mut() {
-                    l.bytes = b.len() as u64;
-                }
-                if let Err(e) = r {
-                    self.response_refused(front, e);
-                    return;
-                }
-                self.finish(front, log);
-            }
-            Body::Stream { source, .. } => {
-                let is_head = match &own {
-                    Some(s) => s.is_head,
-                    None => self
-                        .slots
-                        .borrow()
-                        .iter()
-                        .any(|s| s.id == front && s.is_head),
-                };
-                if is_head {
-                    drop(source);
-                    self.finish(front, log);
-                } else if let Some(mut s) = own {
-                    // Later requests are not dispatched yet: the back is its place.
-                    s.log = log;
-                    s.state = SlotState::Streaming(source);
-                    self.slots.borrow_mut().push_back(s);
-                } else {
-                    self.with_slot(front, |s| {
-                        s.log = log;
-                        s.state = SlotState::Streaming(source);
-                    });
-                }
-            }
+        let is_head = own_is_head.unwrap_or_else(|| {
+            self.slots
+                .borrow()
+                .iter()
+                .any(|s| s.id == front && s.is_head)
+        });
+        if is_head {
+            drop(source);
+            self.finish(front, log);
+        } else if own_is_head.is_some() {
+            // Later requests are not dispatched yet: the back is its place.
+            self.slots.borrow_mut().push_back(Slot {
+                id: front,
+                is_head,
+                state: SlotState::Streaming(source),
+                deferred: None,
+                log,
+            });
+        } else {
+            self.with_slot(front, |s| {
+                s.log = log;
+                s.state = SlotState::Streaming(source);
+            });
         }
     }
 
@@ -845,20 +877,27 @@ impl Conn {
     /// Ends request `id`'s response; `log` is its access-log record when
     /// the caller holds it (otherwise it is in the slot).
     fn finish(&self, id: u64, log: Option<Box<LogInfo>>) {
+        let r = self.machine.borrow_mut().finish(id);
+        if let Err(e) = r {
+            tracing::error!(peer = %self.transport.peer(), error = %e, "finishing response failed");
+        }
+        self.finished(id, log);
+    }
+
+    /// What follows the end of request `id`'s response in the machine.
+    fn finished(&self, id: u64, log: Option<Box<LogInfo>>) {
         // Body bytes still arriving for an answered request are dropped.
         if let Some((bid, b)) = self.body.borrow().as_ref() {
             if *bid == id {
                 request::discard_body(b);
             }
         }
-        let r = self.machine.borrow_mut().finish(id);
-        if let Err(e) = r {
-            tracing::error!(peer = %self.transport.peer(), error = %e, "finishing response failed");
-        }
         let slot = {
             let mut slots = self.slots.borrow_mut();
-            let pos = slots.iter().position(|s| s.id == id);
-            pos.and_then(|p| slots.remove(p))
+            match slots.iter().position(|s| s.id == id) {
+                Some(p) => slots.remove(p),
+                None => None,
+            }
         };
         if let Some(l) = log.or_else(|| slot.and_then(|s| s.log)) {
             access_log(&self.shared.cfg.log_name, &self.transport.peer(), &l);

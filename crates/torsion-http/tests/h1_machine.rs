@@ -158,7 +158,7 @@ fn chunked_request_body_events() {
         ServerConfig::default(),
         &[b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n"],
     );
-    assert!(matches!(&ev[0], Event::Head(h) if h.uri.path() == "/u" && h.content_length.is_none()));
+    assert!(matches!(&ev[0], Event::Head(h) if h.path() == "/u" && h.content_length.is_none()));
     assert_eq!(
         ev[1],
         Event::Data {
@@ -447,6 +447,6 @@ fn answer_before_body_keeps_connection_reading() {
         })
     );
     assert_eq!(c.next_event(), Some(Event::End { id: 0 }));
-    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id == 1 && h.uri.path() == "/next"));
+    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id == 1 && h.path() == "/next"));
     assert!(!c.should_close());
 }

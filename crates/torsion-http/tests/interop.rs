@@ -36,7 +36,7 @@ fn site(base: PathBuf) -> impl FnOnce(&Reactor) -> Site {
                 let body = req.into_body().bytes(16 << 20).await?;
                 Ok(Response::new(http::StatusCode::OK)
                     .header("content-type", "application/octet-stream")
-                    .with_body(torsion_http::Body::Bytes(body)))
+                    .with_body(torsion_http::Body::Bytes(body.into())))
             })),
         );
         root.put_child("files", Rc::new(File::new(base.join("root")).unwrap()));

@@ -361,7 +361,7 @@ fn resource_tree_async_handlers_vhosts_redirects_mixed() {
         root.put_child(
             "async",
             Rc::new(handler_fn(|req: Request| async move {
-                Ok(Response::text(format!("async {}", req.method)))
+                Ok(Response::text(format!("async {}", req.method())))
             })),
         );
         root.put_child(

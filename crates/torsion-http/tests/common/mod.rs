@@ -198,7 +198,7 @@ pub fn add_fast_and_echo(root: &Tree) {
     root.put_child(
         "echo",
         std::rc::Rc::new(handler_fn(|req: Request| async move {
-            let m = req.method.clone();
+            let m = req.method().clone();
             let b = req.into_body().bytes(1 << 20).await?;
             Ok(Response::text(format!(
                 "{m} {}",
