@@ -31,7 +31,6 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::mem::MaybeUninit;
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -40,6 +39,7 @@ use http::{Method, StatusCode, Uri, Version};
 
 use crate::chunked::{self, ChunkedDecoder, ChunkedError};
 use crate::config::ServerConfig;
+use crate::parse::{parse_request_head, HeadLimits, ParsedHead};
 
 /// The head of a request, as the machine parsed and checked it.
 ///
@@ -117,6 +117,18 @@ impl RequestHead {
         }
     }
 
+    /// The path's bytes (no UTF-8 check: splitting it into segments
+    /// checks each).
+    pub(crate) fn path_bytes(&self) -> &[u8] {
+        match &self.uri {
+            Some(u) => u.path().as_bytes(),
+            None => self
+                .raw
+                .get(self.target.0 as usize..self.query as usize)
+                .unwrap_or_default(),
+        }
+    }
+
     /// The query of the target, without the `?`.
     pub fn query(&self) -> Option<&str> {
         match &self.uri {
@@ -189,7 +201,7 @@ impl RequestHead {
 pub(crate) fn build_header_map(raw: &Bytes, fields: Fields<'_>) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in fields {
-        // The machine accepted these bytes, and httparse's name and value
+        // The parser accepted these bytes, and its name and value
         // alphabets are exactly the `http` crate's: neither can fail.
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -236,7 +248,7 @@ impl<'a> Iterator for Fields<'a> {
         let value_end = if rest[lf - 1] == b'\r' { lf - 1 } else { lf };
         let value = rest.get(colon + 1..value_end).unwrap_or_default();
         self.rest = &rest[lf + 1..];
-        // Names are tokens (ASCII), values trimmed as httparse trims them.
+        // Names are tokens (ASCII), values trimmed as the parser trims them.
         let name = std::str::from_utf8(&rest[..colon]).unwrap_or_default();
         Some((name, value.trim_ascii()))
     }
@@ -360,8 +372,10 @@ pub struct ServerConn {
     pending: VecDeque<Pending>,
     next_id: u64,
     out: Vec<u8>,
-    /// An IMF-fixdate is always 29 bytes: no allocation per connection.
-    date: [u8; 29],
+    /// The `date` line and, when it fits, the `server` line every
+    /// response carries, rendered once per date change (inline: no
+    /// allocation per connection).
+    std_lines: StdLines,
     close_after: bool,
     closed: bool,
     bytes_sent_body: u64,
@@ -412,8 +426,7 @@ impl ServerConn {
             c.max_pipelined = c.max_pipelined.max(1);
             c.max_headers = c.max_headers.max(1);
         }
-        let mut date = [b' '; 29];
-        date.copy_from_slice(b"Thu, 01 Jan 1970 00:00:00 GMT");
+        let std_lines = StdLines::new(b"Thu, 01 Jan 1970 00:00:00 GMT", &cfg);
         ServerConn {
             cfg,
             inbuf: BytesMut::new(),
@@ -421,7 +434,7 @@ impl ServerConn {
             pending: VecDeque::new(),
             next_id: 0,
             out: Vec::new(),
-            date,
+            std_lines,
             close_after: false,
             closed: false,
             bytes_sent_body: 0,
@@ -438,8 +451,10 @@ impl ServerConn {
     /// `date` must be an IMF-fixdate (29 bytes, as `httpdate` formats);
     /// anything else is ignored.
     pub fn set_date(&mut self, date: &str) {
-        if let Ok(d) = <[u8; 29]>::try_from(date.as_bytes()) {
-            self.date = d;
+        if let Ok(d) = <&[u8; 29]>::try_from(date.as_bytes()) {
+            if self.std_lines.date() != d {
+                self.std_lines = StdLines::new(d, &self.cfg);
+            }
         }
     }
 
@@ -677,83 +692,19 @@ impl ServerConn {
         if buf.is_empty() {
             return None;
         }
-        // Uninitialised header slots: zeroing 128 of them (4 KiB) for every
-        // request was the largest single cost of parsing a small request.
-        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
-        let mut heap;
-        let headers: &mut [MaybeUninit<httparse::Header<'_>>] =
-            if self.cfg.max_headers <= stack.len() {
-                &mut stack[..self.cfg.max_headers]
-            } else {
-                heap = Vec::new();
-                heap.resize_with(self.cfg.max_headers, MaybeUninit::uninit);
-                &mut heap
-            };
-        let limit = buf.len().min(self.cfg.max_header_bytes);
-        let mut req = httparse::Request::new(&mut []);
-        let parsed = req.parse_with_uninit_headers(&buf[..limit], headers);
-        // A complete head whose lines all end in CRLF (what clients send)
-        // is checked from the parsed spans; anything else takes the full
-        // scans below, in their order (request-line length first).
-        let complete = match parsed {
-            Ok(httparse::Status::Complete(n)) => crlf_head(&req, buf, n).map(|l| (n, l)),
-            _ => None,
+        let limits = HeadLimits {
+            max_head: self.cfg.max_header_bytes,
+            max_request_line: self.cfg.max_request_line,
+            max_fields: self.cfg.max_headers,
         };
-        let n = if let Some((n, line_end)) = complete {
-            if line_end > self.cfg.max_request_line {
-                return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"));
-            }
-            n
-        } else {
-            // Request-line length (414) before anything else.
-            let line_end = memchr::memchr(b'\n', buf);
-            match line_end {
-                None if buf.len() > self.cfg.max_request_line => {
-                    return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
-                }
-                Some(i) if i > self.cfg.max_request_line => {
-                    return Some(self.fail(None, StatusCode::URI_TOO_LONG, "request line too long"))
-                }
-                _ => {}
-            }
-            let n = match parsed {
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => {
-                    if buf.len() >= self.cfg.max_header_bytes {
-                        return Some(self.fail(
-                            None,
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "header block too large",
-                        ));
-                    }
-                    // A bare LF in the part already seen is fatal whatever follows.
-                    if has_bare_lf(buf) {
-                        return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
-                    }
-                    return None;
-                }
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Some(self.fail(
-                        None,
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "too many header fields",
-                    ))
-                }
-                Err(httparse::Error::Version) => {
-                    return Some(self.fail(
-                        None,
-                        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                        "unsupported HTTP version",
-                    ))
-                }
-                Err(_) => return Some(self.fail(None, StatusCode::BAD_REQUEST, "malformed head")),
-            };
-            if has_bare_lf(&buf[..n]) {
-                return Some(self.fail(None, StatusCode::BAD_REQUEST, "bare LF in head"));
-            }
-            n
+        let mut framing = FramingFields::default();
+        let parsed = match parse_request_head(buf, &limits, |n, v| framing.see(n, v)) {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(e) => return Some(self.fail(None, e.status(), e.reason())),
         };
-        let info = match check_head(&req, buf, n, &self.cfg) {
+        let n = parsed.len;
+        let info = match check_head(&parsed, buf, framing, &self.cfg) {
             Ok(i) => i,
             Err((status, reason)) => return Some(self.fail(None, status, reason)),
         };
@@ -874,7 +825,7 @@ impl ServerConn {
         if let (Some(status), None) = (front.error, front.framing) {
             // An error response is always the connection's last.
             self.pending.clear();
-            write_error_response(&mut self.out, status, &self.date, &self.cfg);
+            write_error_response(&mut self.out, status, &self.std_lines, &self.cfg);
             self.read = ReadState::Stopped;
             self.closed = true;
             return;
@@ -1024,21 +975,26 @@ impl ServerConn {
         let effective = if is_head { Framing::Empty } else { framing };
         p.framing = Some(effective);
         let out = &mut self.out;
+        // One reservation for the usual head; the pieces below then copy
+        // without growing.
+        out.reserve(STD_LINES_MAX + 128);
         write_status_line(out, status);
-        write_standard_headers(out, &self.date, &self.cfg);
-        for (name, value) in headers {
-            if name == header::CONTENT_LENGTH
-                || name == header::TRANSFER_ENCODING
-                || name == header::CONNECTION
-                || name == header::DATE
-                || (name == header::SERVER && self.cfg.server_name.is_some())
-            {
-                continue;
+        self.std_lines.write(out, &self.cfg);
+        if !headers.is_empty() {
+            for (name, value) in headers {
+                if name == header::CONTENT_LENGTH
+                    || name == header::TRANSFER_ENCODING
+                    || name == header::CONNECTION
+                    || name == header::DATE
+                    || (name == header::SERVER && self.cfg.server_name.is_some())
+                {
+                    continue;
+                }
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
             }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
         }
         if let Some(ct) = default_type {
             if headers.is_empty() || !headers.contains_key(header::CONTENT_TYPE) {
@@ -1047,23 +1003,31 @@ impl ServerConn {
                 out.extend_from_slice(b"\r\n");
             }
         }
+        // The framing lines and the empty line, assembled on the stack and
+        // copied at once.
+        let mut tail = [0u8; 96];
+        let mut n = 0;
+        let mut put = |b: &[u8]| {
+            tail[n..n + b.len()].copy_from_slice(b);
+            n += b.len();
+        };
         match framing {
-            Framing::Length(n) => {
-                out.extend_from_slice(b"content-length: ");
-                push_decimal(out, n);
-                out.extend_from_slice(b"\r\n");
+            Framing::Length(len) => {
+                put(b"content-length: ");
+                let mut digits = [0u8; 20];
+                put(decimal(&mut digits, len));
+                put(b"\r\n");
             }
-            Framing::Chunked if !is_head => {
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n")
-            }
+            Framing::Chunked if !is_head => put(b"transfer-encoding: chunked\r\n"),
             _ => {}
         }
         if !keep_alive {
-            out.extend_from_slice(b"connection: close\r\n");
+            put(b"connection: close\r\n");
         } else if version == Version::HTTP_10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
+            put(b"connection: keep-alive\r\n");
         }
-        out.extend_from_slice(b"\r\n");
+        put(b"\r\n");
+        out.extend_from_slice(&tail[..n]);
         self.bytes_sent_body = 0;
         if !keep_alive {
             self.close_after = true;
@@ -1162,9 +1126,9 @@ impl ServerConn {
     }
 }
 
-/// Appends `n` in decimal (cheaper than `write!` on the hot path).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+/// `n` in decimal, written at the end of `digits` (cheaper than `write!`
+/// on the hot path).
+fn decimal(digits: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -1174,36 +1138,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
-}
-
-fn has_bare_lf(buf: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r')
-}
-
-/// For a complete head of `n` bytes whose every line ends in CRLF, the
-/// index of the request line's LF; `None` when a line may end in a bare LF
-/// (or empty lines were skipped before the request line), which the caller
-/// then checks byte by byte. Every LF in a head httparse accepted ends a
-/// line: the request line's, each field line's (right before the next
-/// field name) and the final empty line.
-fn crlf_head(req: &httparse::Request<'_, '_>, buf: &[u8], n: usize) -> Option<usize> {
-    let base = buf.as_ptr() as usize;
-    let method = req.method?;
-    if method.as_ptr() as usize != base || n < 4 || &buf[n - 4..n] != b"\r\n\r\n" {
-        return None;
-    }
-    let mut first_lf = n - 3;
-    for (i, h) in req.headers.iter().enumerate() {
-        let at = h.name.as_ptr() as usize - base;
-        if at < 2 || &buf[at - 2..at] != b"\r\n" {
-            return None;
-        }
-        if i == 0 {
-            first_lf = at - 1;
-        }
-    }
-    Some(first_lf)
+    &digits[i..]
 }
 
 /// What the machine learned from a parsed head, without borrowing it.
@@ -1255,19 +1190,108 @@ static PLAIN_TARGET: [bool; 256] = {
     t
 };
 
-fn origin_form_is_plain(target: &[u8]) -> bool {
-    target.first() == Some(&b'/') && target.iter().all(|&b| PLAIN_TARGET[b as usize])
+/// For a plain origin-form target (see `PLAIN_TARGET`), where its `?` is
+/// (its length without a query); `None` for any other target.
+fn plain_origin_form(target: &[u8]) -> Option<usize> {
+    if target.first() != Some(&b'/') {
+        return None;
+    }
+    let mut query = None;
+    for (i, &b) in target.iter().enumerate() {
+        if !PLAIN_TARGET[b as usize] {
+            return None;
+        }
+        if b == b'?' && query.is_none() {
+            query = Some(i);
+        }
+    }
+    Some(query.unwrap_or(target.len()))
 }
 
-/// Length limit of a header name (the `http` crate's).
-const MAX_NAME_LEN: usize = (1 << 16) - 1;
+/// The fields the machine itself reads, collected while the head is parsed.
+#[derive(Default)]
+struct FramingFields<'a> {
+    content_length: Option<u64>,
+    transfer_encoding: Option<&'a [u8]>,
+    hosts: usize,
+    conn_close: bool,
+    conn_keep_alive: bool,
+    expect: Option<&'a [u8]>,
+    /// The first problem seen, reported once the head is complete.
+    error: Option<&'static str>,
+}
 
-/// Checks a head httparse accepted, reading what the machine needs from
-/// the framing fields (no header map is built).
+impl<'a> FramingFields<'a> {
+    fn see(&mut self, name: &'a [u8], value: &'a [u8]) {
+        // Dispatch on length first: most fields are none of these.
+        match name.len() {
+            4 if token_is(name, b"host") => self.hosts += 1,
+            6 if self.expect.is_none() && token_is(name, b"expect") => self.expect = Some(value),
+            10 if token_is(name, b"connection") => {
+                for t in value.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    self.conn_close |= t.eq_ignore_ascii_case(b"close");
+                    self.conn_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            14 if token_is(name, b"content-length") => {
+                if self.content_length.is_some() {
+                    self.fail("duplicate Content-Length");
+                }
+                match parse_content_length(value) {
+                    Some(n) => self.content_length = Some(n),
+                    None => self.fail("invalid Content-Length"),
+                }
+            }
+            17 if token_is(name, b"transfer-encoding") => {
+                if self.transfer_encoding.is_some() {
+                    self.fail("duplicate Transfer-Encoding");
+                }
+                self.transfer_encoding = Some(value);
+            }
+            _ => {}
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) {
+        self.error.get_or_insert(why);
+    }
+}
+
+/// True when the token `name` is `lower` (lowercase letters and `-`) in any
+/// case. Setting bit 5 lowercases a letter and leaves `-` as it is; no other
+/// token byte becomes a letter or `-` that way, so comparing words is exact.
+#[inline(always)]
+fn token_is(name: &[u8], lower: &'static [u8]) -> bool {
+    if name.len() != lower.len() {
+        return false;
+    }
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    name.chunks(8)
+        .zip(lower.chunks(8))
+        .all(|(a, b)| word(a) | (0x2020_2020_2020_2020 & mask(a.len())) == word(b))
+}
+
+/// The low `n` bytes of a word set.
+#[inline(always)]
+fn mask(n: usize) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (n * 8)) - 1
+    }
+}
+
+/// Checks a parsed head, from its parts and the framing fields read while
+/// it was parsed (no header map is built).
 fn check_head(
-    req: &httparse::Request<'_, '_>,
+    parsed: &ParsedHead,
     buf: &[u8],
-    head_len: usize,
+    framing: FramingFields<'_>,
     cfg: &ServerConfig,
 ) -> Result<HeadInfo, (StatusCode, &'static str)> {
     let bad = |r| (StatusCode::BAD_REQUEST, r);
@@ -1275,28 +1299,23 @@ fn check_head(
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "header block too large",
     );
-    let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| u32::try_from(s.as_ptr() as usize - base).map_err(|_| too_large);
-    let method = req.method.unwrap_or_default();
+    let offset = |i: usize| u32::try_from(i).map_err(|_| too_large);
+    let method = &buf[parsed.method.clone()];
     let method = match method {
         // The common ones without a table look-up.
-        "GET" => Method::GET,
-        "POST" => Method::POST,
-        _ => Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?,
+        b"GET" => Method::GET,
+        b"POST" => Method::POST,
+        _ => Method::from_bytes(method).map_err(|_| bad("invalid method"))?,
     };
-    let path = req.path.unwrap_or_default().as_bytes();
-    if path.len() > cfg.max_request_line {
-        return Err((StatusCode::URI_TOO_LONG, "URI too long"));
-    }
-    let target_at = offset(path)?;
-    let target = (target_at, target_at + path.len() as u32);
-    let query = target_at + memchr::memchr(b'?', path).unwrap_or(path.len()) as u32;
-    let uri = if origin_form_is_plain(path) {
+    let path = &buf[parsed.target.clone()];
+    let target = (offset(parsed.target.start)?, offset(parsed.target.end)?);
+    let plain = plain_origin_form(path);
+    // (Only read for plain targets: the others have their `Uri`.)
+    let query = target.0 + plain.unwrap_or(path.len()) as u32;
+    let uri = if plain.is_some() {
         None
     } else {
-        if std::str::from_utf8(path).is_err() {
-            return Err(bad("invalid request target"));
-        }
+        // (UTF-8 already: the parser checks.)
         let valid_form = path.starts_with(b"/")
             || (path == b"*" && method == Method::OPTIONS)
             || path.starts_with(b"http://")
@@ -1309,57 +1328,23 @@ fn check_head(
             Uri::try_from(path).map_err(|_| bad("invalid request target"))?,
         ))
     };
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        Some(1) => Version::HTTP_11,
-        _ => {
-            return Err((
-                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                "unsupported version",
-            ))
-        }
+    let version = match parsed.minor_version {
+        0 => Version::HTTP_10,
+        _ => Version::HTTP_11,
     };
-    let fields = match req.headers.first() {
-        Some(h) => offset(h.name.as_bytes())?,
-        // No fields: what follows the request line is the empty line.
-        None => u32::try_from(head_len.saturating_sub(2)).map_err(|_| too_large)?,
-    };
-    let mut cl: Option<u64> = None;
-    let mut te: Option<&[u8]> = None;
-    let mut hosts = 0;
-    let (mut conn_close, mut conn_keep_alive) = (false, false);
-    let mut expect: Option<&[u8]> = None;
-    for h in req.headers.iter() {
-        let (name, raw) = (h.name.as_bytes(), h.value);
-        if name.len() > MAX_NAME_LEN {
-            return Err(too_large);
-        }
-        // Dispatch on length first: most fields are none of these.
-        match name.len() {
-            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
-            6 if expect.is_none() && name.eq_ignore_ascii_case(b"expect") => expect = Some(raw),
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                for t in raw.split(|&b| b == b',') {
-                    let t = t.trim_ascii();
-                    conn_close |= t.eq_ignore_ascii_case(b"close");
-                    conn_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-                }
-            }
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                if cl.is_some() {
-                    return Err(bad("duplicate Content-Length"));
-                }
-                cl = Some(parse_content_length(raw).ok_or(bad("invalid Content-Length"))?);
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                if te.is_some() {
-                    return Err(bad("duplicate Transfer-Encoding"));
-                }
-                te = Some(raw);
-            }
-            _ => {}
-        }
+    let fields = offset(parsed.fields_start)?;
+    if let Some(why) = framing.error {
+        return Err(bad(why));
     }
+    let FramingFields {
+        content_length: cl,
+        transfer_encoding: te,
+        hosts,
+        conn_close,
+        conn_keep_alive,
+        expect,
+        ..
+    } = framing;
     if hosts > 1 {
         return Err(bad("more than one Host"));
     }
@@ -1462,24 +1447,64 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn write_standard_headers(out: &mut Vec<u8>, date: &[u8; 29], cfg: &ServerConfig) {
-    // Fixed-size pieces: copied inline, without a call per piece.
-    let mut line = [0u8; 37];
-    line[..6].copy_from_slice(b"date: ");
-    line[6..35].copy_from_slice(date);
-    line[35..].copy_from_slice(b"\r\n");
-    out.extend_from_slice(&line);
-    if let Some(name) = &cfg.server_name {
-        out.extend_from_slice(b"server: ");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\r\n");
+/// Room for the rendered `date` and `server` lines.
+const STD_LINES_MAX: usize = 80;
+
+/// The `date` line (and the `server` line when it fits), rendered.
+#[derive(Debug, Clone)]
+struct StdLines {
+    bytes: [u8; STD_LINES_MAX],
+    len: u8,
+    /// The server line did not fit: it is written separately.
+    server_apart: bool,
+}
+
+impl StdLines {
+    fn new(date: &[u8; 29], cfg: &ServerConfig) -> StdLines {
+        let mut bytes = [0u8; STD_LINES_MAX];
+        bytes[..6].copy_from_slice(b"date: ");
+        bytes[6..35].copy_from_slice(date);
+        bytes[35..37].copy_from_slice(b"\r\n");
+        let mut len = 37;
+        let mut server_apart = false;
+        if let Some(name) = &cfg.server_name {
+            let line_len = 8 + name.len() + 2;
+            if len + line_len <= STD_LINES_MAX {
+                bytes[len..len + 8].copy_from_slice(b"server: ");
+                bytes[len + 8..len + 8 + name.len()].copy_from_slice(name.as_bytes());
+                bytes[len + line_len - 2..len + line_len].copy_from_slice(b"\r\n");
+                len += line_len;
+            } else {
+                server_apart = true;
+            }
+        }
+        StdLines {
+            bytes,
+            len: len as u8,
+            server_apart,
+        }
+    }
+
+    fn date(&self) -> &[u8; 29] {
+        self.bytes[6..35].try_into().unwrap_or(&[b' '; 29])
+    }
+
+    fn write(&self, out: &mut Vec<u8>, cfg: &ServerConfig) {
+        out.extend_from_slice(&self.bytes[..self.len as usize]);
+        if self.server_apart {
+            if let Some(name) = &cfg.server_name {
+                out.extend_from_slice(b"server: ");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 }
 
 fn write_error_response(
     out: &mut Vec<u8>,
     status: StatusCode,
-    date: &[u8; 29],
+    std_lines: &StdLines,
     cfg: &ServerConfig,
 ) {
     let body = format!(
@@ -1488,11 +1513,46 @@ fn write_error_response(
         status.canonical_reason().unwrap_or("Error")
     );
     write_status_line(out, status);
-    write_standard_headers(out, date, cfg);
+    std_lines.write(out, cfg);
     let _ = write!(
         out,
         "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
         body.len(),
         body
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_is;
+
+    #[test]
+    fn token_is_matches_any_case_and_nothing_else() {
+        for (name, lower) in [
+            (&b"Host"[..], &b"host"[..]),
+            (b"HOST", b"host"),
+            (b"Content-Length", b"content-length"),
+            (b"TRANSFER-encoding", b"transfer-encoding"),
+            (b"connectioN", b"connection"),
+        ] {
+            assert!(token_is(name, lower), "{name:?}");
+        }
+        // Every other token byte in every position: never a false match.
+        let lower = b"transfer-encoding";
+        for pos in 0..lower.len() {
+            for b in 0..=255u8 {
+                if !crate::parse::is_token(b) || b.to_ascii_lowercase() == lower[pos] {
+                    continue;
+                }
+                let mut name = lower.to_vec();
+                name[pos] = b;
+                assert!(
+                    !token_is(&name, lower),
+                    "{:?}",
+                    String::from_utf8_lossy(&name)
+                );
+            }
+        }
+        assert!(!token_is(b"hos", b"host"));
+    }
 }

@@ -35,6 +35,7 @@ pub mod config;
 pub mod file;
 pub mod h1;
 pub mod mime;
+pub mod parse;
 pub mod proxy;
 pub mod request;
 pub mod resource;

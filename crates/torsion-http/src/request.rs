@@ -294,7 +294,7 @@ impl Request {
     /// assert_eq!(req.postpath, vec!["a".to_string(), "b c".to_string()]);
     /// ```
     pub fn new(method: Method, uri: Uri) -> Request {
-        let postpath = split_path(uri.path()).unwrap_or_default();
+        let postpath = split_path(uri.path().as_bytes()).unwrap_or_default();
         Request {
             prepath: Vec::new(),
             postpath,
@@ -449,12 +449,12 @@ impl Request {
 }
 
 /// Splits a path into percent-decoded segments; `None` if a segment is not UTF-8.
-pub(crate) fn split_path(path: &str) -> Option<Vec<String>> {
-    let path = path.strip_prefix('/').unwrap_or(path);
+pub(crate) fn split_path(path: &[u8]) -> Option<Vec<String>> {
+    let path = path.strip_prefix(b"/").unwrap_or(path);
     if path.is_empty() {
         return Some(Vec::new());
     }
-    path.split('/')
-        .map(|seg| String::from_utf8(crate::util::percent_decode(seg.as_bytes())).ok())
+    path.split(|&b| b == b'/')
+        .map(|seg| String::from_utf8(crate::util::percent_decode(seg)).ok())
         .collect()
 }

@@ -588,7 +588,7 @@ impl Conn {
         });
         let id = head.id;
         let is_head = head.method == http::Method::HEAD;
-        let Some(postpath) = request::split_path(head.path()) else {
+        let Some(postpath) = request::split_path(head.path_bytes()) else {
             self.slots
                 .borrow_mut()
                 .push_back(Slot::waiting(id, is_head, log));
