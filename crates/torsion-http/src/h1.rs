@@ -19,11 +19,11 @@
 //! let mut conn = ServerConn::new(ServerConfig::default());
 //! conn.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
 //! let Some(Event::Head(head)) = conn.next_event() else { panic!() };
-//! assert_eq!(head.uri.path(), "/");
+//! assert_eq!(head.path(), "/");
 //! assert!(matches!(conn.next_event(), Some(Event::End { .. })));
-//! conn.respond(head.id, StatusCode::OK, &HeaderMap::new(), Some(2)).unwrap();
-//! conn.send_data(head.id, b"hi").unwrap();
-//! conn.finish(head.id).unwrap();
+//! conn.respond(head.id(), StatusCode::OK, &HeaderMap::new(), Some(2)).unwrap();
+//! conn.send_data(head.id(), b"hi").unwrap();
+//! conn.finish(head.id()).unwrap();
 //! let out = String::from_utf8(conn.take_output()).unwrap();
 //! assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
 //! assert!(out.ends_with("content-length: 2\r\n\r\nhi"));
@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::rc::Rc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
@@ -43,12 +43,16 @@ use crate::parse::{parse_request_head, HeadLimits, ParsedHead};
 
 /// The head of a request, as the machine parsed and checked it.
 ///
-/// The head keeps the bytes it was parsed from (one shared buffer, split
-/// off the input without a copy); the target and the header fields are
-/// read out of them when asked for. So a request costs no header map and no
-/// URI unless someone wants one: [`RequestHead::header`] and
+/// The head keeps the bytes it was parsed from; the target and the header
+/// fields are read out of them when asked for. So a request costs no header
+/// map and no URI unless someone wants one: [`RequestHead::header`] and
 /// [`RequestHead::fields`] read the bytes directly, [`RequestHead::headers`]
 /// and [`RequestHead::uri`] build the `http` types.
+///
+/// A head is one pointer: its parts live in a box that comes from a
+/// per-thread pool and goes back to it, with its byte buffer, when the head
+/// is dropped. Handing a head from the machine to a handler moves eight
+/// bytes, and a request costs neither an allocation nor an atomic count.
 ///
 /// ```
 /// use torsion_http::h1::{Event, ServerConn};
@@ -57,29 +61,27 @@ use crate::parse::{parse_request_head, HeadLimits, ParsedHead};
 /// let mut conn = ServerConn::new(ServerConfig::default());
 /// conn.receive(b"GET /a/b?q=1 HTTP/1.1\r\nHost: example.org\r\nAccept: */*\r\n\r\n");
 /// let Some(Event::Head(head)) = conn.next_event() else { panic!() };
+/// assert_eq!(head.method(), http::Method::GET);
 /// assert_eq!(head.path(), "/a/b");
 /// assert_eq!(head.query(), Some("q=1"));
 /// assert_eq!(head.header("host"), Some(&b"example.org"[..]));
 /// assert_eq!(head.fields().count(), 2);
 /// assert_eq!(head.headers()["accept"], "*/*");
 /// ```
-#[derive(Clone)]
-pub struct RequestHead {
-    /// Sequence number on this connection, from 0; responses are matched by it.
-    pub id: u64,
-    /// Request method.
-    pub method: Method,
-    /// `HTTP/1.0` or `HTTP/1.1`.
-    pub version: Version,
-    /// Body length when known (`Content-Length`, or 0 without body); `None` for chunked.
-    pub content_length: Option<u64>,
-    /// True when the connection stays open after this request.
-    pub keep_alive: bool,
-    /// The client sent `Expect: 100-continue`.
-    pub expect_continue: bool,
+pub struct RequestHead(Option<Box<HeadData>>);
+
+/// The parts of a [`RequestHead`].
+#[derive(Default)]
+struct HeadData {
+    id: u64,
+    method: Method,
+    version: Version,
+    content_length: Option<u64>,
+    keep_alive: bool,
+    expect_continue: bool,
     /// The head as received: request line, field lines, empty line. Every
     /// line ends in CRLF (the machine refuses anything else).
-    raw: Bytes,
+    raw: Vec<u8>,
     /// Where the request target is in `raw`.
     target: (u32, u32),
     /// Where its `?` is (the target's end when it has no query).
@@ -92,63 +94,119 @@ pub struct RequestHead {
     uri: Option<Box<Uri>>,
 }
 
+thread_local! {
+    // The boxes themselves are what is pooled: a head is handed around as one.
+    #[allow(clippy::vec_box)]
+    static HEAD_POOL: std::cell::RefCell<Vec<Box<HeadData>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Heads kept in a thread's pool, and the largest byte buffer kept with one.
+const HEAD_POOL_MAX: usize = 64;
+const HEAD_POOL_BUFFER_MAX: usize = 4 * 1024;
+
 impl RequestHead {
+    /// An empty head from the pool.
+    fn pooled() -> RequestHead {
+        let data = HEAD_POOL
+            .try_with(|p| p.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        RequestHead(Some(data))
+    }
+
+    fn d(&self) -> &HeadData {
+        // Present from creation until `drop` takes it.
+        self.0
+            .as_deref()
+            .expect("a head's data lives until it is dropped")
+    }
+
+    fn d_mut(&mut self) -> &mut HeadData {
+        self.0
+            .as_deref_mut()
+            .expect("a head's data lives until it is dropped")
+    }
+
+    /// Sequence number on this connection, from 0; responses are matched by it.
+    pub fn id(&self) -> u64 {
+        self.d().id
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        &self.d().method
+    }
+
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub fn version(&self) -> Version {
+        self.d().version
+    }
+
+    /// Body length when known (`Content-Length`, or 0 without body); `None` for chunked.
+    pub fn content_length(&self) -> Option<u64> {
+        self.d().content_length
+    }
+
+    /// True when the connection stays open after this request.
+    pub fn keep_alive(&self) -> bool {
+        self.d().keep_alive
+    }
+
+    /// The client sent `Expect: 100-continue`.
+    pub fn expect_continue(&self) -> bool {
+        self.d().expect_continue
+    }
+
     /// True when a body follows the head.
     pub fn has_body(&self) -> bool {
-        self.content_length != Some(0)
+        self.d().content_length != Some(0)
     }
 
     /// The request target exactly as sent.
     pub fn target(&self) -> &str {
-        self.raw_str(self.target.0, self.target.1)
-    }
-
-    fn raw_str(&self, from: u32, to: u32) -> &str {
-        // The target was checked to be UTF-8 when the head was accepted.
-        let bytes = self.raw.get(from as usize..to as usize).unwrap_or_default();
-        std::str::from_utf8(bytes).unwrap_or_default()
+        let d = self.d();
+        d.raw_str(d.target.0, d.target.1)
     }
 
     /// The path of the target (without the query).
     pub fn path(&self) -> &str {
-        match &self.uri {
+        let d = self.d();
+        match &d.uri {
             Some(u) => u.path(),
-            None => self.raw_str(self.target.0, self.query),
+            None => d.raw_str(d.target.0, d.query),
         }
     }
 
     /// The path's bytes (no UTF-8 check: splitting it into segments
     /// checks each).
     pub(crate) fn path_bytes(&self) -> &[u8] {
-        match &self.uri {
+        let d = self.d();
+        match &d.uri {
             Some(u) => u.path().as_bytes(),
-            None => self
+            None => d
                 .raw
-                .get(self.target.0 as usize..self.query as usize)
+                .get(d.target.0 as usize..d.query as usize)
                 .unwrap_or_default(),
         }
     }
 
     /// The query of the target, without the `?`.
     pub fn query(&self) -> Option<&str> {
-        match &self.uri {
+        let d = self.d();
+        match &d.uri {
             Some(u) => u.query(),
-            None => {
-                (self.query < self.target.1).then(|| self.raw_str(self.query + 1, self.target.1))
-            }
+            None => (d.query < d.target.1).then(|| d.raw_str(d.query + 1, d.target.1)),
         }
     }
 
     /// The target as an [`http::Uri`] (built on each call).
     pub fn uri(&self) -> Uri {
-        match &self.uri {
+        match &self.d().uri {
             Some(u) => (**u).clone(),
-            // A plain origin-form target always parses (see `origin_form_is_plain`).
-            None => Uri::from_maybe_shared(
-                self.raw
-                    .slice(self.target.0 as usize..self.target.1 as usize),
-            )
-            .unwrap_or_else(|_| Uri::from_static("/")),
+            // A plain origin-form target always parses (see `PLAIN_TARGET`).
+            None => Uri::try_from(self.target()).unwrap_or_else(|_| Uri::from_static("/")),
         }
     }
 
@@ -163,49 +221,90 @@ impl RequestHead {
     /// The header fields in the order they were sent: name as sent, value
     /// without surrounding whitespace.
     pub fn fields(&self) -> Fields<'_> {
+        let d = self.d();
         Fields {
-            rest: self.raw.get(self.fields as usize..).unwrap_or_default(),
+            rest: d.raw.get(d.fields as usize..).unwrap_or_default(),
         }
     }
 
-    /// The header fields as an [`http::HeaderMap`] (built on each call;
-    /// values share the head's buffer).
+    /// The header fields as an [`http::HeaderMap`] (built on each call).
     pub fn headers(&self) -> HeaderMap {
-        build_header_map(&self.raw, self.fields())
+        build_header_map(self.fields())
     }
 
     /// The head's bytes as received (empty for a request built by hand).
-    pub fn raw(&self) -> &Bytes {
-        &self.raw
+    pub fn raw(&self) -> &[u8] {
+        &self.d().raw
     }
 
     /// A head without received bytes, for a request built by hand.
     pub(crate) fn built(method: Method, version: Version, uri: Uri) -> RequestHead {
-        RequestHead {
-            id: 0,
-            method,
-            version,
-            content_length: Some(0),
-            keep_alive: true,
-            expect_continue: false,
-            raw: Bytes::new(),
-            target: (0, 0),
-            query: 0,
-            fields: 0,
-            uri: Some(Box::new(uri)),
-        }
+        let mut h = RequestHead::pooled();
+        let d = h.d_mut();
+        d.method = method;
+        d.version = version;
+        d.content_length = Some(0);
+        d.keep_alive = true;
+        d.uri = Some(Box::new(uri));
+        h
     }
 }
 
-/// Builds a map from fields read out of `raw` (values are slices of it).
-pub(crate) fn build_header_map(raw: &Bytes, fields: Fields<'_>) -> HeaderMap {
+impl HeadData {
+    fn raw_str(&self, from: u32, to: u32) -> &str {
+        // The target was checked to be UTF-8 when the head was accepted.
+        let bytes = self.raw.get(from as usize..to as usize).unwrap_or_default();
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+}
+
+impl Drop for RequestHead {
+    fn drop(&mut self) {
+        let Some(mut d) = self.0.take() else { return };
+        if d.raw.capacity() > HEAD_POOL_BUFFER_MAX {
+            return;
+        }
+        // Keep the box and the byte buffer, not what else the head owned.
+        d.raw.clear();
+        d.uri = None;
+        d.method = Method::GET;
+        let _ = HEAD_POOL.try_with(move |p| {
+            let mut p = p.borrow_mut();
+            if p.len() < HEAD_POOL_MAX {
+                p.push(d);
+            }
+        });
+    }
+}
+
+impl Clone for RequestHead {
+    fn clone(&self) -> Self {
+        let mut h = RequestHead::pooled();
+        let (from, to) = (self.d(), h.d_mut());
+        to.id = from.id;
+        to.method = from.method.clone();
+        to.version = from.version;
+        to.content_length = from.content_length;
+        to.keep_alive = from.keep_alive;
+        to.expect_continue = from.expect_continue;
+        to.raw.extend_from_slice(&from.raw);
+        to.target = from.target;
+        to.query = from.query;
+        to.fields = from.fields;
+        to.uri = from.uri.clone();
+        h
+    }
+}
+
+/// Builds a map from fields read out of a head.
+pub(crate) fn build_header_map(fields: Fields<'_>) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in fields {
         // The parser accepted these bytes, and its name and value
         // alphabets are exactly the `http` crate's: neither can fail.
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_maybe_shared(raw.slice_ref(value)),
+            HeaderValue::from_bytes(value),
         ) {
             map.append(n, v);
         }
@@ -216,14 +315,14 @@ pub(crate) fn build_header_map(raw: &Bytes, fields: Fields<'_>) -> HeaderMap {
 impl std::fmt::Debug for RequestHead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestHead")
-            .field("id", &self.id)
-            .field("method", &self.method)
+            .field("id", &self.id())
+            .field("method", self.method())
             .field("target", &self.target())
-            .field("version", &self.version)
+            .field("version", &self.version())
             .field("fields", &self.fields().collect::<Vec<_>>())
-            .field("content_length", &self.content_length)
-            .field("keep_alive", &self.keep_alive)
-            .field("expect_continue", &self.expect_continue)
+            .field("content_length", &self.content_length())
+            .field("keep_alive", &self.keep_alive())
+            .field("expect_continue", &self.expect_continue())
             .finish()
     }
 }
@@ -287,13 +386,14 @@ pub enum Event {
 
 impl PartialEq for RequestHead {
     fn eq(&self, o: &Self) -> bool {
-        self.id == o.id
-            && self.method == o.method
-            && self.version == o.version
-            && self.raw == o.raw
-            && self.content_length == o.content_length
-            && self.keep_alive == o.keep_alive
-            && self.expect_continue == o.expect_continue
+        let (a, b) = (self.d(), o.d());
+        a.id == b.id
+            && a.method == b.method
+            && a.version == b.version
+            && a.raw == b.raw
+            && a.content_length == b.content_length
+            && a.keep_alive == b.keep_alive
+            && a.expect_continue == b.expect_continue
     }
 }
 impl Eq for RequestHead {}
@@ -401,13 +501,8 @@ thread_local! {
     };
 }
 
-/// Heads are shared with (not copied from) input buffers up to this size:
-/// a request a handler keeps for long keeps at most that much alive.
-const SHARE_INPUT_MAX: usize = 4 * 1024;
-
-/// Largest input buffer kept as a spare (larger ones would make every head
-/// a copy, see `SHARE_INPUT_MAX`).
-const SPARE_INPUT_MAX: usize = SHARE_INPUT_MAX;
+/// Largest input buffer kept as a spare.
+const SPARE_INPUT_MAX: usize = 4 * 1024;
 /// Most queued-request entries kept as a spare.
 const SPARE_PENDING_MAX: usize = 64;
 
@@ -479,8 +574,8 @@ impl ServerConn {
     pub fn compact(&mut self) {
         if self.inbuf.is_empty() {
             let mut b = std::mem::take(&mut self.inbuf);
-            // After the heads were split off, the whole buffer is this one's
-            // again once their requests are gone (not while a handler holds one).
+            // Back to the start of its allocation: everything before was
+            // parsed (nothing shares it).
             if !b.try_reclaim(1) {
                 return self.compact_rest();
             }
@@ -658,6 +753,29 @@ impl ServerConn {
         }
     }
 
+    /// Takes request `id`'s [`Event::End`] when it is the next event (as it
+    /// is right after the [`Event::Head`] of a request without a body), so
+    /// the caller need not pull it; false otherwise.
+    ///
+    /// ```
+    /// use torsion_http::h1::{Event, ServerConn};
+    /// use torsion_http::ServerConfig;
+    ///
+    /// let mut conn = ServerConn::new(ServerConfig::default());
+    /// conn.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    /// let Some(Event::Head(head)) = conn.next_event() else { panic!() };
+    /// assert!(!head.has_body() && conn.take_end(head.id()));
+    /// assert!(conn.next_event().is_none());
+    /// ```
+    pub fn take_end(&mut self, id: u64) -> bool {
+        if self.end_pending == Some(id) && !self.closed {
+            self.end_pending = None;
+            true
+        } else {
+            false
+        }
+    }
+
     /// After the last body byte: the End event comes next (for Length bodies).
     fn body_finished(&mut self, id: u64) {
         if let Some(p) = self.pending.iter_mut().find(|p| p.id == id) {
@@ -704,66 +822,50 @@ impl ServerConn {
             Err(e) => return Some(self.fail(None, e.status(), e.reason())),
         };
         let n = parsed.len;
-        let info = match check_head(&parsed, buf, framing, &self.cfg) {
-            Ok(i) => i,
-            Err((status, reason)) => return Some(self.fail(None, status, reason)),
-        };
-        // The head leaves the input as one shared buffer: the target and the
-        // header values are read out of it, not copied. From a large input
-        // buffer (a body came with the head) it is copied instead, so a
-        // request a handler keeps does not keep the whole buffer alive.
-        let raw = if self.inbuf.capacity() > SHARE_INPUT_MAX {
-            let b = Bytes::copy_from_slice(&self.inbuf[..n]);
+        // The head's bytes go with the request, in a buffer of the
+        // thread's pool: the input buffer stays this connection's alone
+        // (no shared, atomically counted slices of it), and a request a
+        // handler keeps holds only its head.
+        let mut head = RequestHead::pooled();
+        let id = self.next_id;
+        {
+            let d = head.d_mut();
+            d.raw.extend_from_slice(&self.inbuf[..n]);
             self.inbuf.advance(n);
-            b
-        } else {
-            self.inbuf.split_to(n).freeze()
-        };
-        let head = RequestHead {
-            id: self.next_id,
-            method: info.method,
-            version: info.version,
-            content_length: info.content_length,
-            keep_alive: info.keep_alive,
-            expect_continue: info.expect_continue,
-            raw,
-            target: info.target,
-            query: info.query,
-            fields: info.fields,
-            uri: info.uri,
-        };
+            if let Err((status, reason)) = fill_head(d, &parsed, framing, id, &self.cfg) {
+                // (What followed the head is dropped: the connection ends.)
+                return Some(self.fail(None, status, reason));
+            }
+        }
         self.next_id += 1;
-        let is_head = head.method == Method::HEAD;
+        let d = head.d();
         self.pending.push_back(Pending {
-            id: head.id,
-            is_head,
-            version: head.version,
-            keep_alive: head.keep_alive,
-            expect_continue: head.expect_continue,
+            id,
+            is_head: d.method == Method::HEAD,
+            version: d.version,
+            keep_alive: d.keep_alive,
+            expect_continue: d.expect_continue,
             continue_sent: false,
-            body_done: !head.has_body(),
+            body_done: d.content_length == Some(0),
             error: None,
             framing: None,
         });
-        self.read = match head.content_length {
+        self.read = match d.content_length {
             Some(0) => {
-                self.end_pending = Some(head.id);
-                if head.keep_alive {
+                self.end_pending = Some(id);
+                if d.keep_alive {
                     ReadState::Head
                 } else {
                     ReadState::Stopped
                 }
             }
-            Some(n) => ReadState::Length {
-                id: head.id,
-                remaining: n,
-            },
+            Some(n) => ReadState::Length { id, remaining: n },
             None => ReadState::Chunked {
-                id: head.id,
+                id,
                 dec: Box::new(ChunkedDecoder::new(self.cfg.max_body)),
             },
         };
-        if !head.keep_alive {
+        if !d.keep_alive {
             self.close_after = true;
         }
         self.advance();
@@ -869,7 +971,7 @@ impl ServerConn {
         headers: &HeaderMap,
         content_length: Option<u64>,
     ) -> Result<(), SendError> {
-        self.write_head(id, status, headers, None, content_length)
+        self.write_head(id, status, headers, None, content_length, None)
             .map(|_| ())
     }
 
@@ -886,7 +988,7 @@ impl ServerConn {
     /// let mut conn = ServerConn::new(ServerConfig::default());
     /// conn.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     /// let Some(Event::Head(head)) = conn.next_event() else { panic!() };
-    /// conn.respond_with_body(head.id, StatusCode::OK, &HeaderMap::new(), b"hi").unwrap();
+    /// conn.respond_with_body(head.id(), StatusCode::OK, &HeaderMap::new(), b"hi").unwrap();
     /// let out = String::from_utf8(conn.take_output()).unwrap();
     /// assert!(out.ends_with("content-length: 2\r\n\r\nhi"));
     /// assert_eq!(conn.current(), None);
@@ -911,13 +1013,19 @@ impl ServerConn {
         default_type: Option<&HeaderValue>,
         body: &[u8],
     ) -> Result<(), SendError> {
-        let framing =
-            self.write_head(id, status, headers, default_type, Some(body.len() as u64))?;
-        if matches!(framing, Framing::Length(_)) {
-            self.out.extend_from_slice(body);
-        }
+        // (The head writes the body too, unless the response has none.)
+        self.write_head(
+            id,
+            status,
+            headers,
+            default_type,
+            Some(body.len() as u64),
+            Some(body),
+        )?;
         self.bytes_sent_body = body.len() as u64;
-        self.finish(id)
+        // `write_head` just checked that `id` is the front request.
+        self.finish_front();
+        Ok(())
     }
 
     /// [`respond`](Self::respond) with a Content-Type written when
@@ -930,7 +1038,7 @@ impl ServerConn {
         default_type: Option<&HeaderValue>,
         content_length: Option<u64>,
     ) -> Result<(), SendError> {
-        self.write_head(id, status, headers, default_type, content_length)
+        self.write_head(id, status, headers, default_type, content_length, None)
             .map(|_| ())
     }
 
@@ -942,6 +1050,7 @@ impl ServerConn {
         headers: &HeaderMap,
         default_type: Option<&HeaderValue>,
         content_length: Option<u64>,
+        body: Option<&[u8]>,
     ) -> Result<Framing, SendError> {
         let p = self.front_for(id)?;
         if p.framing.is_some() {
@@ -977,9 +1086,8 @@ impl ServerConn {
         let out = &mut self.out;
         // One reservation for the usual head; the pieces below then copy
         // without growing.
-        out.reserve(STD_LINES_MAX + 128);
-        write_status_line(out, status);
-        self.std_lines.write(out, &self.cfg);
+        out.reserve(STD_LINES_MAX + 128 + body.map_or(0, <[u8]>::len));
+        self.std_lines.write(out, status, &self.cfg);
         if !headers.is_empty() {
             for (name, value) in headers {
                 if name == header::CONTENT_LENGTH
@@ -1005,7 +1113,7 @@ impl ServerConn {
         }
         // The framing lines and the empty line, assembled on the stack and
         // copied at once.
-        let mut tail = [0u8; 96];
+        let mut tail = [0u8; 64];
         let mut n = 0;
         let mut put = |b: &[u8]| {
             tail[n..n + b.len()].copy_from_slice(b);
@@ -1028,6 +1136,9 @@ impl ServerConn {
         }
         put(b"\r\n");
         out.extend_from_slice(&tail[..n]);
+        if let (Some(body), Framing::Length(_)) = (body, effective) {
+            out.extend_from_slice(body);
+        }
         self.bytes_sent_body = 0;
         if !keep_alive {
             self.close_after = true;
@@ -1093,9 +1204,21 @@ impl ServerConn {
 
     /// Ends the current response; the next request's response may follow.
     pub fn finish(&mut self, id: u64) -> Result<(), SendError> {
-        let sent = self.bytes_sent_body;
         let p = self.front_for(id)?;
-        let framing = p.framing.ok_or(SendError::HeadNotSent)?;
+        p.framing.ok_or(SendError::HeadNotSent)?;
+        self.finish_front();
+        Ok(())
+    }
+
+    /// `finish` for the front request, whose head was written.
+    fn finish_front(&mut self) {
+        let sent = self.bytes_sent_body;
+        let Some(p) = self.pending.front() else {
+            return;
+        };
+        let Some(framing) = p.framing else {
+            return;
+        };
         let mut keep_alive = p.keep_alive;
         match framing {
             Framing::Chunked => chunked::encode_last(&mut self.out),
@@ -1111,10 +1234,9 @@ impl ServerConn {
             self.pending.clear();
             self.read = ReadState::Stopped;
             self.closed = true;
-            return Ok(());
+            return;
         }
         self.advance();
-        Ok(())
     }
 
     /// True when request `id`'s response head was written.
@@ -1139,19 +1261,6 @@ fn decimal(digits: &mut [u8; 20], mut n: u64) -> &[u8] {
         }
     }
     &digits[i..]
-}
-
-/// What the machine learned from a parsed head, without borrowing it.
-struct HeadInfo {
-    method: Method,
-    version: Version,
-    target: (u32, u32),
-    query: u32,
-    fields: u32,
-    uri: Option<Box<Uri>>,
-    content_length: Option<u64>,
-    keep_alive: bool,
-    expect_continue: bool,
 }
 
 /// Bytes an origin-form target may hold for its `Uri` to be built later
@@ -1208,25 +1317,30 @@ fn plain_origin_form(target: &[u8]) -> Option<usize> {
     Some(query.unwrap_or(target.len()))
 }
 
-/// The fields the machine itself reads, collected while the head is parsed.
+/// The fields the machine itself reads, judged while the head is parsed
+/// (nothing borrowed from it: the head is split off the input afterwards).
 #[derive(Default)]
-struct FramingFields<'a> {
+struct FramingFields {
     content_length: Option<u64>,
-    transfer_encoding: Option<&'a [u8]>,
+    /// A Transfer-Encoding field was seen; the verdict on its value.
+    transfer_encoding: Option<Result<(), (StatusCode, &'static str)>>,
     hosts: usize,
     conn_close: bool,
     conn_keep_alive: bool,
-    expect: Option<&'a [u8]>,
+    /// The first Expect field: `Some(true)` for `100-continue`.
+    expect: Option<bool>,
     /// The first problem seen, reported once the head is complete.
     error: Option<&'static str>,
 }
 
-impl<'a> FramingFields<'a> {
-    fn see(&mut self, name: &'a [u8], value: &'a [u8]) {
+impl FramingFields {
+    fn see(&mut self, name: &[u8], value: &[u8]) {
         // Dispatch on length first: most fields are none of these.
         match name.len() {
             4 if token_is(name, b"host") => self.hosts += 1,
-            6 if self.expect.is_none() && token_is(name, b"expect") => self.expect = Some(value),
+            6 if self.expect.is_none() && token_is(name, b"expect") => {
+                self.expect = Some(value.eq_ignore_ascii_case(b"100-continue"))
+            }
             10 if token_is(name, b"connection") => {
                 for t in value.split(|&b| b == b',') {
                     let t = t.trim_ascii();
@@ -1247,7 +1361,7 @@ impl<'a> FramingFields<'a> {
                 if self.transfer_encoding.is_some() {
                     self.fail("duplicate Transfer-Encoding");
                 }
-                self.transfer_encoding = Some(value);
+                self.transfer_encoding = Some(check_transfer_encoding(value));
             }
             _ => {}
         }
@@ -1286,28 +1400,30 @@ fn mask(n: usize) -> u64 {
     }
 }
 
-/// Checks a parsed head, from its parts and the framing fields read while
-/// it was parsed (no header map is built).
-fn check_head(
+/// Checks a parsed head, whose bytes `d.raw` holds, and fills in its parts
+/// from the parse and the framing fields judged during it (no header map is
+/// built).
+fn fill_head(
+    d: &mut HeadData,
     parsed: &ParsedHead,
-    buf: &[u8],
-    framing: FramingFields<'_>,
+    framing: FramingFields,
+    id: u64,
     cfg: &ServerConfig,
-) -> Result<HeadInfo, (StatusCode, &'static str)> {
+) -> Result<(), (StatusCode, &'static str)> {
+    let raw = &d.raw;
     let bad = |r| (StatusCode::BAD_REQUEST, r);
     let too_large = (
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "header block too large",
     );
     let offset = |i: usize| u32::try_from(i).map_err(|_| too_large);
-    let method = &buf[parsed.method.clone()];
-    let method = match method {
+    let method = match raw.get(parsed.method.clone()).unwrap_or_default() {
         // The common ones without a table look-up.
         b"GET" => Method::GET,
         b"POST" => Method::POST,
-        _ => Method::from_bytes(method).map_err(|_| bad("invalid method"))?,
+        m => Method::from_bytes(m).map_err(|_| bad("invalid method"))?,
     };
-    let path = &buf[parsed.target.clone()];
+    let path = raw.get(parsed.target.clone()).unwrap_or_default();
     let target = (offset(parsed.target.start)?, offset(parsed.target.end)?);
     let plain = plain_origin_form(path);
     // (Only read for plain targets: the others have their `Uri`.)
@@ -1336,28 +1452,19 @@ fn check_head(
     if let Some(why) = framing.error {
         return Err(bad(why));
     }
-    let FramingFields {
-        content_length: cl,
-        transfer_encoding: te,
-        hosts,
-        conn_close,
-        conn_keep_alive,
-        expect,
-        ..
-    } = framing;
-    if hosts > 1 {
+    if framing.hosts > 1 {
         return Err(bad("more than one Host"));
     }
-    if hosts == 0 && version == Version::HTTP_11 {
+    if framing.hosts == 0 && version == Version::HTTP_11 {
         return Err(bad("missing Host"));
     }
-    let content_length = match (te, cl) {
+    let content_length = match (framing.transfer_encoding, framing.content_length) {
         (Some(_), Some(_)) => return Err(bad("Content-Length with Transfer-Encoding")),
         (Some(_), None) if version == Version::HTTP_10 => {
             return Err(bad("Transfer-Encoding in HTTP/1.0"))
         }
-        (Some(te), None) => {
-            check_transfer_encoding(te)?;
+        (Some(verdict), None) => {
+            verdict?;
             None
         }
         (None, Some(n)) => Some(n),
@@ -1367,28 +1474,25 @@ fn check_head(
         return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
     }
     let keep_alive = match version {
-        Version::HTTP_11 => !conn_close,
-        _ => conn_keep_alive && !conn_close,
+        Version::HTTP_11 => !framing.conn_close,
+        _ => framing.conn_keep_alive && !framing.conn_close,
     };
-    let mut expect_continue = false;
-    if let Some(e) = expect {
-        if e.eq_ignore_ascii_case(b"100-continue") {
-            expect_continue = version == Version::HTTP_11 && content_length != Some(0);
-        } else {
-            return Err((StatusCode::EXPECTATION_FAILED, "unsupported expectation"));
-        }
-    }
-    Ok(HeadInfo {
-        method,
-        version,
-        target,
-        query,
-        fields,
-        uri,
-        content_length,
-        keep_alive,
-        expect_continue,
-    })
+    let expect_continue = match framing.expect {
+        None => false,
+        Some(true) => version == Version::HTTP_11 && content_length != Some(0),
+        Some(false) => return Err((StatusCode::EXPECTATION_FAILED, "unsupported expectation")),
+    };
+    d.id = id;
+    d.method = method;
+    d.version = version;
+    d.content_length = content_length;
+    d.keep_alive = keep_alive;
+    d.expect_continue = expect_continue;
+    d.target = target;
+    d.query = query;
+    d.fields = fields;
+    d.uri = uri;
+    Ok(())
 }
 
 fn parse_content_length(v: &[u8]) -> Option<u64> {
@@ -1427,7 +1531,7 @@ fn check_transfer_encoding(te: &[u8]) -> Result<(), (StatusCode, &'static str)> 
 fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
     // The common ones in one piece.
     let line: &'static [u8] = match status.as_u16() {
-        200 => b"HTTP/1.1 200 OK\r\n",
+        200 => OK_LINE,
         204 => b"HTTP/1.1 204 No Content\r\n",
         206 => b"HTTP/1.1 206 Partial Content\r\n",
         301 => b"HTTP/1.1 301 Moved Permanently\r\n",
@@ -1447,10 +1551,13 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Room for the rendered `date` and `server` lines.
-const STD_LINES_MAX: usize = 80;
+/// The status line of a 200, which starts the rendered standard lines.
+const OK_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
+/// Room for the 200 status line and the rendered `date` and `server` lines.
+const STD_LINES_MAX: usize = 100;
 
-/// The `date` line (and the `server` line when it fits), rendered.
+/// `HTTP/1.1 200 OK`, the `date` line and (when it fits) the `server`
+/// line, rendered: a 200's head starts with one copy.
 #[derive(Debug, Clone)]
 struct StdLines {
     bytes: [u8; STD_LINES_MAX],
@@ -1462,10 +1569,12 @@ struct StdLines {
 impl StdLines {
     fn new(date: &[u8; 29], cfg: &ServerConfig) -> StdLines {
         let mut bytes = [0u8; STD_LINES_MAX];
-        bytes[..6].copy_from_slice(b"date: ");
-        bytes[6..35].copy_from_slice(date);
-        bytes[35..37].copy_from_slice(b"\r\n");
-        let mut len = 37;
+        let d = OK_LINE.len();
+        bytes[..d].copy_from_slice(OK_LINE);
+        bytes[d..d + 6].copy_from_slice(b"date: ");
+        bytes[d + 6..d + 35].copy_from_slice(date);
+        bytes[d + 35..d + 37].copy_from_slice(b"\r\n");
+        let mut len = d + 37;
         let mut server_apart = false;
         if let Some(name) = &cfg.server_name {
             let line_len = 8 + name.len() + 2;
@@ -1486,11 +1595,19 @@ impl StdLines {
     }
 
     fn date(&self) -> &[u8; 29] {
-        self.bytes[6..35].try_into().unwrap_or(&[b' '; 29])
+        let d = OK_LINE.len() + 6;
+        self.bytes[d..d + 29].try_into().unwrap_or(&[b' '; 29])
     }
 
-    fn write(&self, out: &mut Vec<u8>, cfg: &ServerConfig) {
-        out.extend_from_slice(&self.bytes[..self.len as usize]);
+    /// The status line for `status`, then the standard lines.
+    fn write(&self, out: &mut Vec<u8>, status: StatusCode, cfg: &ServerConfig) {
+        let from = if status == StatusCode::OK {
+            0
+        } else {
+            write_status_line(out, status);
+            OK_LINE.len()
+        };
+        out.extend_from_slice(&self.bytes[from..self.len as usize]);
         if self.server_apart {
             if let Some(name) = &cfg.server_name {
                 out.extend_from_slice(b"server: ");
@@ -1512,8 +1629,7 @@ fn write_error_response(
         status.as_str(),
         status.canonical_reason().unwrap_or("Error")
     );
-    write_status_line(out, status);
-    std_lines.write(out, cfg);
+    std_lines.write(out, status, cfg);
     let _ = write!(
         out,
         "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",

@@ -192,19 +192,22 @@ fn first_stop(w: u64, n: u8) -> usize {
 /// time; returns the index of the first byte that is not, or `end`.
 #[inline(always)]
 fn skip_run(buf: &[u8], mut i: usize, end: usize, n: u8) -> usize {
-    while i + 8 <= end {
+    let b = &buf[..end];
+    while let Some(chunk) = b.get(i..i + 8) {
         let mut word = [0u8; 8];
-        word.copy_from_slice(&buf[i..i + 8]);
+        word.copy_from_slice(chunk);
         let k = first_stop(u64::from_le_bytes(word), n);
         if k < 8 {
             return i + k;
         }
         i += 8;
     }
-    while i < end && buf[i] >= n && buf[i] != 0x7F {
-        i += 1;
-    }
-    i
+    // The last few bytes, padded with zeros, which stop a run: the first
+    // stop is a real byte or the end.
+    let rest = b.get(i..).unwrap_or_default();
+    let mut word = [0u8; 8];
+    word[..rest.len()].copy_from_slice(rest);
+    i + first_stop(u64::from_le_bytes(word), n).min(rest.len())
 }
 
 /// Parses a request head from the start of `buf`.
@@ -244,8 +247,12 @@ pub fn parse_request_head<'a>(
     let line_max = limits.max_request_line;
     let past_line = |i: usize| (i - m0 > line_max).then_some(HeadError::RequestLineTooLong);
 
-    // method
-    i = skip_token(buf, i, end);
+    // method ("GET " and "POST " in one comparison each)
+    i = match buf.get(m0..m0 + 5) {
+        Some([b'G', b'E', b'T', b' ', _]) => m0 + 3,
+        Some(b"POST ") => m0 + 4,
+        _ => skip_token(buf, i, end),
+    };
     if i == end {
         return partial(past_line(i));
     }
@@ -282,10 +289,17 @@ pub fn parse_request_head<'a>(
 
     // version and the line's CRLF: "HTTP/d.d\r\n"
     const VERSION: &[u8] = b"HTTP/1.1\r\n";
-    let minor_version = match buf.get(i..i + VERSION.len()) {
-        // What every client sends, in one comparison.
-        Some(b"HTTP/1.1\r\n") if i + 9 - m0 <= line_max => Some(1),
-        Some(b"HTTP/1.0\r\n") if i + 9 - m0 <= line_max => Some(0),
+    let minor_version = match word_at(buf, i, end) {
+        // What every client sends, compared as one word and the CRLF.
+        Some(w) if buf.get(i + 8..i + 10) == Some(b"\r\n") && i + 9 - m0 <= line_max => {
+            if w == u64::from_le_bytes(*b"HTTP/1.1") {
+                Some(1)
+            } else if w == u64::from_le_bytes(*b"HTTP/1.0") {
+                Some(0)
+            } else {
+                None
+            }
+        }
         _ => None,
     };
     if let Some(minor_version) = minor_version.filter(|_| i + VERSION.len() <= end) {
@@ -351,14 +365,25 @@ pub fn parse_request_head<'a>(
     })
 }
 
+/// The eight bytes at `i` as a little-endian word, if they lie before `end`.
+#[inline(always)]
+fn word_at(buf: &[u8], i: usize, end: usize) -> Option<u64> {
+    if i + 8 > end {
+        return None;
+    }
+    let bytes: [u8; 8] = buf.get(i..i + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
 /// Skips token bytes in `buf[i..end]`; returns the index of the first
 /// other byte, or `end`.
 #[inline(always)]
-fn skip_token(buf: &[u8], i: usize, end: usize) -> usize {
-    buf[i..end]
-        .iter()
-        .position(|&b| !TOKEN[b as usize])
-        .map_or(end, |k| i + k)
+fn skip_token(buf: &[u8], mut i: usize, end: usize) -> usize {
+    let s = &buf[..end];
+    while i < s.len() && TOKEN[s[i] as usize] {
+        i += 1;
+    }
+    i
 }
 
 /// The field lines from `i` and the empty line after them: the head's
@@ -413,7 +438,10 @@ fn parse_fields<'a>(
         }
         let name = &buf[n0..i];
         i += 1;
-        // leading whitespace
+        // leading whitespace (usually one space)
+        if i < end && buf[i] == b' ' {
+            i += 1;
+        }
         while i < end && (buf[i] == b' ' || buf[i] == b'\t') {
             i += 1;
         }
@@ -442,8 +470,10 @@ fn parse_fields<'a>(
             return Err(HeadError::LineEnding);
         }
         let mut v1 = i;
-        while v1 > v0 && (buf[v1 - 1] == b' ' || buf[v1 - 1] == b'\t') {
-            v1 -= 1;
+        if v1 > v0 && matches!(buf[v1 - 1], b' ' | b'\t') {
+            while v1 > v0 && matches!(buf[v1 - 1], b' ' | b'\t') {
+                v1 -= 1;
+            }
         }
         field_count += 1;
         if field_count > limits.max_fields {

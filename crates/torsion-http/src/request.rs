@@ -328,12 +328,12 @@ impl Request {
 
     /// The method.
     pub fn method(&self) -> &Method {
-        &self.head.method
+        self.head.method()
     }
 
     /// The protocol version.
     pub fn version(&self) -> Version {
-        self.head.version
+        self.head.version()
     }
 
     /// The request target exactly as the client sent it.

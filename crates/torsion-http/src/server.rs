@@ -563,9 +563,12 @@ impl Conn {
                 }
             });
             let shared_body = request::new_body(false, Some(on_consume));
-            *self.body.borrow_mut() = Some((head.id, shared_body.clone()));
+            *self.body.borrow_mut() = Some((head.id(), shared_body.clone()));
             Some(RequestBody::new(shared_body))
         } else {
+            // Its End event is known already: take it now rather than
+            // through another turn of the event loop.
+            self.machine.borrow_mut().take_end(head.id());
             // `take_body` makes the empty body if a handler asks for one.
             None
         };
@@ -578,7 +581,7 @@ impl Conn {
                     .to_string()
             };
             Box::new(LogInfo {
-                request_line: format!("{} {} {:?}", head.method, head.target(), head.version),
+                request_line: format!("{} {} {:?}", head.method(), head.target(), head.version()),
                 referer: hv("referer"),
                 user_agent: hv("user-agent"),
                 status: 0,
@@ -586,8 +589,8 @@ impl Conn {
                 time: SystemTime::now(),
             })
         });
-        let id = head.id;
-        let is_head = head.method == http::Method::HEAD;
+        let id = head.id();
+        let is_head = *head.method() == http::Method::HEAD;
         let Some(postpath) = request::split_path(head.path_bytes()) else {
             self.slots
                 .borrow_mut()
@@ -811,7 +814,7 @@ impl Conn {
                 l.bytes = bytes.len() as u64;
             }
             match r {
-                Ok(()) => self.finished(front, log),
+                Ok(()) => self.finished(front, log, own_is_head.is_none()),
                 Err(e) => self.response_refused(front, e),
             }
             return;
@@ -881,23 +884,26 @@ impl Conn {
         if let Err(e) = r {
             tracing::error!(peer = %self.transport.peer(), error = %e, "finishing response failed");
         }
-        self.finished(id, log);
+        self.finished(id, log, true);
     }
 
-    /// What follows the end of request `id`'s response in the machine.
-    fn finished(&self, id: u64, log: Option<Box<LogInfo>>) {
+    /// What follows the end of request `id`'s response in the machine;
+    /// `queued` when it may have a slot (it was not answered at once).
+    fn finished(&self, id: u64, log: Option<Box<LogInfo>>, queued: bool) {
         // Body bytes still arriving for an answered request are dropped.
         if let Some((bid, b)) = self.body.borrow().as_ref() {
             if *bid == id {
                 request::discard_body(b);
             }
         }
-        let slot = {
+        let slot = if queued {
             let mut slots = self.slots.borrow_mut();
             match slots.iter().position(|s| s.id == id) {
                 Some(p) => slots.remove(p),
                 None => None,
             }
+        } else {
+            None
         };
         if let Some(l) = log.or_else(|| slot.and_then(|s| s.log)) {
             access_log(&self.shared.cfg.log_name, &self.transport.peer(), &l);

@@ -158,7 +158,7 @@ fn chunked_request_body_events() {
         ServerConfig::default(),
         &[b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n"],
     );
-    assert!(matches!(&ev[0], Event::Head(h) if h.path() == "/u" && h.content_length.is_none()));
+    assert!(matches!(&ev[0], Event::Head(h) if h.path() == "/u" && h.content_length().is_none()));
     assert_eq!(
         ev[1],
         Event::Data {
@@ -177,7 +177,7 @@ fn chunked_and_close_delimited_responses() {
     let mut ids = Vec::new();
     while let Some(ev) = c.next_event() {
         if let Event::Head(h) = ev {
-            ids.push(h.id);
+            ids.push(h.id());
         }
     }
     assert_eq!(ids, vec![0, 1]);
@@ -226,7 +226,7 @@ fn head_and_304_have_no_body() {
 fn expect_continue_sent_when_front() {
     let mut c = ServerConn::new(ServerConfig::default());
     c.receive(b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
-    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.expect_continue));
+    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.expect_continue()));
     assert_eq!(c.take_output(), b"HTTP/1.1 100 Continue\r\n\r\n");
     c.receive(b"abc");
     assert_eq!(
@@ -255,7 +255,7 @@ fn pipelining_limit_stops_parsing() {
     c.respond(0, StatusCode::OK, &HeaderMap::new(), Some(0))
         .unwrap();
     c.finish(0).unwrap();
-    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id == 2));
+    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id() == 2));
 }
 
 fn stream() -> Vec<u8> {
@@ -434,7 +434,7 @@ fn cases(n: u32) -> u32 {
 fn answer_before_body_keeps_connection_reading() {
     let mut c = ServerConn::new(ServerConfig::default());
     c.receive(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n");
-    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id == 0));
+    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id() == 0));
     c.respond(0, StatusCode::OK, &HeaderMap::new(), Some(0))
         .unwrap();
     c.finish(0).unwrap();
@@ -447,6 +447,6 @@ fn answer_before_body_keeps_connection_reading() {
         })
     );
     assert_eq!(c.next_event(), Some(Event::End { id: 0 }));
-    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id == 1 && h.path() == "/next"));
+    assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id() == 1 && h.path() == "/next"));
     assert!(!c.should_close());
 }
