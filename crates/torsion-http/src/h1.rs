@@ -475,7 +475,7 @@ pub struct ServerConn {
     /// The `date` line and, when it fits, the `server` line every
     /// response carries, rendered once per date change (inline: no
     /// allocation per connection).
-    std_lines: StdLines,
+    std_lines: SharedLines,
     close_after: bool,
     closed: bool,
     bytes_sent_body: u64,
@@ -514,14 +514,21 @@ impl ServerConn {
 
     /// A new connection sharing its configuration with others (what a
     /// server with many connections uses: no copy per connection).
-    pub fn with_shared_config(mut cfg: Rc<ServerConfig>) -> Self {
+    pub fn with_shared_config(cfg: Rc<ServerConfig>) -> Self {
+        let lines = SharedLines::new(&cfg);
+        Self::with_shared_parts(cfg, lines)
+    }
+
+    /// A new connection sharing its configuration and its rendered
+    /// standard lines (`date`, `server`) with the server's other
+    /// connections: one copy per server, not per connection.
+    pub(crate) fn with_shared_parts(mut cfg: Rc<ServerConfig>, std_lines: SharedLines) -> Self {
         // Zero would never read a request at all.
         if cfg.max_pipelined == 0 || cfg.max_headers == 0 {
             let c = Rc::make_mut(&mut cfg);
             c.max_pipelined = c.max_pipelined.max(1);
             c.max_headers = c.max_headers.max(1);
         }
-        let std_lines = StdLines::new(b"Thu, 01 Jan 1970 00:00:00 GMT", &cfg);
         ServerConn {
             cfg,
             inbuf: BytesMut::new(),
@@ -547,8 +554,8 @@ impl ServerConn {
     /// anything else is ignored.
     pub fn set_date(&mut self, date: &str) {
         if let Ok(d) = <&[u8; 29]>::try_from(date.as_bytes()) {
-            if self.std_lines.date() != d {
-                self.std_lines = StdLines::new(d, &self.cfg);
+            if self.std_lines.0.borrow().date() != d {
+                *self.std_lines.0.borrow_mut() = StdLines::new(d, &self.cfg);
             }
         }
     }
@@ -868,7 +875,11 @@ impl ServerConn {
         if !d.keep_alive {
             self.close_after = true;
         }
-        self.advance();
+        // Only a head that is now the front can need the machine's own
+        // work (a 100 Continue): an older front is unchanged by it.
+        if self.pending.len() == 1 && d.expect_continue {
+            self.advance();
+        }
         Some(Event::Head(head))
     }
 
@@ -927,7 +938,7 @@ impl ServerConn {
         if let (Some(status), None) = (front.error, front.framing) {
             // An error response is always the connection's last.
             self.pending.clear();
-            write_error_response(&mut self.out, status, &self.std_lines, &self.cfg);
+            write_error_response(&mut self.out, status, &self.std_lines.0.borrow(), &self.cfg);
             self.read = ReadState::Stopped;
             self.closed = true;
             return;
@@ -1087,7 +1098,7 @@ impl ServerConn {
         // One reservation for the usual head; the pieces below then copy
         // without growing.
         out.reserve(STD_LINES_MAX + 128 + body.map_or(0, <[u8]>::len));
-        self.std_lines.write(out, status, &self.cfg);
+        self.std_lines.0.borrow().write(out, status, &self.cfg);
         if !headers.is_empty() {
             for (name, value) in headers {
                 if name == header::CONTENT_LENGTH
@@ -1112,29 +1123,32 @@ impl ServerConn {
             }
         }
         // The framing lines and the empty line, assembled on the stack and
-        // copied at once.
+        // copied at once. (A macro, not a closure: each literal is then
+        // copied with its constant length, inline, rather than by a call.)
         let mut tail = [0u8; 64];
         let mut n = 0;
-        let mut put = |b: &[u8]| {
-            tail[n..n + b.len()].copy_from_slice(b);
-            n += b.len();
-        };
+        macro_rules! put {
+            ($lit:expr) => {{
+                const LIT: &[u8] = $lit;
+                tail[n..n + LIT.len()].copy_from_slice(LIT);
+                n += LIT.len();
+            }};
+        }
         match framing {
             Framing::Length(len) => {
-                put(b"content-length: ");
-                let mut digits = [0u8; 20];
-                put(decimal(&mut digits, len));
-                put(b"\r\n");
+                put!(b"content-length: ");
+                n += write_decimal(&mut tail[n..n + 20], len);
+                put!(b"\r\n");
             }
-            Framing::Chunked if !is_head => put(b"transfer-encoding: chunked\r\n"),
+            Framing::Chunked if !is_head => put!(b"transfer-encoding: chunked\r\n"),
             _ => {}
         }
         if !keep_alive {
-            put(b"connection: close\r\n");
+            put!(b"connection: close\r\n");
         } else if version == Version::HTTP_10 {
-            put(b"connection: keep-alive\r\n");
+            put!(b"connection: keep-alive\r\n");
         }
-        put(b"\r\n");
+        put!(b"\r\n");
         out.extend_from_slice(&tail[..n]);
         if let (Some(body), Framing::Length(_)) = (body, effective) {
             out.extend_from_slice(body);
@@ -1236,7 +1250,22 @@ impl ServerConn {
             self.closed = true;
             return;
         }
-        self.advance();
+        if self.front_needs_advance() {
+            self.advance();
+        }
+    }
+
+    /// True when `advance` has work for the current front: an error
+    /// response to write, a 100 Continue to send, or (with nothing left)
+    /// a close to note.
+    fn front_needs_advance(&self) -> bool {
+        match self.pending.front() {
+            None => self.close_after,
+            Some(f) => {
+                (f.error.is_some() && f.framing.is_none())
+                    || (f.expect_continue && !f.continue_sent)
+            }
+        }
     }
 
     /// True when request `id`'s response head was written.
@@ -1248,19 +1277,15 @@ impl ServerConn {
     }
 }
 
-/// `n` in decimal, written at the end of `digits` (cheaper than `write!`
-/// on the hot path).
-fn decimal(digits: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+/// Writes `n` in decimal at the start of `dst` (at least 20 bytes);
+/// returns the number of digits (cheaper than `write!` on the hot path).
+fn write_decimal(dst: &mut [u8], mut n: u64) -> usize {
+    let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    for d in dst.iter_mut().take(digits).rev() {
+        *d = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            break;
-        }
     }
-    &digits[i..]
+    digits
 }
 
 /// Bytes an origin-form target may hold for its `Uri` to be built later
@@ -1555,6 +1580,19 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
 const OK_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
 /// Room for the 200 status line and the rendered `date` and `server` lines.
 const STD_LINES_MAX: usize = 100;
+
+/// The rendered standard lines, shared by a server's connections.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedLines(Rc<std::cell::RefCell<StdLines>>);
+
+impl SharedLines {
+    pub(crate) fn new(cfg: &ServerConfig) -> SharedLines {
+        SharedLines(Rc::new(std::cell::RefCell::new(StdLines::new(
+            b"Thu, 01 Jan 1970 00:00:00 GMT",
+            cfg,
+        ))))
+    }
+}
 
 /// `HTTP/1.1 200 OK`, the `date` line and (when it fits) the `server`
 /// line, rendered: a 200's head starts with one copy.

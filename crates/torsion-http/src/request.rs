@@ -263,12 +263,20 @@ pub struct Request {
     /// Path segments still to consume (percent-decoded).
     pub postpath: Vec<String>,
     head: RequestHead,
-    /// Built from the head on first use (or given, for requests built by hand).
-    headers: OnceCell<Box<HeaderMap>>,
-    uri: OnceCell<Box<Uri>>,
+    /// What is built from the head on first use (or given, for requests
+    /// built by hand): one box for both, so a request that needs neither
+    /// has one empty cell to drop.
+    lazy: OnceCell<Box<Lazy>>,
     body: Option<RequestBody>,
-    peer: Rc<Address>,
+    peer: Address,
     reactor: Option<Reactor>,
+}
+
+/// The parts of a request built on first use.
+#[derive(Default)]
+struct Lazy {
+    uri: OnceCell<Uri>,
+    headers: OnceCell<HeaderMap>,
 }
 
 impl std::fmt::Debug for Request {
@@ -299,10 +307,12 @@ impl Request {
             prepath: Vec::new(),
             postpath,
             head: RequestHead::built(method, Version::HTTP_11, uri.clone()),
-            headers: OnceCell::from(Box::default()),
-            uri: OnceCell::from(Box::new(uri)),
+            lazy: OnceCell::from(Box::new(Lazy {
+                uri: OnceCell::from(uri),
+                headers: OnceCell::from(HeaderMap::new()),
+            })),
             body: Some(RequestBody::empty()),
-            peer: Rc::new(Address::Memory("test".into())),
+            peer: Address::Memory("test".into()),
             reactor: None,
         }
     }
@@ -310,7 +320,7 @@ impl Request {
     pub(crate) fn from_head(
         head: RequestHead,
         body: Option<RequestBody>,
-        peer: Rc<Address>,
+        peer: Address,
         reactor: Reactor,
         postpath: Vec<String>,
     ) -> Request {
@@ -318,8 +328,7 @@ impl Request {
             prepath: Vec::new(),
             postpath,
             head,
-            headers: OnceCell::new(),
-            uri: OnceCell::new(),
+            lazy: OnceCell::new(),
             body,
             peer,
             reactor: Some(reactor),
@@ -338,20 +347,32 @@ impl Request {
 
     /// The request target exactly as the client sent it.
     pub fn target(&self) -> &str {
-        match self.uri.get() {
+        match self.built_uri() {
             Some(u) if self.head.raw().is_empty() => u.path_and_query().map_or("/", |p| p.as_str()),
             _ => self.head.target(),
         }
     }
 
+    fn lazy(&self) -> &Lazy {
+        self.lazy.get_or_init(Box::default)
+    }
+
+    fn built_uri(&self) -> Option<&Uri> {
+        self.lazy.get().and_then(|l| l.uri.get())
+    }
+
+    fn built_headers(&self) -> Option<&HeaderMap> {
+        self.lazy.get().and_then(|l| l.headers.get())
+    }
+
     /// The target as a [`Uri`] (parsed on first use).
     pub fn uri(&self) -> &Uri {
-        self.uri.get_or_init(|| Box::new(self.head.uri()))
+        self.lazy().uri.get_or_init(|| self.head.uri())
     }
 
     /// The path part of the target.
     pub fn path(&self) -> &str {
-        match self.uri.get() {
+        match self.built_uri() {
             Some(u) => u.path(),
             None => self.head.path(),
         }
@@ -359,32 +380,29 @@ impl Request {
 
     /// The query part of the target, without the `?`.
     pub fn query(&self) -> Option<&str> {
-        match self.uri.get() {
+        match self.built_uri() {
             Some(u) => u.query(),
             None => self.head.query(),
         }
     }
 
-    /// The header fields (the map is built on first use; its values share
-    /// the received head's buffer).
+    /// The header fields (the map is built on first use).
     pub fn headers(&self) -> &HeaderMap {
-        self.headers.get_or_init(|| Box::new(self.head.headers()))
+        self.lazy().headers.get_or_init(|| self.head.headers())
     }
 
     /// The header fields, to change them (builds the map if needed).
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        if self.headers.get().is_none() {
-            let map = Box::new(self.head.headers());
-            let _ = self.headers.set(map);
-        }
-        self.headers.get_mut().expect("set just above")
+        let _ = self.headers();
+        let lazy = self.lazy.get_mut().expect("made by headers() above");
+        lazy.headers.get_mut().expect("made by headers() above")
     }
 
     /// The first value of header `name` (any case) as text, if present and
     /// valid UTF-8. Reads the received head directly unless the map was built.
     pub fn header(&self, name: impl AsRef<str>) -> Option<&str> {
         let name = name.as_ref();
-        match self.headers.get() {
+        match self.built_headers() {
             Some(map) => map.get(name).and_then(|v| v.to_str().ok()),
             None => self
                 .head
@@ -414,7 +432,7 @@ impl Request {
 
     /// Sets the peer address (for requests built by hand).
     pub fn set_peer(&mut self, peer: Address) {
-        self.peer = Rc::new(peer);
+        self.peer = peer;
     }
 
     /// The reactor serving the request (`None` for requests built by hand).

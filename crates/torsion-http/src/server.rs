@@ -19,7 +19,7 @@ use torsion_core::{
 };
 
 use crate::config::ServerConfig;
-use crate::h1::{Event, RequestHead, SendError, ServerConn};
+use crate::h1::{Event, RequestHead, SendError, ServerConn, SharedLines};
 use crate::request::{self, Request, RequestBody, SharedBody};
 use crate::resource::{Handler, Reply};
 use crate::response::{Body, BodySource, Chunk, Notify, Response};
@@ -51,6 +51,9 @@ struct Shared {
     reactor: Reactor,
     handler: Rc<dyn Handler>,
     cfg: Rc<ServerConfig>,
+    /// The `date`/`server` lines every response starts with, rendered once
+    /// per second for all connections.
+    std_lines: SharedLines,
     conns: RefCell<Vec<Weak<Conn>>>,
     /// One timer per server sweeps the connections' deadlines (header,
     /// body, idle): no timer, closure or allocation per connection or request.
@@ -99,6 +102,7 @@ impl HttpServer {
             shared: Rc::new(Shared {
                 reactor: reactor.clone(),
                 handler,
+                std_lines: SharedLines::new(&cfg),
                 cfg: Rc::new(cfg),
                 conns: RefCell::new(Vec::new()),
                 sweeper: RefCell::new(None),
@@ -250,9 +254,12 @@ impl Protocol for HttpProtocol {
         let conn = Rc::new_cyclic(|me| Conn {
             me: me.clone(),
             shared: self.shared.clone(),
-            peer: Rc::new(transport.peer()),
+            peer: transport.peer(),
             transport,
-            machine: RefCell::new(ServerConn::with_shared_config(self.shared.cfg.clone())),
+            machine: RefCell::new(ServerConn::with_shared_parts(
+                self.shared.cfg.clone(),
+                self.shared.std_lines.clone(),
+            )),
             slots: RefCell::new(VecDeque::new()),
             body: RefCell::new(None),
             running: Cell::new(false),
@@ -347,8 +354,8 @@ struct Conn {
     me: Weak<Conn>,
     shared: Rc<Shared>,
     transport: Transport,
-    /// The peer's address, shared with every request (not copied per request).
-    peer: Rc<Address>,
+    /// The peer's address (asked of the transport once, not per request).
+    peer: Address,
     machine: RefCell<ServerConn>,
     slots: RefCell<VecDeque<Slot>>,
     /// The request whose body is arriving now.
