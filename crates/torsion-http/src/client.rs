@@ -1314,6 +1314,37 @@ impl Conn {
                 let _ = job.d.errback(reason.clone());
             }
         }
+        // A reused connection the server closed before answering a byte
+        // (it closed the idle connection as the request went out): retry an
+        // idempotent request once on a fresh connection. Decided before the
+        // end of input reaches the parser, which would fail the request.
+        let stale = was == CState::Busy && self.reused.get() && !self.got_bytes.get();
+        if stale {
+            let retry = {
+                let job = self.job.borrow();
+                job.as_ref().is_some_and(|job| {
+                    !job.retried
+                        && job.req.stream.is_none()
+                        && matches!(
+                            job.req.method,
+                            Method::GET
+                                | Method::HEAD
+                                | Method::OPTIONS
+                                | Method::PUT
+                                | Method::DELETE
+                        )
+                })
+            };
+            if retry {
+                let job = self.job.borrow_mut().take();
+                if let (Some(mut job), Some(agent)) = (job, self.agent()) {
+                    job.retried = true;
+                    agent.closed(&self.key);
+                    agent.submit(job);
+                    return;
+                }
+            }
+        }
         // A close-delimited body ends here.
         if let Some(p) = self.parser.borrow_mut().as_mut() {
             p.feed_eof();
@@ -1325,25 +1356,7 @@ impl Conn {
         }
         let job = self.job.borrow_mut().take();
         let Some(agent) = self.agent() else { return };
-        if let Some(mut job) = job {
-            // A reused connection the server had already closed: retry an
-            // idempotent request once on a fresh connection.
-            let idempotent = matches!(
-                job.req.method,
-                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-            );
-            if was == CState::Busy
-                && job.req.stream.is_none()
-                && self.reused.get()
-                && !self.got_bytes.get()
-                && idempotent
-                && !job.retried
-            {
-                job.retried = true;
-                agent.closed(&self.key);
-                agent.submit(job);
-                return;
-            }
+        if let Some(job) = job {
             let _ = job.d.errback(ClientError::ConnectionClosed);
         }
         agent.closed(&self.key);

@@ -64,6 +64,14 @@ where
         Rc::new(Redirect::new("/echo", http::StatusCode::SEE_OTHER)),
     );
     root.put_child(
+        "moved",
+        Rc::new(Redirect::new("/echo", http::StatusCode::MOVED_PERMANENTLY)),
+    );
+    root.put_child(
+        "found",
+        Rc::new(Redirect::new("/echo", http::StatusCode::FOUND)),
+    );
+    root.put_child(
         "keep",
         Rc::new(Redirect::new("/echo", http::StatusCode::TEMPORARY_REDIRECT)),
     );
@@ -162,6 +170,16 @@ fn agent_redirects_and_timeouts() {
                 .1,
             "POST data"
         );
+        // 301 and 302 after a POST become GET too (what browsers do).
+        for path in ["moved", "found"] {
+            assert_eq!(
+                text(agent.post(&format!("{base}/{path}"), b"data".to_vec()))
+                    .await?
+                    .1,
+                "GET ",
+                "{path}"
+            );
+        }
         let e = agent.get(&format!("{base}/loop")).await.unwrap_err();
         assert!(matches!(
             e.downcast_ref::<ClientError>(),
@@ -519,4 +537,202 @@ fn cases(n: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(n)
+}
+
+/// Reads one request head (and its Content-Length body) from a raw socket;
+/// returns its request line, or `None` at EOF.
+fn read_raw_request(s: &mut std::net::TcpStream) -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    head.lines().next().map(str::to_string)
+}
+
+/// Waits `d` on `reactor` time.
+async fn sleep(reactor: &Reactor, d: Duration) -> Result<(), Failure> {
+    let wait = Deferred::<()>::new();
+    let w2 = wait.clone();
+    reactor.call_later(d, move || {
+        let _ = w2.callback(());
+    });
+    wait.await
+}
+
+#[test]
+fn a_pooled_connection_the_server_closed_is_retried_once_for_idempotent_requests_only() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Each connection: answer its first request, then read the next one
+    // and close without answering — the race a pool meets when a server
+    // closes an idle connection just as a request goes out on it.
+    let server = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        for conn in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            let first = read_raw_request(&mut s).unwrap();
+            log.push((conn, first));
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+            if let Some(second) = read_raw_request(&mut s) {
+                log.push((conn, second));
+            }
+        }
+        log
+    });
+    run(ServerConfig::default(), move |reactor, _| async move {
+        let agent = Agent::new(&reactor);
+        let base = format!("http://127.0.0.1:{port}");
+        assert_eq!(text(agent.get(&format!("{base}/a"))).await?.1, "ok");
+        // Sent on the pooled connection, which the server then closes:
+        // retried on a new connection, and answered there.
+        assert_eq!(text(agent.get(&format!("{base}/b"))).await?.1, "ok");
+        // A POST is not idempotent: the same race fails it, typed.
+        let e = agent
+            .post(&format!("{base}/c"), b"x".to_vec())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<ClientError>(),
+                Some(ClientError::ConnectionClosed)
+            ),
+            "{e}"
+        );
+        Ok(())
+    })
+    .unwrap();
+    let log = server.join().unwrap();
+    let want: Vec<(i32, String)> = vec![
+        (0, "GET /a HTTP/1.1".into()),
+        (0, "GET /b HTTP/1.1".into()),
+        (1, "GET /b HTTP/1.1".into()),
+        (1, "POST /c HTTP/1.1".into()),
+    ];
+    assert_eq!(log, want);
+}
+
+#[test]
+fn pooled_connections_are_closed_after_the_idle_timeout() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Answers every request; records, per connection, how many requests it
+    // served and whether the client closed it.
+    let server = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut served = 0;
+            while read_raw_request(&mut s).is_some() {
+                served += 1;
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .unwrap();
+            }
+            conns.push(served);
+        }
+        conns
+    });
+    run(ServerConfig::default(), move |reactor, _| async move {
+        let url = format!("http://127.0.0.1:{port}/x");
+        let short = Agent::with_config(
+            &reactor,
+            AgentConfig {
+                idle_timeout: Duration::from_millis(100),
+                ..AgentConfig::default()
+            },
+        );
+        assert_eq!(text(short.get(&url)).await?.1, "ok");
+        sleep(&reactor, Duration::from_millis(400)).await?;
+        // The first connection was closed by the agent: a new one.
+        assert_eq!(text(short.get(&url)).await?.1, "ok");
+        let again = Agent::with_config(
+            &reactor,
+            AgentConfig {
+                idle_timeout: Duration::from_millis(100),
+                ..AgentConfig::default()
+            },
+        );
+        // Within the idle timeout the connection is reused.
+        assert_eq!(text(again.get(&url)).await?.1, "ok");
+        sleep(&reactor, Duration::from_millis(20)).await?;
+        assert_eq!(text(again.get(&url)).await?.1, "ok");
+        // Let the idle timers close both agents' connections.
+        sleep(&reactor, Duration::from_millis(400)).await?;
+        Ok(())
+    })
+    .unwrap();
+    // Connection 1 served one request and was closed by the idle timer
+    // (the server saw EOF: its thread moved on); connection 2 likewise;
+    // connection 3 served two requests.
+    assert_eq!(server.join().unwrap(), vec![1, 1, 2]);
+}
+
+#[test]
+fn connecting_longer_than_the_connect_timeout_fails_typed() {
+    use socket2::{Domain, Socket, Type};
+    // A listener whose accept queue is full: the kernel drops further SYNs,
+    // so a connection attempt hangs until someone gives up.
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    assert!(
+        !fillers.is_empty(),
+        "the accept queue should take one connection"
+    );
+    let started = std::time::Instant::now();
+    run(ServerConfig::default(), move |reactor, _| async move {
+        let agent = Agent::with_config(
+            &reactor,
+            AgentConfig {
+                connect_timeout: Duration::from_millis(300),
+                ..AgentConfig::default()
+            },
+        );
+        let e = agent.get(&format!("http://{addr}/x")).await.unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<torsion_core::ConnectionError>(),
+                Some(torsion_core::ConnectionError::Timeout(_))
+            ),
+            "{e}"
+        );
+        Ok(())
+    })
+    .unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    drop(fillers);
+    drop(sock);
 }
