@@ -150,22 +150,22 @@ fn web(args: WebArgs) -> Result<(), String> {
     let reactor = Reactor::new().map_err(|e| format!("cannot create reactor: {e}"))?;
     let server = HttpServer::new(&reactor, site, cfg);
     let root = std::fs::canonicalize(&args.path).unwrap_or(args.path.clone());
-    let mut ports = Vec::new();
     for (spec, ep) in args.listen.iter().zip(endpoints) {
-        let handle = ep
-            .listen(&reactor, server.factory())
+        // The server keeps its ports: on Ctrl-C it closes them first, so
+        // new connections are refused while responses in flight finish.
+        let at = server
+            .listen(&ep)
             .map_err(|e| format!("cannot listen on {spec}: {e}"))?;
         let scheme = if spec.starts_with("ssl:") {
             "https"
         } else {
             "http"
         };
-        let shown = match handle.host() {
+        let shown = match at {
             torsion::Address::Tcp(a) => format!("{scheme}://{a}/"),
             other => format!("{other} ({scheme})"),
         };
         println!("torsion web: serving {} on {shown}", root.display());
-        ports.push(handle);
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -112,6 +112,56 @@ fn web_serves_directory_and_stops_on_ctrl_c() {
 }
 
 #[test]
+fn ctrl_c_lets_a_response_in_flight_finish_and_stops_taking_new_ones() {
+    let dir = tmpdir("inflight");
+    // Larger than the socket buffers between server and client: most of
+    // it is still unsent when the signal comes.
+    let big: Vec<u8> = (0..(32u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    let (child, addrs) = start(&[
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--path",
+        dir.to_str().unwrap(),
+    ]);
+    let addr = addrs[0].clone();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = vec![0u8; 64 * 1024];
+    s.read_exact(&mut got).unwrap();
+    // Ctrl-C while the body is on its way.
+    let pid = child.id() as i32;
+    // SAFETY: plain syscall on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    // New connections are no longer taken (the port closes)...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect(&addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ if Instant::now() > deadline => panic!("still accepting after Ctrl-C"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    // ...while the response in flight finishes, every byte of it.
+    s.read_to_end(&mut got).unwrap();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", big.len())),
+        "{head}"
+    );
+    assert_eq!(got.len() - head_end, big.len());
+    assert!(got[head_end..] == big[..], "the body arrived changed");
+    let status = interrupt_and_wait(child);
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn access_log_is_json_with_combined_line() {
     let dir = tmpdir("log");
     let (mut child, addrs) = start(&[

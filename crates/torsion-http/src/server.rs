@@ -13,6 +13,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+use torsion_core::endpoint::{ListenError, ListeningHandle, ServerEndpoint};
 use torsion_core::{
     Address, Deferred, DelayedCall, Factory, Failure, ListeningPort, Phase, Producer, Protocol,
     Reactor, SendFileError, SystemEvent, Transport,
@@ -60,6 +61,8 @@ struct Shared {
     sweeper: RefCell<Option<DelayedCall>>,
     draining: Cell<bool>,
     drained: RefCell<Vec<Deferred<()>>>,
+    /// Ports opened through this server: closed first when it drains.
+    ports: RefCell<Vec<Box<dyn ListeningHandle>>>,
 }
 
 /// An HTTP server: a handler (a [`crate::Site`], a closure, ...) plus
@@ -108,6 +111,7 @@ impl HttpServer {
                 sweeper: RefCell::new(None),
                 draining: Cell::new(false),
                 drained: RefCell::new(Vec::new()),
+                ports: RefCell::new(Vec::new()),
             }),
         }
     }
@@ -117,9 +121,44 @@ impl HttpServer {
         Rc::new(ServerFactory(self.shared.clone()))
     }
 
-    /// Listens on a TCP address.
+    /// Listens on a TCP address. The server keeps the port: draining
+    /// stops it first.
     pub fn listen_tcp(&self, addr: SocketAddr) -> std::io::Result<ListeningPort> {
-        self.shared.reactor.listen_tcp(addr, self.factory())
+        let port = self.shared.reactor.listen_tcp(addr, self.factory())?;
+        self.shared.ports.borrow_mut().push(Box::new(port.clone()));
+        Ok(port)
+    }
+
+    /// Listens on an endpoint (`tcp:8080`, `unix:/run/x.sock`,
+    /// `ssl:8443:privateKey=…:certKey=…`, `systemd:…`) and returns the
+    /// address it is bound to. The server keeps the port: draining stops it
+    /// first, so new connections are refused while the ones in flight
+    /// finish.
+    ///
+    /// ```no_run
+    /// use torsion_core::{endpoint::ServerEndpoint, Reactor};
+    /// use torsion_http::{handler_fn, HttpServer, Response, ServerConfig};
+    /// let reactor = Reactor::new()?;
+    /// let server = HttpServer::new(&reactor, handler_fn(|_req| async { Ok(Response::text("hi")) }), ServerConfig::default());
+    /// let at = server.listen(&"tcp:0:interface=127.0.0.1".parse::<ServerEndpoint>()?)?;
+    /// println!("listening on {at}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn listen(&self, endpoint: &ServerEndpoint) -> Result<Address, ListenError> {
+        let handle = endpoint.listen(&self.shared.reactor, self.factory())?;
+        let at = handle.host();
+        self.shared.ports.borrow_mut().push(handle);
+        Ok(at)
+    }
+
+    /// Stops listening on every port opened through this server
+    /// ([`listen`](Self::listen), [`listen_tcp`](Self::listen_tcp));
+    /// connections already open carry on.
+    pub fn stop_listening(&self) {
+        let ports = std::mem::take(&mut *self.shared.ports.borrow_mut());
+        for p in ports {
+            p.stop_listening();
+        }
     }
 
     /// Open connections.
@@ -129,10 +168,12 @@ impl HttpServer {
         c.len()
     }
 
-    /// Stops taking new requests: idle connections close now, busy ones
+    /// Stops taking new requests: the server's own ports stop listening
+    /// (new connections are refused), idle connections close now, busy ones
     /// after their current responses. The Deferred fires when all are closed.
     pub fn drain(&self) -> Deferred<()> {
         self.shared.draining.set(true);
+        self.stop_listening();
         let d = Deferred::new();
         self.shared.drained.borrow_mut().push(d.clone());
         let conns: Vec<Rc<Conn>> = self
