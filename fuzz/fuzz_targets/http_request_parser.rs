@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes, split at an arbitrary point, to the HTTP/1.1 server
-//! machine and answers every request; nothing may panic, and the machine
-//! must either want more input or have decided to answer/close.
+//! machine and answers every request; nothing may panic, and after each
+//! piece the machine must want more input, have answered and close, or hold
+//! requests for their handlers (asserted).
 #![no_main]
 
 use http::{HeaderMap, StatusCode};
@@ -36,5 +37,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let _ = c.take_output();
+        // Never stalled: it wants input, or has answered and closes, or
+        // holds requests for their handlers.
+        assert!(c.wants_input() || c.should_close() || c.queued() > 0);
     }
 });

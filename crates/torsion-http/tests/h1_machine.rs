@@ -60,9 +60,12 @@ fn statuses(out: &str) -> Vec<u16> {
         .collect()
 }
 
-#[test]
-fn malformed_and_smuggling_table() {
-    let cfg = || ServerConfig {
+/// (name, input, expected statuses in order, connection closed)
+type TableRow = (&'static str, Vec<u8>, Vec<u16>, bool);
+
+/// The malformed-input and smuggling vectors, with what the server must answer.
+fn table() -> (ServerConfig, Vec<TableRow>) {
+    let cfg = ServerConfig {
         max_body: 1000,
         ..ServerConfig::default()
     };
@@ -79,8 +82,7 @@ fn malformed_and_smuggling_table() {
             .map(|i| format!("X-{i}: v\r\n"))
             .collect::<String>()
     );
-    // (name, input, expected statuses in order, connection closed)
-    let table: Vec<(&str, Vec<u8>, Vec<u16>, bool)> = vec![
+    let table: Vec<TableRow> = vec![
         ("ok", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), vec![200], false),
         ("CL and TE", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), vec![400], true),
         ("duplicate CL same", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello".to_vec(), vec![400], true),
@@ -126,9 +128,15 @@ fn malformed_and_smuggling_table() {
         ("1.0 keep-alive", b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\n".to_vec(), vec![200, 200], true),
         ("leading empty line", b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), vec![200], false),
     ];
+    (cfg, table)
+}
+
+#[test]
+fn malformed_and_smuggling_table() {
+    let (cfg, table) = table();
     let mut failures = Vec::new();
     for (name, input, want, want_closed) in &table {
-        let (_, out, closed) = drive(cfg(), &[input]);
+        let (_, out, closed) = drive(cfg.clone(), &[input]);
         let got = statuses(&out);
         if &got != want || closed != *want_closed {
             failures.push(format!(
@@ -311,10 +319,32 @@ proptest! {
         prop_assert!(split.2);
     }
 
-    /// Arbitrary bytes never panic and always end in a response or more input wanted.
+    /// Arbitrary bytes never panic, and the machine never just stops: it
+    /// either wants more input, or has answered and asks to close, or
+    /// holds requests waiting for their handlers. Nothing else may happen
+    /// (a machine in none of these states would hang the connection).
     #[test]
-    fn arbitrary_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
-        let _ = drive(ServerConfig::default(), &[&data]);
+    fn arbitrary_input_never_panics_or_stalls(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let mut c = ServerConn::new(ServerConfig::default());
+        c.receive(&data);
+        let mut ended = Vec::new();
+        while let Some(ev) = c.next_event() {
+            if let Event::End { id } = ev {
+                ended.push(id);
+            }
+        }
+        prop_assert!(
+            c.wants_input() || c.should_close() || c.queued() > 0,
+            "stalled: queued {} buffered {}", c.queued(), c.buffered()
+        );
+        // Answering what ended leaves it wanting input or closing.
+        for id in ended {
+            if c.current() == Some(id) {
+                c.respond_with_body(id, StatusCode::OK, &HeaderMap::new(), b"ok").unwrap();
+            }
+        }
+        while c.next_event().is_some() {}
+        prop_assert!(c.wants_input() || c.should_close() || c.queued() > 0);
     }
 }
 
@@ -449,4 +479,52 @@ fn answer_before_body_keeps_connection_reading() {
     assert_eq!(c.next_event(), Some(Event::End { id: 0 }));
     assert!(matches!(c.next_event(), Some(Event::Head(h)) if h.id() == 1 && h.path() == "/next"));
     assert!(!c.should_close());
+}
+
+/// Every input of the table, split in two at every point (at most 300
+/// points for the long ones), and fed a byte at a time when short: the
+/// same statuses and the same close as when it arrives whole. A verdict
+/// that depends on how bytes arrive is what request smuggling feeds on.
+#[test]
+fn the_table_gives_the_same_verdicts_however_its_inputs_arrive() {
+    let (cfg, table) = table();
+    let mut failures = Vec::new();
+    for (name, input, want, want_closed) in &table {
+        let step = (input.len() / 300).max(1);
+        for cut in (0..=input.len()).step_by(step) {
+            let (_, out, closed) = drive(cfg.clone(), &[&input[..cut], &input[cut..]]);
+            if statuses(&out) != *want || closed != *want_closed {
+                failures.push(format!(
+                    "{name} cut at {cut}: {:?} closed={closed}",
+                    statuses(&out)
+                ));
+            }
+        }
+        if input.len() <= 600 {
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            let (_, out, closed) = drive(cfg.clone(), &bytes);
+            if statuses(&out) != *want || closed != *want_closed {
+                failures.push(format!(
+                    "{name} byte by byte: {:?} closed={closed}",
+                    statuses(&out)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The valid pipelined stream split in two at every single point, and fed
+/// a byte at a time: always the same events and output.
+#[test]
+fn every_split_of_a_pipelined_stream_gives_the_same_events() {
+    let s = stream();
+    let whole = drive(ServerConfig::default(), &[&s]);
+    assert_eq!(statuses(&whole.1), vec![200, 200, 200, 200]);
+    for cut in 0..=s.len() {
+        let split = drive(ServerConfig::default(), &[&s[..cut], &s[cut..]]);
+        assert_eq!(whole, split, "cut at {cut}");
+    }
+    let bytes: Vec<&[u8]> = s.chunks(1).collect();
+    assert_eq!(whole, drive(ServerConfig::default(), &bytes));
 }
