@@ -221,16 +221,28 @@ fn slow_client_bounds_streamed_response_memory() {
             produced: p2,
         },
         move |addr| {
-            let mut s = connect(addr);
+            // A small, fixed receive buffer (no autotuning): the kernel's
+            // share of the stalled bytes is known.
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(64 * 1024).unwrap();
+            sock.connect(&addr.into()).unwrap();
+            let mut s: std::net::TcpStream = sock.into();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
                 .unwrap();
             // The client reads nothing for a while: production must stall at
-            // roughly the socket buffers plus the transport's high-water mark.
+            // what the kernel holds (the server socket's send buffer, at
+            // most tcp_wmem's maximum, and this socket's receive buffer)
+            // plus what the server may hold itself (the transport's 64 KiB
+            // high-water mark and one 32 KiB piece), with 1 MiB to spare.
             std::thread::sleep(Duration::from_millis(500));
             let stalled = p3.load(Ordering::SeqCst);
+            let rcvbuf = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
+            let bound = tcp_wmem_max() + rcvbuf + (1 << 20);
             assert!(
-                stalled < 24 << 20,
-                "produced {stalled} bytes for a client that read nothing"
+                stalled < bound,
+                "produced {stalled} bytes (bound {bound}) for a client that read nothing"
             );
             let mut buf = Vec::new();
             let r = read_response(&mut s, &mut buf, false);
@@ -681,3 +693,97 @@ fn kept_requests_and_reused_buffers_keep_their_own_headers() {
         },
     );
 }
+
+#[test]
+fn a_large_file_for_a_client_that_reads_nothing_costs_no_memory() {
+    let dir = std::env::temp_dir().join(format!("torsion-bigfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let size = 64usize << 20;
+    let data: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+    std::fs::write(dir.join("big.bin"), &data).unwrap();
+    drop(data);
+    let d2 = dir.clone();
+    with_server(
+        ServerConfig::default(),
+        move |_| torsion_http::Site::new(Rc::new(torsion_http::File::new(&d2).unwrap())),
+        move |addr| {
+            let before = rss();
+            let mut s = connect(addr);
+            s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let stalled = rss().saturating_sub(before);
+            // The file goes out through sendfile or in 32 KiB pieces held
+            // to the transport's high-water mark: nothing near its size.
+            assert!(stalled < 8 << 20, "memory grew by {stalled} bytes");
+            let mut buf = Vec::new();
+            let r = read_response(&mut s, &mut buf, false);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len(), size);
+            assert!(r
+                .body
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i % 249) as u8));
+        },
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_one_gib_upload_streams_through_without_sitting_in_memory() {
+    let peak = Rc::new(Cell::new(0usize));
+    let p2 = peak.clone();
+    let total: u64 = 1 << 30;
+    with_server(
+        ServerConfig {
+            max_body: 2 << 30,
+            ..ServerConfig::default()
+        },
+        move |_| {
+            torsion_http::handler_fn(move |req: torsion_http::Request| {
+                let peak = p2.clone();
+                async move {
+                    let mut body = req.into_body();
+                    let (mut n, mut chunks) = (0u64, 0u32);
+                    while let Some(c) = body.chunk().await? {
+                        n += c.len() as u64;
+                        chunks += 1;
+                        if chunks % 128 == 0 {
+                            peak.set(peak.get().max(rss()));
+                        }
+                    }
+                    Ok(torsion_http::Response::text(n.to_string()))
+                }
+            })
+        },
+        move |addr| {
+            let before = rss();
+            let mut s = connect(addr);
+            s.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+            write!(
+                s,
+                "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n"
+            )
+            .unwrap();
+            let chunk = vec![b'u'; 256 * 1024];
+            for _ in 0..(total / chunk.len() as u64) {
+                s.write_all(&chunk).unwrap();
+            }
+            let mut buf = Vec::new();
+            let r = read_response(&mut s, &mut buf, false);
+            assert_eq!(r.text(), total.to_string());
+            BASELINE.store(before, Ordering::SeqCst);
+        },
+    );
+    let grew = peak.get().saturating_sub(BASELINE.load(Ordering::SeqCst));
+    assert!(peak.get() > 0, "the handler never sampled its memory");
+    assert!(
+        grew < 64 << 20,
+        "memory grew by {grew} bytes during a 1 GiB upload"
+    );
+}
+
+/// The resident size before the upload (set by the client thread).
+static BASELINE: AtomicUsize = AtomicUsize::new(0);

@@ -51,6 +51,29 @@ pub fn with_server<H: Handler>(
     }
 }
 
+/// This process's resident memory in bytes (Linux `/proc/self/status`).
+#[allow(dead_code)]
+pub fn rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The kernel's largest TCP send buffer (`net.ipv4.tcp_wmem`'s maximum):
+/// what a server's socket may hold beyond what the server itself holds.
+#[allow(dead_code)]
+pub fn tcp_wmem_max() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20)
+}
+
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
