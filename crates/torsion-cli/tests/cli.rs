@@ -184,11 +184,62 @@ fn access_log_is_json_with_combined_line() {
         .unwrap_or_else(|| panic!("no access log line in {log}"));
     assert!(line.starts_with('{'), "{line}");
     assert!(line.contains("\"site\":\"default\""), "{line}");
+    assert!(line.contains("\"host\":\"t\""), "{line}");
     assert!(line.contains("127.0.0.1 - - ["), "{line}");
     assert!(
         line.contains("] \\\"GET /hello.txt HTTP/1.1\\\" 200 16 \\\"-\\\" \\\"-\\\""),
         "{line}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn access_log_is_a_combined_line_in_text_format_by_default() {
+    let dir = tmpdir("logtext");
+    let (mut child, addrs) = start(&[
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--path",
+        dir.to_str().unwrap(),
+    ]);
+    let mut s = TcpStream::connect(&addrs[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /hello.txt HTTP/1.1\r\nHost: docs.example\r\nReferer: http://r.example/\r\nUser-Agent: probe/1.0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    drop(s);
+    let mut err = child.stderr.take().unwrap();
+    assert!(interrupt_and_wait(child).success());
+    let mut log = String::new();
+    err.read_to_string(&mut log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("torsion_http::access"))
+        .unwrap_or_else(|| panic!("no access log line in {log}"));
+    assert!(!line.starts_with('{'), "{line}");
+    // Combined log format: host ident user [time] "request" status bytes
+    // "referer" "user agent"; the site and the virtual host as fields.
+    let combined = line
+        .split_once("127.0.0.1 - - [")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("{line}"));
+    let (time, rest) = combined.split_once("] ").unwrap();
+    assert_eq!(time.len(), "07/Dec/2026:15:42:08 +0000".len(), "{time}");
+    assert!(time.ends_with(" +0000"), "{time}");
+    assert!(
+        rest.starts_with("\"GET /hello.txt HTTP/1.1\" 200 16 \"http://r.example/\" \"probe/1.0\""),
+        "{rest}"
+    );
+    assert!(
+        line.contains("site=\"default\"") || line.contains("site=default"),
+        "{line}"
+    );
+    assert!(line.contains("host=docs.example"), "{line}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

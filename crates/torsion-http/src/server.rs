@@ -383,6 +383,8 @@ struct Answered {
 }
 
 struct LogInfo {
+    /// The `Host` the client asked for (virtual hosts in one site differ here).
+    host: String,
     request_line: String,
     referer: String,
     user_agent: String,
@@ -588,6 +590,7 @@ impl Conn {
                         &self.shared.cfg.log_name,
                         &self.transport.peer(),
                         &LogInfo {
+                            host: "-".into(),
                             request_line: "-".into(),
                             referer: "-".into(),
                             user_agent: "-".into(),
@@ -629,6 +632,7 @@ impl Conn {
                     .to_string()
             };
             Box::new(LogInfo {
+                host: hv("host"),
                 request_line: format!("{} {} {:?}", head.method(), head.target(), head.version()),
                 referer: hv("referer"),
                 user_agent: hv("user-agent"),
@@ -1183,6 +1187,7 @@ fn access_log(site: &str, peer: &Address, l: &LogInfo) {
     tracing::info!(
         target: "torsion_http::access",
         site,
+        host = %l.host,
         "{host} - - [{}] \"{}\" {} {bytes} \"{}\" \"{}\"",
         crate::util::log_time(l.time),
         l.request_line.replace('"', "\\\""),

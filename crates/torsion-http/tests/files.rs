@@ -25,6 +25,13 @@ pub fn fixture(tag: &str) -> (PathBuf, PathBuf) {
     std::fs::write(root.join("<script>.txt"), "x").unwrap();
     let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
     std::fs::write(root.join("big.bin"), &big).unwrap();
+    // A known modification time for the listing test: 2001-02-03 04:05:06 UTC.
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("a.txt"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(981_173_106))
+        .unwrap();
     std::os::unix::fs::symlink(&base, root.join("out")).unwrap();
     std::os::unix::fs::symlink(root.join("a.txt"), root.join("in")).unwrap();
     (base, root)
@@ -189,6 +196,12 @@ fn directories_redirect_index_and_listing() {
         assert!(html.contains("<a href=\"a.txt\">a.txt</a>"));
         assert!(html.contains("<a href=\"sp%20ace.txt\">sp ace.txt</a>"));
         assert!(html.contains("title=\"12 bytes\">12 B</span>"));
+        // Each file's modification time, in UTC (set in the fixture).
+        let row = html.lines().find(|l| l.contains("href=\"a.txt\"")).unwrap();
+        assert!(
+            row.contains("<td class=\"date\">2001-02-03 04:05</td>"),
+            "{row}"
+        );
         assert!(html.contains("3.0 MiB"));
         // Names are escaped.
         assert!(html.contains("&lt;script&gt;.txt"));
@@ -319,6 +332,34 @@ fn a_slow_reader_and_pipelined_file_responses_get_every_byte_in_order() {
         assert_eq!(bodies[1].0, "http/1.1 206 partial content");
         assert!(bodies[1].1 == big[5_000_000..6_000_000], "range differs");
         assert_eq!(bodies[2].1, b"hello world\n");
+    });
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn symlinks_out_of_the_root_are_followed_only_when_allowed() {
+    let (base, root) = fixture("outside");
+    let r2 = root.clone();
+    with_server(
+        ServerConfig::default(),
+        move |_| {
+            let mut f = File::new(&r2).unwrap();
+            f.set_allow_outside_symlinks(true);
+            Site::new(Rc::new(f))
+        },
+        |addr| {
+            // Through the link out of the root, now allowed.
+            let r = get(addr, "/out/secret.txt", "");
+            assert_eq!((r.status, r.text().as_str()), (200, "TOP SECRET"));
+            // Dot segments are refused all the same: allowing links does
+            // not allow climbing out by name.
+            assert_eq!(get(addr, "/../secret.txt", "").status, 400);
+            assert_eq!(get(addr, "/%2e%2e/secret.txt", "").status, 400);
+        },
+    );
+    // The default refuses the same link.
+    with_server(ServerConfig::default(), site(&root), |addr| {
+        assert_eq!(get(addr, "/out/secret.txt", "").status, 403);
     });
     let _ = std::fs::remove_dir_all(base);
 }
