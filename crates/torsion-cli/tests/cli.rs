@@ -75,6 +75,19 @@ fn interrupt_and_wait(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
+/// Stops `torsion web` with Ctrl-C (it must exit 0) and returns the
+/// access-log line it wrote to stderr.
+fn stop_and_find_access_line(mut child: Child) -> String {
+    let mut err = child.stderr.take().unwrap();
+    assert!(interrupt_and_wait(child).success());
+    let mut log = String::new();
+    err.read_to_string(&mut log).unwrap();
+    log.lines()
+        .find(|l| l.contains("torsion_http::access"))
+        .unwrap_or_else(|| panic!("no access log line in {log}"))
+        .to_string()
+}
+
 #[test]
 fn web_serves_directory_and_stops_on_ctrl_c() {
     let dir = tmpdir("serve");
@@ -164,7 +177,7 @@ fn ctrl_c_lets_a_response_in_flight_finish_and_stops_taking_new_ones() {
 #[test]
 fn access_log_is_json_with_combined_line() {
     let dir = tmpdir("log");
-    let (mut child, addrs) = start(&[
+    let (child, addrs) = start(&[
         "--listen",
         "tcp:0:interface=127.0.0.1",
         "--path",
@@ -173,15 +186,7 @@ fn access_log_is_json_with_combined_line() {
         "json",
     ]);
     let _ = get(&addrs[0], "/hello.txt");
-    let mut err = child.stderr.take().unwrap();
-    let status = interrupt_and_wait(child);
-    assert!(status.success());
-    let mut log = String::new();
-    err.read_to_string(&mut log).unwrap();
-    let line = log
-        .lines()
-        .find(|l| l.contains("torsion_http::access"))
-        .unwrap_or_else(|| panic!("no access log line in {log}"));
+    let line = stop_and_find_access_line(child);
     assert!(line.starts_with('{'), "{line}");
     assert!(line.contains("\"site\":\"default\""), "{line}");
     assert!(line.contains("\"host\":\"t\""), "{line}");
@@ -196,7 +201,7 @@ fn access_log_is_json_with_combined_line() {
 #[test]
 fn access_log_is_a_combined_line_in_text_format_by_default() {
     let dir = tmpdir("logtext");
-    let (mut child, addrs) = start(&[
+    let (child, addrs) = start(&[
         "--listen",
         "tcp:0:interface=127.0.0.1",
         "--path",
@@ -213,14 +218,7 @@ fn access_log_is_a_combined_line_in_text_format_by_default() {
     s.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
     drop(s);
-    let mut err = child.stderr.take().unwrap();
-    assert!(interrupt_and_wait(child).success());
-    let mut log = String::new();
-    err.read_to_string(&mut log).unwrap();
-    let line = log
-        .lines()
-        .find(|l| l.contains("torsion_http::access"))
-        .unwrap_or_else(|| panic!("no access log line in {log}"));
+    let line = stop_and_find_access_line(child);
     assert!(!line.starts_with('{'), "{line}");
     // Combined log format: host ident user [time] "request" status bytes
     // "referer" "user agent"; the site and the virtual host as fields.

@@ -982,8 +982,7 @@ impl ServerConn {
         headers: &HeaderMap,
         content_length: Option<u64>,
     ) -> Result<(), SendError> {
-        self.write_head(id, status, headers, None, content_length, None)
-            .map(|_| ())
+        self.respond_typed(id, status, headers, None, content_length)
     }
 
     /// Writes a whole response whose body is in memory for request `id`
@@ -1291,38 +1290,7 @@ fn write_decimal(dst: &mut [u8], mut n: u64) -> usize {
 /// Bytes an origin-form target may hold for its `Uri` to be built later
 /// instead of now: RFC 3986's `pchar`, `/` and `?` (all of which the `http`
 /// crate accepts, so the lazy build cannot fail).
-static PLAIN_TARGET: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'%'
-                    | b'/'
-                    | b'?'
-            );
-        b += 1;
-    }
-    t
-};
+static PLAIN_TARGET: [bool; 256] = crate::parse::alnum_and(b"-._~!$&'()*+,;=:@%/?");
 
 /// For a plain origin-form target (see `PLAIN_TARGET`), where its `?` is
 /// (its length without a query); `None` for any other target.

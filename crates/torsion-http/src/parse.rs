@@ -139,34 +139,24 @@ impl HeadError {
     }
 }
 
-/// RFC 9110 `tchar`.
-static TOKEN: [bool; 256] = {
+/// A byte table: true for ASCII letters and digits and for the bytes in `extra`.
+pub(crate) const fn alnum_and(extra: &[u8]) -> [bool; 256] {
     let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
     let mut i = 0;
-    while i < 256 {
-        let c = i as u8;
-        t[i] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
         i += 1;
     }
     t
-};
+}
+
+/// RFC 9110 `tchar`.
+static TOKEN: [bool; 256] = alnum_and(b"!#$%&'*+-.^_`|~");
 
 /// True for a byte that is a token character.
 pub fn is_token(b: u8) -> bool {

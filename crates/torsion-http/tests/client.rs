@@ -576,25 +576,37 @@ async fn sleep(reactor: &Reactor, d: Duration) -> Result<(), Failure> {
     wait.await
 }
 
+/// A bare answer to any request.
+const RAW_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// A raw HTTP server on a thread: accepts `conns` connections one after
+/// another and runs `serve` on each (with its number); returns the port
+/// and the thread, whose result is what `serve` returned, in order.
+fn raw_server<T: Send + 'static>(
+    conns: usize,
+    serve: impl Fn(usize, std::net::TcpStream) -> T + Send + 'static,
+) -> (u16, std::thread::JoinHandle<Vec<T>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        (0..conns)
+            .map(|n| serve(n, listener.accept().unwrap().0))
+            .collect()
+    });
+    (port, t)
+}
+
 #[test]
 fn a_pooled_connection_the_server_closed_is_retried_once_for_idempotent_requests_only() {
     use std::io::Write;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     // Each connection: answer its first request, then read the next one
     // and close without answering — the race a pool meets when a server
     // closes an idle connection just as a request goes out on it.
-    let server = std::thread::spawn(move || {
-        let mut log = Vec::new();
-        for conn in 0..2 {
-            let (mut s, _) = listener.accept().unwrap();
-            let first = read_raw_request(&mut s).unwrap();
-            log.push((conn, first));
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .unwrap();
-            if let Some(second) = read_raw_request(&mut s) {
-                log.push((conn, second));
-            }
+    let (port, server) = raw_server(2, |conn, mut s| {
+        let mut log = vec![(conn, read_raw_request(&mut s).unwrap())];
+        s.write_all(RAW_OK).unwrap();
+        if let Some(second) = read_raw_request(&mut s) {
+            log.push((conn, second));
         }
         log
     });
@@ -620,8 +632,8 @@ fn a_pooled_connection_the_server_closed_is_retried_once_for_idempotent_requests
         Ok(())
     })
     .unwrap();
-    let log = server.join().unwrap();
-    let want: Vec<(i32, String)> = vec![
+    let log: Vec<(usize, String)> = server.join().unwrap().concat();
+    let want: Vec<(usize, String)> = vec![
         (0, "GET /a HTTP/1.1".into()),
         (0, "GET /b HTTP/1.1".into()),
         (1, "GET /b HTTP/1.1".into()),
@@ -633,23 +645,15 @@ fn a_pooled_connection_the_server_closed_is_retried_once_for_idempotent_requests
 #[test]
 fn pooled_connections_are_closed_after_the_idle_timeout() {
     use std::io::Write;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // Answers every request; records, per connection, how many requests it
-    // served and whether the client closed it.
-    let server = std::thread::spawn(move || {
-        let mut conns = Vec::new();
-        for _ in 0..3 {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut served = 0;
-            while read_raw_request(&mut s).is_some() {
-                served += 1;
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .unwrap();
-            }
-            conns.push(served);
+    // Answers every request; returns, per connection, how many it served
+    // before the client closed it.
+    let (port, server) = raw_server(3, |_, mut s| {
+        let mut served = 0;
+        while read_raw_request(&mut s).is_some() {
+            served += 1;
+            s.write_all(RAW_OK).unwrap();
         }
-        conns
+        served
     });
     run(ServerConfig::default(), move |reactor, _| async move {
         let url = format!("http://127.0.0.1:{port}/x");
