@@ -4,10 +4,11 @@
 # self-signed certificate for 127.0.0.1, accepted with
 # --ignore-certificate-errors): crates/torsion-http/docs/listing.png and
 # listing-https.png.
-# Usage: scripts/screenshot-listing.sh [DIR-TO-LIST]   (default: the repo's crates/)
+# Usage: scripts/screenshot-listing.sh [DIR-TO-LIST]   (default: the repository's root,
+# which has files, with their sizes and dates, as well as folders)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir=${1:-crates}
+dir=${1:-.}
 docs=crates/torsion-http/docs
 command -v chromium >/dev/null || { echo "needs chromium (apt-get install chromium)" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "needs openssl" >&2; exit 1; }
@@ -34,7 +35,7 @@ shot() { # URL OUT
   # The page must really be the listing (not an interstitial or error page):
   # headless screenshots show no address bar, so check the DOM too.
   chrome --dump-dom "$1" | grep -q '<title>Index of /' || { echo "no listing from $1" >&2; exit 1; }
-  chrome --hide-scrollbars --window-size=1000,380 --screenshot="$2" "$1"
+  chrome --hide-scrollbars --window-size=1000,450 --screenshot="$2" "$1"
   [ -s "$2" ] || { echo "no screenshot from $1" >&2; exit 1; }
   echo "wrote $2 from $1"
 }

@@ -62,6 +62,11 @@ struct WebArgs {
     /// Compress text files with gzip for clients that accept it.
     #[arg(long)]
     gzip: bool,
+    /// Serve and list hidden files and directories (names starting with a
+    /// dot, such as `.git`); by default they answer 404 (`.well-known` is
+    /// always served).
+    #[arg(long)]
+    hidden: bool,
     /// Seconds allowed for a request head to arrive (slowloris defence).
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     header_timeout: f64,
@@ -126,6 +131,7 @@ fn web(args: WebArgs) -> Result<(), String> {
     }
     files.set_directory_listing(!args.no_listing);
     files.set_gzip(args.gzip);
+    files.set_serve_hidden(args.hidden);
     for m in &args.mime_type {
         let (ext, ty) = m
             .split_once('=')

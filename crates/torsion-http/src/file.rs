@@ -35,6 +35,7 @@ struct Options {
     index_names: Vec<String>,
     listing: bool,
     allow_outside_symlinks: bool,
+    serve_hidden: bool,
     mime: HashMap<String, String>,
     gzip: bool,
 }
@@ -73,6 +74,7 @@ impl File {
                 index_names: vec!["index.html".into(), "index.htm".into()],
                 listing: true,
                 allow_outside_symlinks: false,
+                serve_hidden: false,
                 mime: HashMap::new(),
                 gzip: false,
             }),
@@ -101,6 +103,14 @@ impl File {
     /// Follows symlinks that point outside the root (off by default).
     pub fn set_allow_outside_symlinks(&mut self, on: bool) {
         self.opts().allow_outside_symlinks = on;
+    }
+
+    /// Serves and lists hidden names, those starting with a dot (off by
+    /// default: they answer 404 and are left out of listings, so serving a
+    /// working tree does not serve its `.git`). `.well-known` is always
+    /// served (ACME challenges, security.txt).
+    pub fn set_serve_hidden(&mut self, on: bool) {
+        self.opts().serve_hidden = on;
     }
 
     /// Compresses text types with gzip for clients that accept it (off by
@@ -143,6 +153,9 @@ impl File {
             if seg.is_empty() || seg == "." {
                 continue;
             }
+            if !self.opts.serve_hidden && is_hidden(seg) {
+                return Err(PathError::NotFound);
+            }
             path.push(seg);
         }
         let canon = fs::canonicalize(&path).map_err(|e| match e.kind() {
@@ -151,6 +164,14 @@ impl File {
         })?;
         if !canon.starts_with(&self.root) && !self.opts.allow_outside_symlinks {
             return Err(PathError::Forbidden);
+        }
+        // A link with a plain name may lead into a hidden directory.
+        if !self.opts.serve_hidden {
+            if let Ok(rel) = canon.strip_prefix(&self.root) {
+                if rel.iter().any(|c| c.to_str().is_none_or(is_hidden)) {
+                    return Err(PathError::NotFound);
+                }
+            }
         }
         Ok(canon)
     }
@@ -191,7 +212,7 @@ impl File {
             if !self.opts.listing {
                 return Response::error(StatusCode::FORBIDDEN);
             }
-            return match listing(&path, req.path(), path == self.root) {
+            return match listing(&path, req.path(), path == self.root, self.opts.serve_hidden) {
                 Ok(html) => Response::html(html),
                 Err(_) => Response::error(StatusCode::FORBIDDEN),
             };
@@ -606,11 +627,19 @@ fn human_size(n: u64) -> String {
 }
 
 /// A clean, readable HTML listing of `dir`.
-fn listing(dir: &Path, url_path: &str, is_root: bool) -> io::Result<String> {
+/// A name starting with a dot, other than `.well-known`.
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.') && name != ".well-known"
+}
+
+fn listing(dir: &Path, url_path: &str, is_root: bool, hidden: bool) -> io::Result<String> {
     let mut entries: Vec<(String, bool, u64, SystemTime)> = Vec::new();
     for e in fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
+        if !hidden && name.starts_with('.') {
+            continue;
+        }
         let meta = fs::metadata(e.path()).or_else(|_| e.metadata());
         let (is_dir, size, mtime) = match meta {
             Ok(m) => (m.is_dir(), m.len(), m.modified().unwrap_or(UNIX_EPOCH)),

@@ -363,3 +363,47 @@ fn symlinks_out_of_the_root_are_followed_only_when_allowed() {
     });
     let _ = std::fs::remove_dir_all(base);
 }
+
+#[test]
+fn hidden_names_are_neither_served_nor_listed_unless_asked() {
+    let (base, root) = fixture("hidden");
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::write(root.join(".git/config"), "[core]").unwrap();
+    std::fs::write(root.join(".env"), "SECRET=1").unwrap();
+    std::fs::create_dir_all(root.join(".well-known/acme-challenge")).unwrap();
+    std::fs::write(root.join(".well-known/acme-challenge/tok"), "proof").unwrap();
+    // A plainly named link into a hidden directory.
+    std::os::unix::fs::symlink(root.join(".git"), root.join("repo")).unwrap();
+    with_server(ServerConfig::default(), site(&root), |addr| {
+        for path in [
+            "/.git/config",
+            "/.env",
+            "/.git/",
+            "/%2egit/config",
+            "/repo/config",
+        ] {
+            assert_eq!(get(addr, path, "").status, 404, "{path}");
+        }
+        let r = get(addr, "/.well-known/acme-challenge/tok", "");
+        assert_eq!((r.status, r.text().as_str()), (200, "proof"));
+        let html = get(addr, "/", "").text();
+        assert!(html.contains("a.txt"));
+        assert!(!html.contains(".git") && !html.contains(".env") && !html.contains(".well-known"));
+    });
+    let r2 = root.clone();
+    with_server(
+        ServerConfig::default(),
+        move |_| {
+            let mut f = File::new(&r2).unwrap();
+            f.set_serve_hidden(true);
+            Site::new(Rc::new(f))
+        },
+        |addr| {
+            let r = get(addr, "/.git/config", "");
+            assert_eq!((r.status, r.text().as_str()), (200, "[core]"));
+            let html = get(addr, "/", "").text();
+            assert!(html.contains("href=\".git/\"") && html.contains("href=\".env\""));
+        },
+    );
+    let _ = std::fs::remove_dir_all(base);
+}
