@@ -7,6 +7,7 @@
 //!
 //!   cargo bench -p torsion-http --bench inproc [-- ROUNDS]
 //!
+//! `CONNS=N` spreads the batches over N connections in turn (default 1).
 //! Under callgrind (`REPS=1`, two round counts, the difference divided by
 //! the requests) it counts instructions per request exactly.
 
@@ -37,12 +38,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = HttpServer::new(&reactor, Hello, ServerConfig::default());
     // A TCP peer, as a real server sees (a memory peer's label is a String).
     let tcp = |p| Address::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], p)));
-    let t = StringTransport::with_addresses(tcp(40000), tcp(8080));
-    let mut proto = server
-        .factory()
-        .build_protocol(&tcp(40000))
-        .ok_or("the server refused the connection")?;
-    proto.connection_made(t.transport());
+    let nconn: usize = std::env::var("CONNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut conns = Vec::new();
+    for i in 0..nconn {
+        let t = StringTransport::with_addresses(tcp(40000 + i as u16), tcp(8080));
+        let mut proto = server
+            .factory()
+            .build_protocol(&tcp(40000))
+            .ok_or("the server refused the connection")?;
+        proto.connection_made(t.transport());
+        conns.push((t, proto));
+    }
+    let (t, proto) = &mut conns[0];
     let batch = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n".repeat(16);
     proto.data_received(&batch);
     let answered = String::from_utf8(t.take_written())?
@@ -54,7 +65,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut best = f64::MAX;
     for _ in 0..reps {
         let start = Instant::now();
-        for _ in 0..rounds {
+        for r in 0..rounds {
+            let (t, proto) = &mut conns[r % nconn];
             proto.data_received(&batch);
             t.clear();
         }

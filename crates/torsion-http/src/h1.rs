@@ -938,7 +938,7 @@ impl ServerConn {
         if let (Some(status), None) = (front.error, front.framing) {
             // An error response is always the connection's last.
             self.pending.clear();
-            write_error_response(&mut self.out, status, &self.std_lines.0.borrow(), &self.cfg);
+            write_error_response(&mut self.out, status, &self.std_lines.0.borrow());
             self.read = ReadState::Stopped;
             self.closed = true;
             return;
@@ -1096,31 +1096,23 @@ impl ServerConn {
         let out = &mut self.out;
         // One reservation for the usual head; the pieces below then copy
         // without growing.
-        out.reserve(STD_LINES_MAX + 128 + body.map_or(0, <[u8]>::len));
-        self.std_lines.0.borrow().write(out, status, &self.cfg);
-        if !headers.is_empty() {
-            for (name, value) in headers {
-                if name == header::CONTENT_LENGTH
-                    || name == header::TRANSFER_ENCODING
-                    || name == header::CONNECTION
-                    || name == header::DATE
-                    || (name == header::SERVER && self.cfg.server_name.is_some())
-                {
-                    continue;
-                }
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
+        out.reserve(STD_LINES_MAX + CACHED_CT_MAX + 64 + body.map_or(0, <[u8]>::len));
+        // The common answer: a 200 with its default type, no fields of its
+        // own and a known length. Everything up to the length's digits is
+        // one cached piece.
+        let cached = match (default_type, framing) {
+            (Some(ct), Framing::Length(_)) if status == StatusCode::OK && headers.is_empty() => {
+                self.std_lines
+                    .0
+                    .borrow_mut()
+                    .write_ok_typed(out, ct.as_bytes())
             }
+            _ => false,
+        };
+        if !cached {
+            self.write_head_fields(status, headers, default_type);
         }
-        if let Some(ct) = default_type {
-            if headers.is_empty() || !headers.contains_key(header::CONTENT_TYPE) {
-                out.extend_from_slice(b"content-type: ");
-                out.extend_from_slice(ct.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-        }
+        let out = &mut self.out;
         // The framing lines and the empty line, assembled on the stack and
         // copied at once. (A macro, not a closure: each literal is then
         // copied with its constant length, inline, rather than by a call.)
@@ -1135,7 +1127,9 @@ impl ServerConn {
         }
         match framing {
             Framing::Length(len) => {
-                put!(b"content-length: ");
+                if !cached {
+                    put!(b"content-length: ");
+                }
                 n += write_decimal(&mut tail[n..n + 20], len);
                 put!(b"\r\n");
             }
@@ -1163,6 +1157,39 @@ impl ServerConn {
             }
         }
         Ok(effective)
+    }
+
+    /// The status line, the standard lines, the response's own fields and
+    /// its default content type (when it names none).
+    fn write_head_fields(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        default_type: Option<&HeaderValue>,
+    ) {
+        let out = &mut self.out;
+        self.std_lines.0.borrow().write(out, status);
+        for (name, value) in headers {
+            if name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+                || name == header::DATE
+                || (name == header::SERVER && self.cfg.server_name.is_some())
+            {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(ct) = default_type {
+            if headers.is_empty() || !headers.contains_key(header::CONTENT_TYPE) {
+                out.extend_from_slice(b"content-type: ");
+                out.extend_from_slice(ct.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 
     /// Adds body bytes to the current response.
@@ -1546,7 +1573,8 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
 
 /// The status line of a 200, which starts the rendered standard lines.
 const OK_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
-/// Room for the 200 status line and the rendered `date` and `server` lines.
+/// Room for the 200 status line and the rendered `date` and `server` lines
+/// (with a server name of ordinary length).
 const STD_LINES_MAX: usize = 100;
 
 /// The rendered standard lines, shared by a server's connections.
@@ -1562,80 +1590,91 @@ impl SharedLines {
     }
 }
 
-/// `HTTP/1.1 200 OK`, the `date` line and (when it fits) the `server`
-/// line, rendered: a 200's head starts with one copy.
+/// `HTTP/1.1 200 OK`, the `date` line and the `server` line, rendered
+/// (one per server, renewed when the date changes): a 200's head starts
+/// with one copy. After them, `bytes` caches the `content-type` line of
+/// the last default content type used with `content-length: ` after it,
+/// so the common answer (a 200 with `Response::text`) is one copy, its
+/// length digits and its body.
 #[derive(Debug, Clone)]
 struct StdLines {
-    bytes: [u8; STD_LINES_MAX],
-    len: u8,
-    /// The server line did not fit: it is written separately.
-    server_apart: bool,
+    bytes: Vec<u8>,
+    /// End of the standard lines in `bytes`.
+    std_end: usize,
+    /// Where the cached content type's value is in `bytes` (empty: none).
+    ct: std::ops::Range<usize>,
 }
+
+/// Longest content type cached with the standard lines.
+const CACHED_CT_MAX: usize = 128;
 
 impl StdLines {
     fn new(date: &[u8; 29], cfg: &ServerConfig) -> StdLines {
-        let mut bytes = [0u8; STD_LINES_MAX];
-        let d = OK_LINE.len();
-        bytes[..d].copy_from_slice(OK_LINE);
-        bytes[d..d + 6].copy_from_slice(b"date: ");
-        bytes[d + 6..d + 35].copy_from_slice(date);
-        bytes[d + 35..d + 37].copy_from_slice(b"\r\n");
-        let mut len = d + 37;
-        let mut server_apart = false;
+        let mut bytes = Vec::with_capacity(STD_LINES_MAX + CACHED_CT_MAX + 32);
+        bytes.extend_from_slice(OK_LINE);
+        bytes.extend_from_slice(b"date: ");
+        bytes.extend_from_slice(date);
+        bytes.extend_from_slice(b"\r\n");
         if let Some(name) = &cfg.server_name {
-            let line_len = 8 + name.len() + 2;
-            if len + line_len <= STD_LINES_MAX {
-                bytes[len..len + 8].copy_from_slice(b"server: ");
-                bytes[len + 8..len + 8 + name.len()].copy_from_slice(name.as_bytes());
-                bytes[len + line_len - 2..len + line_len].copy_from_slice(b"\r\n");
-                len += line_len;
-            } else {
-                server_apart = true;
-            }
+            bytes.extend_from_slice(b"server: ");
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
         }
+        let std_end = bytes.len();
         StdLines {
             bytes,
-            len: len as u8,
-            server_apart,
+            std_end,
+            ct: std_end..std_end,
         }
     }
 
     fn date(&self) -> &[u8; 29] {
         let d = OK_LINE.len() + 6;
-        self.bytes[d..d + 29].try_into().unwrap_or(&[b' '; 29])
+        self.bytes
+            .get(d..d + 29)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or(&[b' '; 29])
     }
 
     /// The status line for `status`, then the standard lines.
-    fn write(&self, out: &mut Vec<u8>, status: StatusCode, cfg: &ServerConfig) {
+    fn write(&self, out: &mut Vec<u8>, status: StatusCode) {
         let from = if status == StatusCode::OK {
             0
         } else {
             write_status_line(out, status);
             OK_LINE.len()
         };
-        out.extend_from_slice(&self.bytes[from..self.len as usize]);
-        if self.server_apart {
-            if let Some(name) = &cfg.server_name {
-                out.extend_from_slice(b"server: ");
-                out.extend_from_slice(name.as_bytes());
-                out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.bytes[from..self.std_end]);
+    }
+
+    /// A 200's status and standard lines, `content-type: {ct}` and
+    /// `content-length: `, in one copy (rendering `ct` into the cache
+    /// first when it is not the cached one); false when `ct` is too long to
+    /// cache.
+    fn write_ok_typed(&mut self, out: &mut Vec<u8>, ct: &[u8]) -> bool {
+        if self.bytes.get(self.ct.clone()) != Some(ct) || self.ct.is_empty() {
+            if ct.len() > CACHED_CT_MAX {
+                return false;
             }
+            self.bytes.truncate(self.std_end);
+            self.bytes.extend_from_slice(b"content-type: ");
+            let at = self.bytes.len();
+            self.bytes.extend_from_slice(ct);
+            self.ct = at..at + ct.len();
+            self.bytes.extend_from_slice(b"\r\ncontent-length: ");
         }
+        out.extend_from_slice(&self.bytes);
+        true
     }
 }
 
-fn write_error_response(
-    out: &mut Vec<u8>,
-    status: StatusCode,
-    std_lines: &StdLines,
-    cfg: &ServerConfig,
-) {
+fn write_error_response(out: &mut Vec<u8>, status: StatusCode, std_lines: &StdLines) {
     let body = format!(
         "{} {}\n",
         status.as_str(),
         status.canonical_reason().unwrap_or("Error")
     );
-    std_lines.write(out, status, cfg);
+    std_lines.write(out, status);
     let _ = write!(
         out,
         "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",

@@ -136,11 +136,11 @@ impl HttpServer {
     /// finish.
     ///
     /// ```no_run
-    /// use torsion_core::{endpoint::ServerEndpoint, Reactor};
+    /// use torsion_core::{endpoint, Reactor};
     /// use torsion_http::{handler_fn, HttpServer, Response, ServerConfig};
     /// let reactor = Reactor::new()?;
     /// let server = HttpServer::new(&reactor, handler_fn(|_req| async { Ok(Response::text("hi")) }), ServerConfig::default());
-    /// let at = server.listen(&"tcp:0:interface=127.0.0.1".parse::<ServerEndpoint>()?)?;
+    /// let at = server.listen(&endpoint::server_from_string("tcp:0:interface=127.0.0.1")?)?;
     /// println!("listening on {at}");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
