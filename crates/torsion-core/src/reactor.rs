@@ -131,6 +131,10 @@ pub(crate) struct Inner {
     batch: RefCell<Vec<(Token, Readiness, bool)>>,
     timers: SharedTimers,
     now_fn: Rc<dyn Fn() -> Duration>,
+    /// The clock as first read during this turn, and that turn's number
+    /// (see `turn_now`); the number goes up when a poll returns.
+    turn_clock: Cell<(u64, Duration)>,
+    turns: Cell<u64>,
     soon: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     pub(crate) remote: Arc<Remote>,
     read_buf: RefCell<Vec<u8>>,
@@ -261,6 +265,8 @@ impl Reactor {
                 batch: RefCell::new(Vec::new()),
                 timers: Rc::new(RefCell::new(TimerQueue::default())),
                 now_fn,
+                turn_clock: Cell::new((u64::MAX, Duration::ZERO)),
+                turns: Cell::new(0),
                 soon: RefCell::new(VecDeque::new()),
                 remote,
                 read_buf: RefCell::new(vec![0; READ_BUFFER_SIZE]),
@@ -335,6 +341,31 @@ impl Reactor {
     /// Time since the reactor was created (the time line of `DelayedCall::time`).
     pub fn now(&self) -> Duration {
         (self.inner.now_fn)()
+    }
+
+    /// [`now`](Self::now) read once per turn of the loop: the first call
+    /// after the poller returns reads the clock, later calls in the same
+    /// turn return that reading (libuv's `uv_now`). For what needs the time
+    /// often but to within a turn, such as a `Date` header or an idle
+    /// deadline, at the cost of one clock read per turn, not per call.
+    ///
+    /// ```
+    /// let reactor = torsion_core::Reactor::new()?;
+    /// let a = reactor.turn_now();
+    /// assert_eq!(reactor.turn_now(), a); // the same turn
+    /// reactor.iterate(Some(std::time::Duration::from_millis(5)))?;
+    /// assert!(reactor.turn_now() >= a + std::time::Duration::from_millis(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn turn_now(&self) -> Duration {
+        let turn = self.inner.turns.get();
+        let (at, t) = self.inner.turn_clock.get();
+        if at == turn {
+            return t;
+        }
+        let t = self.now();
+        self.inner.turn_clock.set((turn, t));
+        t
     }
 
     /// Runs `f` once the reactor is running (at once if it already is).
@@ -753,6 +784,8 @@ impl Reactor {
         // Copy the batch out so user callbacks never run under the events
         // borrow, into a Vec the reactor keeps from turn to turn (turns do
         // not nest: `in_iterate` guards that), so a turn allocates nothing.
+        // A new turn: `turn_now` reads the clock again when first asked.
+        self.inner.turns.set(self.inner.turns.get().wrapping_add(1));
         let mut batch = std::mem::take(&mut *self.inner.batch.borrow_mut());
         batch.extend(events.iter().map(|e| {
             (

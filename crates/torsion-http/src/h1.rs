@@ -240,11 +240,17 @@ impl RequestHead {
     /// A head without received bytes, for a request built by hand.
     pub(crate) fn built(method: Method, version: Version, uri: Uri) -> RequestHead {
         let mut h = RequestHead::pooled();
+        // Every part, as a pooled box keeps what its last head had.
         let d = h.d_mut();
+        d.id = 0;
         d.method = method;
         d.version = version;
         d.content_length = Some(0);
         d.keep_alive = true;
+        d.expect_continue = false;
+        d.target = (0, 0);
+        d.query = 0;
+        d.fields = 0;
         d.uri = Some(Box::new(uri));
         h
     }
@@ -264,10 +270,10 @@ impl Drop for RequestHead {
         if d.raw.capacity() > HEAD_POOL_BUFFER_MAX {
             return;
         }
-        // Keep the box and the byte buffer, not what else the head owned.
+        // Keep the box and the byte buffer. Every other part is assigned
+        // (dropping what it held) when the box is used again, so it is left
+        // as it is: resetting it here only cost stores.
         d.raw.clear();
-        d.uri = None;
-        d.method = Method::GET;
         let _ = HEAD_POOL.try_with(move |p| {
             let mut p = p.borrow_mut();
             if p.len() < HEAD_POOL_MAX {
@@ -553,11 +559,7 @@ impl ServerConn {
     /// `date` must be an IMF-fixdate (29 bytes, as `httpdate` formats);
     /// anything else is ignored.
     pub fn set_date(&mut self, date: &str) {
-        if let Ok(d) = <&[u8; 29]>::try_from(date.as_bytes()) {
-            if self.std_lines.0.borrow().date() != d {
-                *self.std_lines.0.borrow_mut() = StdLines::new(d, &self.cfg);
-            }
-        }
+        self.std_lines.set_date(date, &self.cfg);
     }
 
     /// Adds bytes received from the peer. Bytes arriving after the machine
@@ -1102,10 +1104,7 @@ impl ServerConn {
         // one cached piece.
         let cached = match (default_type, framing) {
             (Some(ct), Framing::Length(_)) if status == StatusCode::OK && headers.is_empty() => {
-                self.std_lines
-                    .0
-                    .borrow_mut()
-                    .write_ok_typed(out, ct.as_bytes())
+                self.std_lines.0.borrow_mut().write_ok_typed(out, ct)
             }
             _ => false,
         };
@@ -1582,6 +1581,16 @@ const STD_LINES_MAX: usize = 100;
 pub(crate) struct SharedLines(Rc<std::cell::RefCell<StdLines>>);
 
 impl SharedLines {
+    /// Renders `date` (an IMF-fixdate; anything else is ignored) when it
+    /// is not the one rendered.
+    pub(crate) fn set_date(&self, date: &str, cfg: &ServerConfig) {
+        if let Ok(d) = <&[u8; 29]>::try_from(date.as_bytes()) {
+            if self.0.borrow().date() != d {
+                *self.0.borrow_mut() = StdLines::new(d, cfg);
+            }
+        }
+    }
+
     pub(crate) fn new(cfg: &ServerConfig) -> SharedLines {
         SharedLines(Rc::new(std::cell::RefCell::new(StdLines::new(
             b"Thu, 01 Jan 1970 00:00:00 GMT",
@@ -1601,8 +1610,10 @@ struct StdLines {
     bytes: Vec<u8>,
     /// End of the standard lines in `bytes`.
     std_end: usize,
-    /// Where the cached content type's value is in `bytes` (empty: none).
-    ct: std::ops::Range<usize>,
+    /// The content type rendered after them, held so that its bytes
+    /// cannot be freed and reused: the same address then means the same
+    /// value, and a hit costs no comparison of bytes.
+    ct: Option<HeaderValue>,
 }
 
 /// Longest content type cached with the standard lines.
@@ -1624,7 +1635,7 @@ impl StdLines {
         StdLines {
             bytes,
             std_end,
-            ct: std_end..std_end,
+            ct: None,
         }
     }
 
@@ -1651,17 +1662,20 @@ impl StdLines {
     /// `content-length: `, in one copy (rendering `ct` into the cache
     /// first when it is not the cached one); false when `ct` is too long to
     /// cache.
-    fn write_ok_typed(&mut self, out: &mut Vec<u8>, ct: &[u8]) -> bool {
-        if self.bytes.get(self.ct.clone()) != Some(ct) || self.ct.is_empty() {
+    fn write_ok_typed(&mut self, out: &mut Vec<u8>, ct: &HeaderValue) -> bool {
+        let same = self.ct.as_ref().is_some_and(|held| {
+            let (a, b) = (held.as_bytes(), ct.as_bytes());
+            (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+        });
+        if !same {
             if ct.len() > CACHED_CT_MAX {
                 return false;
             }
             self.bytes.truncate(self.std_end);
             self.bytes.extend_from_slice(b"content-type: ");
-            let at = self.bytes.len();
-            self.bytes.extend_from_slice(ct);
-            self.ct = at..at + ct.len();
+            self.bytes.extend_from_slice(ct.as_bytes());
             self.bytes.extend_from_slice(b"\r\ncontent-length: ");
+            self.ct = Some(ct.clone());
         }
         out.extend_from_slice(&self.bytes);
         true

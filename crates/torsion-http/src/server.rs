@@ -55,6 +55,8 @@ struct Shared {
     /// The `date`/`server` lines every response starts with, rendered once
     /// per second for all connections.
     std_lines: SharedLines,
+    /// When the rendered date is next renewed (reactor time).
+    date_due: Cell<Duration>,
     conns: RefCell<Vec<Weak<Conn>>>,
     /// One timer per server sweeps the connections' deadlines (header,
     /// body, idle): no timer, closure or allocation per connection or request.
@@ -106,6 +108,7 @@ impl HttpServer {
                 reactor: reactor.clone(),
                 handler,
                 std_lines: SharedLines::new(&cfg),
+                date_due: Cell::new(Duration::ZERO),
                 cfg: Rc::new(cfg),
                 conns: RefCell::new(Vec::new()),
                 sweeper: RefCell::new(None),
@@ -433,23 +436,28 @@ const SPARE_OUT_MAX: usize = 64 * 1024;
 thread_local! {
     /// One output buffer per thread, lent to the connection writing responses.
     static SPARE_OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
 /// Sets the machine's `Date` value from a per-thread cache renewed each second.
-fn set_http_date(machine: &mut ServerConn) {
-    let now = SystemTime::now();
-    let secs = now
+/// Renews the server's rendered `Date` when a wall-clock second may have
+/// passed: the turn's cached clock says when, so a busy server reads the
+/// wall clock about once a second, not once per step.
+fn refresh_date(shared: &Shared) {
+    let now = shared.reactor.turn_now();
+    if now < shared.date_due.get() {
+        return;
+    }
+    let wall = SystemTime::now();
+    let into_second = wall
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs {
-            *d = (secs, httpdate::fmt_http_date(now));
-        }
-        machine.set_date(&d.1);
-    })
+    // Due again when the next wall-clock second starts.
+    let left = Duration::from_nanos(1_000_000_000 - u64::from(into_second));
+    shared.date_due.set(now + left);
+    shared
+        .std_lines
+        .set_date(&httpdate::fmt_http_date(wall), &shared.cfg);
 }
 
 fn access_log_enabled() -> bool {
@@ -499,7 +507,7 @@ impl Conn {
         }
         {
             let mut m = self.machine.borrow_mut();
-            set_http_date(&mut m);
+            refresh_date(&self.shared);
             // Responses are written into the thread's spare output buffer
             // (not a buffer of the connection's own, grown again for every batch).
             if !m.has_output() {
