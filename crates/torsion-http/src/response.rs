@@ -280,6 +280,11 @@ impl From<std::borrow::Cow<'static, str>> for Text {
     }
 }
 
+/// The default content type of [`Response::text`].
+pub static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+/// The default content type of [`Response::html`].
+pub static TEXT_HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
+
 /// An HTTP response.
 ///
 /// The server writes the framing fields itself (`Content-Length` or
@@ -306,8 +311,9 @@ pub struct Response {
     pub headers: HeaderMap,
     /// The body.
     pub body: Body,
-    /// The Content-Type sent when `headers` has none.
-    pub default_content_type: Option<HeaderValue>,
+    /// The Content-Type sent when `headers` has none (a static value, such
+    /// as [`TEXT_PLAIN`]: a default is chosen by code, not per response).
+    pub default_content_type: Option<&'static HeaderValue>,
 }
 
 thread_local! {
@@ -369,28 +375,20 @@ impl Response {
     /// The Content-Type the response will carry: the one in `headers`,
     /// else the default.
     pub fn content_type(&self) -> Option<&HeaderValue> {
-        self.headers
-            .get(CONTENT_TYPE)
-            .or(self.default_content_type.as_ref())
+        self.headers.get(CONTENT_TYPE).or(self.default_content_type)
     }
 
     /// 200 with a UTF-8 text body: a `&'static str` (no copy) or a `String`.
     pub fn text(body: impl Into<Text>) -> Response {
-        Response::typed(
-            body.into().0,
-            const { HeaderValue::from_static("text/plain; charset=utf-8") },
-        )
+        Response::typed(body.into().0, &TEXT_PLAIN)
     }
 
     /// 200 with an HTML body: a `&'static str` (no copy) or a `String`.
     pub fn html(body: impl Into<Text>) -> Response {
-        Response::typed(
-            body.into().0,
-            const { HeaderValue::from_static("text/html; charset=utf-8") },
-        )
+        Response::typed(body.into().0, &TEXT_HTML)
     }
 
-    fn typed(body: Bytes, content_type: HeaderValue) -> Response {
+    fn typed(body: Bytes, content_type: &'static HeaderValue) -> Response {
         Response {
             status: StatusCode::OK,
             // Empty: no allocation until someone adds a field.

@@ -866,7 +866,7 @@ impl Conn {
                 front,
                 status,
                 &headers,
-                default_content_type.as_ref(),
+                default_content_type,
                 bytes,
             );
             crate::response::recycle_header_map(headers);
@@ -886,7 +886,7 @@ impl Conn {
             front,
             status,
             &headers,
-            default_content_type.as_ref(),
+            default_content_type,
             len,
         );
         crate::response::recycle_header_map(headers);
