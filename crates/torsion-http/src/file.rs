@@ -153,9 +153,6 @@ impl File {
             if seg.is_empty() || seg == "." {
                 continue;
             }
-            if !self.opts.serve_hidden && is_hidden(seg) {
-                return Err(PathError::NotFound);
-            }
             path.push(seg);
         }
         let canon = fs::canonicalize(&path).map_err(|e| match e.kind() {
@@ -165,7 +162,8 @@ impl File {
         if !canon.starts_with(&self.root) && !self.opts.allow_outside_symlinks {
             return Err(PathError::Forbidden);
         }
-        // A link with a plain name may lead into a hidden directory.
+        // Hidden names are judged on the resolved path: that covers a
+        // hidden name in the request and a plain-named link into one.
         if !self.opts.serve_hidden {
             if let Ok(rel) = canon.strip_prefix(&self.root) {
                 if rel.iter().any(|c| c.to_str().is_none_or(is_hidden)) {

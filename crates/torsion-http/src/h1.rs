@@ -94,6 +94,21 @@ struct HeadData {
     uri: Option<Box<Uri>>,
 }
 
+/// What a head reads as if its parts were gone (never, before `drop`).
+static EMPTY_HEAD: HeadData = HeadData {
+    id: 0,
+    method: Method::GET,
+    version: Version::HTTP_11,
+    content_length: Some(0),
+    keep_alive: false,
+    expect_continue: false,
+    raw: Vec::new(),
+    target: (0, 0),
+    query: 0,
+    fields: 0,
+    uri: None,
+};
+
 thread_local! {
     // The boxes themselves are what is pooled: a head is handed around as one.
     #[allow(clippy::vec_box)]
@@ -107,26 +122,20 @@ const HEAD_POOL_BUFFER_MAX: usize = 4 * 1024;
 
 impl RequestHead {
     /// An empty head from the pool.
-    fn pooled() -> RequestHead {
-        let data = HEAD_POOL
+    /// A box from the pool (or a new one) for a head's parts. Every part
+    /// is assigned before the box is wrapped: a pooled box keeps what its
+    /// last head had.
+    fn pooled_box() -> Box<HeadData> {
+        HEAD_POOL
             .try_with(|p| p.borrow_mut().pop())
             .ok()
             .flatten()
-            .unwrap_or_default();
-        RequestHead(Some(data))
+            .unwrap_or_default()
     }
 
     fn d(&self) -> &HeadData {
-        // Present from creation until `drop` takes it.
-        self.0
-            .as_deref()
-            .expect("a head's data lives until it is dropped")
-    }
-
-    fn d_mut(&mut self) -> &mut HeadData {
-        self.0
-            .as_deref_mut()
-            .expect("a head's data lives until it is dropped")
+        // The box is there from creation until `drop` takes it.
+        self.0.as_deref().unwrap_or(&EMPTY_HEAD)
     }
 
     /// Sequence number on this connection, from 0; responses are matched by it.
@@ -164,10 +173,14 @@ impl RequestHead {
         self.d().content_length != Some(0)
     }
 
-    /// The request target exactly as sent.
+    /// The request target exactly as sent (for a request built by hand,
+    /// its URI's path and query).
     pub fn target(&self) -> &str {
         let d = self.d();
-        d.raw_str(d.target.0, d.target.1)
+        match &d.uri {
+            Some(u) if d.raw.is_empty() => u.path_and_query().map_or("/", |p| p.as_str()),
+            _ => d.raw_str(d.target.0, d.target.1),
+        }
     }
 
     /// The path of the target (without the query).
@@ -239,9 +252,7 @@ impl RequestHead {
 
     /// A head without received bytes, for a request built by hand.
     pub(crate) fn built(method: Method, version: Version, uri: Uri) -> RequestHead {
-        let mut h = RequestHead::pooled();
-        // Every part, as a pooled box keeps what its last head had.
-        let d = h.d_mut();
+        let mut d = RequestHead::pooled_box();
         d.id = 0;
         d.method = method;
         d.version = version;
@@ -252,7 +263,7 @@ impl RequestHead {
         d.query = 0;
         d.fields = 0;
         d.uri = Some(Box::new(uri));
-        h
+        RequestHead(Some(d))
     }
 }
 
@@ -285,8 +296,7 @@ impl Drop for RequestHead {
 
 impl Clone for RequestHead {
     fn clone(&self) -> Self {
-        let mut h = RequestHead::pooled();
-        let (from, to) = (self.d(), h.d_mut());
+        let (from, mut to) = (self.d(), RequestHead::pooled_box());
         to.id = from.id;
         to.method = from.method.clone();
         to.version = from.version;
@@ -298,7 +308,7 @@ impl Clone for RequestHead {
         to.query = from.query;
         to.fields = from.fields;
         to.uri = from.uri.clone();
-        h
+        RequestHead(Some(to))
     }
 }
 
@@ -471,8 +481,8 @@ enum ReadState {
 #[derive(Debug)]
 pub struct ServerConn {
     cfg: Rc<ServerConfig>,
-    /// Unparsed input. A parsed head is split off it and frozen, so the
-    /// request's URI and header values point into it instead of being copied.
+    /// Unparsed input. A parsed head's bytes are copied out with it (into
+    /// a pooled buffer), so this buffer is never shared.
     inbuf: BytesMut,
     read: ReadState,
     pending: VecDeque<Pending>,
@@ -835,16 +845,16 @@ impl ServerConn {
         // thread's pool: the input buffer stays this connection's alone
         // (no shared, atomically counted slices of it), and a request a
         // handler keeps holds only its head.
-        let mut head = RequestHead::pooled();
         let id = self.next_id;
-        {
-            let d = head.d_mut();
-            d.raw.extend_from_slice(&self.inbuf[..n]);
-            self.inbuf.advance(n);
-            if let Err((status, reason)) = fill_head(d, &parsed, framing, id, &self.cfg) {
-                // (What followed the head is dropped: the connection ends.)
-                return Some(self.fail(None, status, reason));
-            }
+        let mut d = RequestHead::pooled_box();
+        d.raw.extend_from_slice(&self.inbuf[..n]);
+        self.inbuf.advance(n);
+        let filled = fill_head(&mut d, &parsed, framing, id, &self.cfg);
+        // (On an error the box goes back to the pool with the head.)
+        let head = RequestHead(Some(d));
+        if let Err((status, reason)) = filled {
+            // (What followed the head is dropped: the connection ends.)
+            return Some(self.fail(None, status, reason));
         }
         self.next_id += 1;
         let d = head.d();
@@ -1017,7 +1027,7 @@ impl ServerConn {
 
     /// [`respond_with_body`](Self::respond_with_body) with a Content-Type
     /// written when `headers` has none.
-    pub fn respond_typed_with_body(
+    pub(crate) fn respond_typed_with_body(
         &mut self,
         id: u64,
         status: StatusCode,
@@ -1042,7 +1052,7 @@ impl ServerConn {
 
     /// [`respond`](Self::respond) with a Content-Type written when
     /// `headers` has none.
-    pub fn respond_typed(
+    pub(crate) fn respond_typed(
         &mut self,
         id: u64,
         status: StatusCode,
@@ -1337,7 +1347,7 @@ fn plain_origin_form(target: &[u8]) -> Option<usize> {
 }
 
 /// The fields the machine itself reads, judged while the head is parsed
-/// (nothing borrowed from it: the head is split off the input afterwards).
+/// (nothing borrowed from it: the head's bytes leave the input afterwards).
 #[derive(Default)]
 struct FramingFields {
     content_length: Option<u64>,

@@ -306,11 +306,8 @@ impl Request {
         Request {
             prepath: Vec::new(),
             postpath,
-            head: RequestHead::built(method, Version::HTTP_11, uri.clone()),
-            lazy: OnceCell::from(Box::new(Lazy {
-                uri: OnceCell::from(uri),
-                headers: OnceCell::from(HeaderMap::new()),
-            })),
+            head: RequestHead::built(method, Version::HTTP_11, uri),
+            lazy: OnceCell::new(),
             body: Some(RequestBody::empty()),
             peer: Address::Memory("test".into()),
             reactor: None,
@@ -347,18 +344,11 @@ impl Request {
 
     /// The request target exactly as the client sent it.
     pub fn target(&self) -> &str {
-        match self.built_uri() {
-            Some(u) if self.head.raw().is_empty() => u.path_and_query().map_or("/", |p| p.as_str()),
-            _ => self.head.target(),
-        }
+        self.head.target()
     }
 
     fn lazy(&self) -> &Lazy {
         self.lazy.get_or_init(Box::default)
-    }
-
-    fn built_uri(&self) -> Option<&Uri> {
-        self.lazy.get().and_then(|l| l.uri.get())
     }
 
     fn built_headers(&self) -> Option<&HeaderMap> {
@@ -372,18 +362,12 @@ impl Request {
 
     /// The path part of the target.
     pub fn path(&self) -> &str {
-        match self.built_uri() {
-            Some(u) => u.path(),
-            None => self.head.path(),
-        }
+        self.head.path()
     }
 
     /// The query part of the target, without the `?`.
     pub fn query(&self) -> Option<&str> {
-        match self.built_uri() {
-            Some(u) => u.query(),
-            None => self.head.query(),
-        }
+        self.head.query()
     }
 
     /// The header fields (the map is built on first use).

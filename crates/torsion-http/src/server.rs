@@ -438,7 +438,6 @@ thread_local! {
     static SPARE_OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Sets the machine's `Date` value from a per-thread cache renewed each second.
 /// Renews the server's rendered `Date` when a wall-clock second may have
 /// passed: the turn's cached clock says when, so a busy server reads the
 /// wall clock about once a second, not once per step.
@@ -506,8 +505,8 @@ impl Conn {
             return;
         }
         {
-            let mut m = self.machine.borrow_mut();
             refresh_date(&self.shared);
+            let mut m = self.machine.borrow_mut();
             // Responses are written into the thread's spare output buffer
             // (not a buffer of the connection's own, grown again for every batch).
             if !m.has_output() {
@@ -587,7 +586,7 @@ impl Conn {
                 }
             }
             Event::Error { id, status, reason } => {
-                tracing::debug!(peer = %self.transport.peer(), %status, reason, "bad request");
+                tracing::debug!(peer = %self.peer, %status, reason, "bad request");
                 if id.is_some() {
                     let b = self.body.borrow_mut().take();
                     if let Some((_, b)) = b {
@@ -596,7 +595,7 @@ impl Conn {
                 } else if access_log_enabled() {
                     access_log(
                         &self.shared.cfg.log_name,
-                        &self.transport.peer(),
+                        &self.peer,
                         &LogInfo {
                             host: "-".into(),
                             request_line: "-".into(),
@@ -709,7 +708,7 @@ impl Conn {
         let resp = match r {
             Ok(r) => r,
             Err(f) => {
-                tracing::error!(peer = %self.transport.peer(), failure = %f, "request handler failed");
+                tracing::error!(peer = %self.peer, failure = %f, "request handler failed");
                 Response::error(StatusCode::INTERNAL_SERVER_ERROR)
             }
         };
@@ -805,7 +804,7 @@ impl Conn {
                                     }
                                 });
                                 if let Err(e) = r {
-                                    tracing::error!(peer = %self.transport.peer(), error = %e, "streamed body does not fit its response");
+                                    tracing::error!(peer = %self.peer, error = %e, "streamed body does not fit its response");
                                     self.abort();
                                     return;
                                 }
@@ -820,7 +819,7 @@ impl Conn {
                                 break;
                             }
                             Chunk::Error(f) => {
-                                tracing::error!(peer = %self.transport.peer(), failure = %f, "response body failed");
+                                tracing::error!(peer = %self.peer, failure = %f, "response body failed");
                                 self.abort();
                                 return;
                             }
@@ -906,11 +905,8 @@ impl Conn {
         } else if own_is_head.is_some() {
             // Later requests are not dispatched yet: the back is its place.
             self.slots.borrow_mut().push_back(Slot {
-                id: front,
-                is_head,
                 state: SlotState::Streaming(source),
-                deferred: None,
-                log,
+                ..Slot::waiting(front, is_head, log)
             });
         } else {
             self.with_slot(front, |s| {
@@ -932,7 +928,7 @@ impl Conn {
 
     fn response_refused(&self, id: u64, e: SendError) {
         if e != SendError::Superseded {
-            tracing::error!(peer = %self.transport.peer(), error = %e, "response refused");
+            tracing::error!(peer = %self.peer, error = %e, "response refused");
         }
         self.slots.borrow_mut().retain(|s| s.id != id);
     }
@@ -942,7 +938,7 @@ impl Conn {
     fn finish(&self, id: u64, log: Option<Box<LogInfo>>) {
         let r = self.machine.borrow_mut().finish(id);
         if let Err(e) = r {
-            tracing::error!(peer = %self.transport.peer(), error = %e, "finishing response failed");
+            tracing::error!(peer = %self.peer, error = %e, "finishing response failed");
         }
         self.finished(id, log, true);
     }
@@ -966,7 +962,7 @@ impl Conn {
             None
         };
         if let Some(l) = log.or_else(|| slot.and_then(|s| s.log)) {
-            access_log(&self.shared.cfg.log_name, &self.transport.peer(), &l);
+            access_log(&self.shared.cfg.log_name, &self.peer, &l);
         }
         if self.producer.get() {
             self.producer.set(false);
@@ -1053,7 +1049,7 @@ impl Conn {
                     Err(FileStep::Wait)
                 }
                 Err(SendFileError::Io(e)) => {
-                    tracing::error!(peer = %self.transport.peer(), error = %e, "sendfile failed");
+                    tracing::error!(peer = %self.peer, error = %e, "sendfile failed");
                     Err(FileStep::Failed)
                 }
                 Err(_) => Ok(None),
@@ -1067,7 +1063,7 @@ impl Conn {
             Ok(Err(step)) => return step,
             Err(p) => {
                 let f = Failure::from_panic(p);
-                tracing::error!(peer = %self.transport.peer(), failure = %f, "response body failed");
+                tracing::error!(peer = %self.peer, failure = %f, "response body failed");
                 return FileStep::Failed;
             }
         };
@@ -1075,7 +1071,7 @@ impl Conn {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.file_region_sent(n)))
         {
             let f = Failure::from_panic(p);
-            tracing::error!(peer = %self.transport.peer(), failure = %f, "response body failed");
+            tracing::error!(peer = %self.peer, failure = %f, "response body failed");
             return FileStep::Failed;
         }
         self.with_slot(front, |s| {
@@ -1086,7 +1082,7 @@ impl Conn {
         match self.machine.borrow_mut().note_raw_body_sent(front, n) {
             Ok(()) => FileStep::Sent,
             Err(e) => {
-                tracing::error!(peer = %self.transport.peer(), error = %e, "streamed body does not fit its response");
+                tracing::error!(peer = %self.peer, error = %e, "streamed body does not fit its response");
                 FileStep::Failed
             }
         }
@@ -1142,7 +1138,7 @@ impl Conn {
         self.deadline.set(None);
         match kind {
             TimerKind::Header => {
-                tracing::info!(peer = %self.transport.peer(), "request head not received in time; closing");
+                tracing::info!(peer = %self.peer, "request head not received in time; closing");
                 if self.slots.borrow().is_empty() && self.machine.borrow().queued() == 0 {
                     self.transport.write(
                         b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
@@ -1150,10 +1146,10 @@ impl Conn {
                 }
             }
             TimerKind::Idle => {
-                tracing::debug!(peer = %self.transport.peer(), "idle keep-alive connection closed")
+                tracing::debug!(peer = %self.peer, "idle keep-alive connection closed")
             }
             TimerKind::Body => {
-                tracing::info!(peer = %self.transport.peer(), "request body stalled; closing");
+                tracing::info!(peer = %self.peer, "request body stalled; closing");
                 let b = self.body.borrow_mut().take();
                 if let Some((_, b)) = b {
                     request::end_body(&b, Some("request body timed out".into()));
@@ -1167,7 +1163,7 @@ impl Conn {
     fn lost(&self, reason: Failure) {
         self.closed.set(true);
         self.cancel_timer();
-        tracing::trace!(peer = %self.transport.peer(), %reason, "HTTP connection closed");
+        tracing::trace!(peer = %self.peer, %reason, "HTTP connection closed");
         let b = self.body.borrow_mut().take();
         if let Some((_, b)) = b {
             request::end_body(&b, Some("connection lost".into()));

@@ -657,24 +657,16 @@ fn pooled_connections_are_closed_after_the_idle_timeout() {
     });
     run(ServerConfig::default(), move |reactor, _| async move {
         let url = format!("http://127.0.0.1:{port}/x");
-        let short = Agent::with_config(
-            &reactor,
-            AgentConfig {
-                idle_timeout: Duration::from_millis(100),
-                ..AgentConfig::default()
-            },
-        );
+        let cfg = AgentConfig {
+            idle_timeout: Duration::from_millis(100),
+            ..AgentConfig::default()
+        };
+        let short = Agent::with_config(&reactor, cfg.clone());
         assert_eq!(text(short.get(&url)).await?.1, "ok");
         sleep(&reactor, Duration::from_millis(400)).await?;
         // The first connection was closed by the agent: a new one.
         assert_eq!(text(short.get(&url)).await?.1, "ok");
-        let again = Agent::with_config(
-            &reactor,
-            AgentConfig {
-                idle_timeout: Duration::from_millis(100),
-                ..AgentConfig::default()
-            },
-        );
+        let again = Agent::with_config(&reactor, cfg);
         // Within the idle timeout the connection is reused.
         assert_eq!(text(again.get(&url)).await?.1, "ok");
         sleep(&reactor, Duration::from_millis(20)).await?;

@@ -38,10 +38,15 @@ pub fn fixture(tag: &str) -> (PathBuf, PathBuf) {
 }
 
 fn site(root: &Path) -> impl FnOnce(&Reactor) -> Site {
+    site_with(root, |f| f.set_mime_type("log", "text/x-log"))
+}
+
+/// A site serving `root` through a `File` that `configure` sets up.
+fn site_with(root: &Path, configure: impl FnOnce(&mut File)) -> impl FnOnce(&Reactor) -> Site {
     let root = root.to_path_buf();
     move |_| {
         let mut f = File::new(&root).unwrap();
-        f.set_mime_type("log", "text/x-log");
+        configure(&mut f);
         Site::new(Rc::new(f))
     }
 }
@@ -221,12 +226,7 @@ fn gzip_for_text_types_when_enabled() {
     let (base, root) = fixture("gzip");
     let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
     std::fs::write(root.join("long.txt"), &text).unwrap();
-    let r2 = root.clone();
-    let make = move |_: &Reactor| {
-        let mut f = File::new(&r2).unwrap();
-        f.set_gzip(true);
-        Site::new(Rc::new(f))
-    };
+    let make = site_with(&root, |f| f.set_gzip(true));
     with_server(ServerConfig::default(), make, move |addr| {
         let r = get(addr, "/long.txt", "Accept-Encoding: br, gzip;q=0.8\r\n");
         assert_eq!(r.status, 200);
@@ -339,14 +339,9 @@ fn a_slow_reader_and_pipelined_file_responses_get_every_byte_in_order() {
 #[test]
 fn symlinks_out_of_the_root_are_followed_only_when_allowed() {
     let (base, root) = fixture("outside");
-    let r2 = root.clone();
     with_server(
         ServerConfig::default(),
-        move |_| {
-            let mut f = File::new(&r2).unwrap();
-            f.set_allow_outside_symlinks(true);
-            Site::new(Rc::new(f))
-        },
+        site_with(&root, |f| f.set_allow_outside_symlinks(true)),
         |addr| {
             // Through the link out of the root, now allowed.
             let r = get(addr, "/out/secret.txt", "");
@@ -390,14 +385,9 @@ fn hidden_names_are_neither_served_nor_listed_unless_asked() {
         assert!(html.contains("a.txt"));
         assert!(!html.contains(".git") && !html.contains(".env") && !html.contains(".well-known"));
     });
-    let r2 = root.clone();
     with_server(
         ServerConfig::default(),
-        move |_| {
-            let mut f = File::new(&r2).unwrap();
-            f.set_serve_hidden(true);
-            Site::new(Rc::new(f))
-        },
+        site_with(&root, |f| f.set_serve_hidden(true)),
         |addr| {
             let r = get(addr, "/.git/config", "");
             assert_eq!((r.status, r.text().as_str()), (200, "[core]"));
