@@ -632,6 +632,42 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
         }
     }
 
+    fn write_through(&self, mut data: &[u8]) {
+        if data.is_empty()
+            || self.has(flag::CLOSED | flag::WRITE_SHUT | flag::WRITE_SHUT_PENDING | flag::ABORTING)
+        {
+            return;
+        }
+        // Only with nothing queued: queued bytes must go first.
+        if self.wbuf.borrow().len == 0 {
+            let r = match self.sock.try_borrow_mut() {
+                Ok(mut sock) => match sock.as_mut() {
+                    Some(sock) => sock.write(data),
+                    None => return,
+                },
+                // (In use further up the stack: queue instead.)
+                Err(_) => Err(io::ErrorKind::WouldBlock.into()),
+            };
+            match r {
+                Ok(n) if n == data.len() => return,
+                Ok(n) => data = &data[n..],
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    // As a failed flush: the connection closes when it settles.
+                    self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
+                    self.set(flag::ABORTING);
+                    self.mark_dirty();
+                    return;
+                }
+            }
+        }
+        self.write(data);
+    }
+
     fn lose_connection(&self) {
         if self.has(flag::CLOSED) {
             return;

@@ -48,6 +48,12 @@ pub trait TransportImpl: 'static {
             self.write(b);
         }
     }
+    /// Like [`write`](Self::write), but a transport with nothing queued
+    /// may hand the bytes to the layer below at once (see
+    /// [`Transport::write_through`]). The default queues them.
+    fn write_through(&self, data: &[u8]) {
+        self.write(data)
+    }
     /// Closes after everything written so far is sent.
     fn lose_connection(&self);
     /// Closes now, dropping unsent data.
@@ -179,6 +185,24 @@ impl Transport {
     /// Queues several buffers in one go.
     pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) {
         self.0.write_vectored(bufs)
+    }
+    /// Writes `data` now when nothing is queued before it: a socket
+    /// transport makes the system call at once and queues only what the
+    /// kernel did not take; otherwise (or on other transports) the same as
+    /// [`write`](Self::write). For a protocol that has already gathered a
+    /// whole batch of output into one buffer (an HTTP server answering a
+    /// pipelined batch): the bytes are not copied into the transport's
+    /// buffer first, and the caller keeps its allocation for the next
+    /// batch. Order is kept: queued bytes are never overtaken.
+    ///
+    /// ```
+    /// use torsion_core::testing::StringTransport;
+    /// let t = StringTransport::new();
+    /// t.transport().write_through(b"all at once");
+    /// assert_eq!(t.take_written(), b"all at once");
+    /// ```
+    pub fn write_through(&self, data: &[u8]) {
+        self.0.write_through(data)
     }
     /// Closes after flushing what was written.
     pub fn lose_connection(&self) {

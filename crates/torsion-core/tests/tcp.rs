@@ -1682,3 +1682,44 @@ fn send_file_keeps_order_with_writes_and_is_refused_while_bytes_are_queued() {
         Err(SendFileError::NotSupported(_))
     ));
 }
+
+/// `write_through` sends at once only with nothing queued: bytes written
+/// through after a backlog built up (the kernel's buffer full) wait their
+/// turn, and the reader sees every byte in the order written.
+#[test]
+fn write_through_keeps_order_behind_a_backlog() {
+    struct Writer(Rc<Cell<usize>>);
+    impl Protocol for Writer {
+        fn connection_made(&mut self, t: Transport) {
+            t.write_through(b"first;");
+            // Far more than a loopback socket buffers: most of it queues.
+            t.write_through(&vec![b'x'; 8 << 20]);
+            self.0.set(t.write_buffer_len());
+            t.write_through(b";through");
+            t.write(b";queued");
+            t.lose_connection();
+        }
+        fn data_received(&mut self, _data: &[u8]) {}
+    }
+    let reactor = Reactor::new().unwrap();
+    let backlog = Rc::new(Cell::new(0));
+    let b = backlog.clone();
+    let addr = reactor
+        .listen_tcp(any_local(), factory_fn(move || Writer(b.clone())))
+        .unwrap()
+        .local_addr();
+    let reader = std::thread::spawn(move || {
+        let mut s = StdStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        all
+    });
+    let all = wait_thread(&reactor, reader);
+    assert!(backlog.get() > 0, "the kernel took 8 MiB at once");
+    let mut want = b"first;".to_vec();
+    want.extend(std::iter::repeat_n(b'x', 8 << 20));
+    want.extend_from_slice(b";through;queued");
+    assert_eq!(all.len(), want.len());
+    assert!(all == want, "bytes out of order");
+}
