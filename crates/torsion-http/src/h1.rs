@@ -33,7 +33,6 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::rc::Rc;
 
-use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
@@ -68,7 +67,9 @@ use crate::parse::{parse_request_head, HeadLimits, ParsedHead};
 /// assert_eq!(head.fields().count(), 2);
 /// assert_eq!(head.headers()["accept"], "*/*");
 /// ```
-pub struct RequestHead(Option<Box<HeadData>>);
+// (`ManuallyDrop`: `Drop` below takes the box out, so the compiler's own
+// drop of the emptied field, a call per request, is left out.)
+pub struct RequestHead(std::mem::ManuallyDrop<Option<Box<HeadData>>>);
 
 /// The parts of a [`RequestHead`].
 #[derive(Default)]
@@ -263,7 +264,7 @@ impl RequestHead {
         d.query = 0;
         d.fields = 0;
         d.uri = Some(Box::new(uri));
-        RequestHead(Some(d))
+        RequestHead(std::mem::ManuallyDrop::new(Some(d)))
     }
 }
 
@@ -308,7 +309,7 @@ impl Clone for RequestHead {
         to.query = from.query;
         to.fields = from.fields;
         to.uri = from.uri.clone();
-        RequestHead(Some(to))
+        RequestHead(std::mem::ManuallyDrop::new(Some(to)))
     }
 }
 
@@ -483,7 +484,7 @@ pub struct ServerConn {
     cfg: Rc<ServerConfig>,
     /// Unparsed input. A parsed head's bytes are copied out with it (into
     /// a pooled buffer), so this buffer is never shared.
-    inbuf: BytesMut,
+    inbuf: InBuf,
     read: ReadState,
     pending: VecDeque<Pending>,
     next_id: u64,
@@ -501,10 +502,55 @@ pub struct ServerConn {
 
 const NO_BODY_EVENT_MAX: usize = 64 * 1024;
 
+/// Unparsed input: a vector and how much of its front was consumed.
+/// Consuming a parsed head is one addition, and a buffer consumed to its
+/// end starts over at the front of its allocation; only a partial message
+/// left at the end of a read is moved, when the next read arrives.
+#[derive(Debug, Default)]
+struct InBuf {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl InBuf {
+    fn extend_from_slice(&mut self, data: &[u8]) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Drops the first `n` unconsumed bytes.
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+        debug_assert!(self.pos <= self.buf.len());
+        if self.pos >= self.buf.len() {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+impl std::ops::Deref for InBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buf.get(self.pos..).unwrap_or_default()
+    }
+}
+
 /// Buffers an idle connection gave back, for the next busy one: idle
 /// connections hold none, and busy ones do not grow fresh ones every batch.
 struct Spare {
-    inbuf: Option<BytesMut>,
+    inbuf: Option<InBuf>,
     pending: VecDeque<Pending>,
 }
 
@@ -547,7 +593,7 @@ impl ServerConn {
         }
         ServerConn {
             cfg,
-            inbuf: BytesMut::new(),
+            inbuf: InBuf::default(),
             read: ReadState::Head,
             pending: VecDeque::new(),
             next_id: 0,
@@ -592,12 +638,7 @@ impl ServerConn {
     /// that has work.
     pub fn compact(&mut self) {
         if self.inbuf.is_empty() {
-            let mut b = std::mem::take(&mut self.inbuf);
-            // Back to the start of its allocation: everything before was
-            // parsed (nothing shares it).
-            if !b.try_reclaim(1) {
-                return self.compact_rest();
-            }
+            let b = std::mem::take(&mut self.inbuf);
             SPARE.with(|s| {
                 let mut s = s.borrow_mut();
                 if b.capacity() <= SPARE_INPUT_MAX
@@ -851,7 +892,7 @@ impl ServerConn {
         self.inbuf.advance(n);
         let filled = fill_head(&mut d, &parsed, framing, id, &self.cfg);
         // (On an error the box goes back to the pool with the head.)
-        let head = RequestHead(Some(d));
+        let head = RequestHead(std::mem::ManuallyDrop::new(Some(d)));
         if let Err((status, reason)) = filled {
             // (What followed the head is dropped: the connection ends.)
             return Some(self.fail(None, status, reason));
@@ -1113,45 +1154,51 @@ impl ServerConn {
         // own and a known length. Everything up to the length's digits is
         // one cached piece.
         let cached = match (default_type, framing) {
-            (Some(ct), Framing::Length(_)) if status == StatusCode::OK && headers.is_empty() => {
-                self.std_lines.0.borrow_mut().write_ok_typed(out, ct)
+            (Some(ct), Framing::Length(len)) if status == StatusCode::OK && headers.is_empty() => {
+                // Keep-alive HTTP/1.1 needs no connection line: the cached
+                // head can run through the length and the empty line.
+                let whole = (keep_alive && version == Version::HTTP_11).then_some(len);
+                self.std_lines.0.borrow_mut().write_ok_typed(out, ct, whole)
             }
-            _ => false,
+            _ => Cached::No,
         };
-        if !cached {
+        if cached == Cached::No {
             self.write_head_fields(status, headers, default_type);
         }
         let out = &mut self.out;
-        // The framing lines and the empty line, assembled on the stack and
-        // copied at once. (A macro, not a closure: each literal is then
-        // copied with its constant length, inline, rather than by a call.)
-        let mut tail = [0u8; 64];
-        let mut n = 0;
-        macro_rules! put {
-            ($lit:expr) => {{
-                const LIT: &[u8] = $lit;
-                tail[n..n + LIT.len()].copy_from_slice(LIT);
-                n += LIT.len();
-            }};
-        }
-        match framing {
-            Framing::Length(len) => {
-                if !cached {
-                    put!(b"content-length: ");
-                }
-                n += write_decimal(&mut tail[n..n + 20], len);
-                put!(b"\r\n");
+        if cached != Cached::Whole {
+            // The framing lines and the empty line, assembled on the stack
+            // and copied at once. (A macro, not a closure: each literal is
+            // then copied with its constant length, inline, rather than by
+            // a call.)
+            let mut tail = [0u8; 64];
+            let mut n = 0;
+            macro_rules! put {
+                ($lit:expr) => {{
+                    const LIT: &[u8] = $lit;
+                    tail[n..n + LIT.len()].copy_from_slice(LIT);
+                    n += LIT.len();
+                }};
             }
-            Framing::Chunked if !is_head => put!(b"transfer-encoding: chunked\r\n"),
-            _ => {}
+            match framing {
+                Framing::Length(len) => {
+                    if cached == Cached::No {
+                        put!(b"content-length: ");
+                    }
+                    n += write_decimal(&mut tail[n..n + 20], len);
+                    put!(b"\r\n");
+                }
+                Framing::Chunked if !is_head => put!(b"transfer-encoding: chunked\r\n"),
+                _ => {}
+            }
+            if !keep_alive {
+                put!(b"connection: close\r\n");
+            } else if version == Version::HTTP_10 {
+                put!(b"connection: keep-alive\r\n");
+            }
+            put!(b"\r\n");
+            out.extend_from_slice(&tail[..n]);
         }
-        if !keep_alive {
-            put!(b"connection: close\r\n");
-        } else if version == Version::HTTP_10 {
-            put!(b"connection: keep-alive\r\n");
-        }
-        put!(b"\r\n");
-        out.extend_from_slice(&tail[..n]);
         if let (Some(body), Framing::Length(_)) = (body, effective) {
             out.extend_from_slice(body);
         }
@@ -1624,6 +1671,22 @@ struct StdLines {
     /// cannot be freed and reused: the same address then means the same
     /// value, and a hit costs no comparison of bytes.
     ct: Option<HeaderValue>,
+    /// End of `content-length: ` after the content type.
+    ct_end: usize,
+    /// The length whose digits and the empty line follow `ct_end`, when
+    /// they do: then `bytes` is a whole keep-alive head.
+    len: Option<u64>,
+}
+
+/// How much of a head [`StdLines::write_ok_typed`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cached {
+    /// Nothing: the content type is too long to cache.
+    No,
+    /// Through `content-length: `; the digits and the rest follow.
+    UpToLength,
+    /// The whole head, through its empty line.
+    Whole,
 }
 
 /// Longest content type cached with the standard lines.
@@ -1631,7 +1694,7 @@ const CACHED_CT_MAX: usize = 128;
 
 impl StdLines {
     fn new(date: &[u8; 29], cfg: &ServerConfig) -> StdLines {
-        let mut bytes = Vec::with_capacity(STD_LINES_MAX + CACHED_CT_MAX + 32);
+        let mut bytes = Vec::with_capacity(STD_LINES_MAX + CACHED_CT_MAX + 64);
         bytes.extend_from_slice(OK_LINE);
         bytes.extend_from_slice(b"date: ");
         bytes.extend_from_slice(date);
@@ -1646,6 +1709,8 @@ impl StdLines {
             bytes,
             std_end,
             ct: None,
+            ct_end: std_end,
+            len: None,
         }
     }
 
@@ -1670,25 +1735,46 @@ impl StdLines {
 
     /// A 200's status and standard lines, `content-type: {ct}` and
     /// `content-length: `, in one copy (rendering `ct` into the cache
-    /// first when it is not the cached one); false when `ct` is too long to
-    /// cache.
-    fn write_ok_typed(&mut self, out: &mut Vec<u8>, ct: &HeaderValue) -> bool {
+    /// first when it is not the cached one). With `whole`, the length's
+    /// digits and the empty line too: the whole head of a keep-alive
+    /// HTTP/1.1 answer, so a server answering the same kind of response
+    /// again and again copies one cached piece per answer.
+    fn write_ok_typed(
+        &mut self,
+        out: &mut Vec<u8>,
+        ct: &HeaderValue,
+        whole: Option<u64>,
+    ) -> Cached {
         let same = self.ct.as_ref().is_some_and(|held| {
             let (a, b) = (held.as_bytes(), ct.as_bytes());
             (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
         });
         if !same {
             if ct.len() > CACHED_CT_MAX {
-                return false;
+                return Cached::No;
             }
             self.bytes.truncate(self.std_end);
             self.bytes.extend_from_slice(b"content-type: ");
             self.bytes.extend_from_slice(ct.as_bytes());
             self.bytes.extend_from_slice(b"\r\ncontent-length: ");
             self.ct = Some(ct.clone());
+            self.ct_end = self.bytes.len();
+            self.len = None;
+        }
+        let Some(len) = whole else {
+            out.extend_from_slice(&self.bytes[..self.ct_end]);
+            return Cached::UpToLength;
+        };
+        if self.len != Some(len) {
+            self.bytes.truncate(self.ct_end);
+            let mut digits = [0u8; 20];
+            let n = write_decimal(&mut digits, len);
+            self.bytes.extend_from_slice(&digits[..n]);
+            self.bytes.extend_from_slice(b"\r\n\r\n");
+            self.len = Some(len);
         }
         out.extend_from_slice(&self.bytes);
-        true
+        Cached::Whole
     }
 }
 

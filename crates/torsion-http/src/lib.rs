@@ -51,5 +51,5 @@ pub use request::{Request, RequestBody};
 pub use resource::{
     handler_fn, FnHandler, Handler, IntoResponseResult, Redirect, Reply, Resource, Site, Tree,
 };
-pub use response::{Body, BodySender, BodySource, Chunk, Notify, Response, Text};
+pub use response::{Body, BodySender, BodySource, Chunk, Headers, Notify, Response, Text};
 pub use server::HttpServer;

@@ -167,7 +167,7 @@ impl Resource for ReverseProxy {
                 .header(header::CONTENT_LENGTH)
                 .and_then(|v| v.parse::<u64>().ok());
             let mut out = Response::new(resp.status);
-            out.headers = strip_hop_by_hop(&resp.headers);
+            out.headers = strip_hop_by_hop(&resp.headers).into();
             out.headers.remove(header::CONTENT_LENGTH);
             out.headers.remove(header::DATE);
             out.headers.remove(header::SERVER);

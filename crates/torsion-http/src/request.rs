@@ -268,8 +268,22 @@ pub struct Request {
     /// has one empty cell to drop.
     lazy: OnceCell<Box<Lazy>>,
     body: Option<RequestBody>,
-    peer: Address,
-    reactor: Option<Reactor>,
+    origin: Origin,
+}
+
+/// What a server's connection tells its requests: shared by all of them
+/// (one count per request, not a copy of the address and the reactor).
+pub(crate) trait ConnInfo {
+    fn peer(&self) -> &Address;
+    fn reactor(&self) -> &Reactor;
+}
+
+/// Where a request came from.
+enum Origin {
+    /// A server's connection.
+    Conn(Rc<dyn ConnInfo>),
+    /// A request built by hand: its own peer, maybe a reactor.
+    Own(Box<(Address, Option<Reactor>)>),
 }
 
 /// The parts of a request built on first use.
@@ -288,7 +302,7 @@ impl std::fmt::Debug for Request {
             .field("headers", self.headers())
             .field("prepath", &self.prepath)
             .field("postpath", &self.postpath)
-            .field("peer", &self.peer)
+            .field("peer", self.peer())
             .finish()
     }
 }
@@ -309,16 +323,14 @@ impl Request {
             head: RequestHead::built(method, Version::HTTP_11, uri),
             lazy: OnceCell::new(),
             body: Some(RequestBody::empty()),
-            peer: Address::Memory("test".into()),
-            reactor: None,
+            origin: Origin::Own(Box::new((Address::Memory("test".into()), None))),
         }
     }
 
     pub(crate) fn from_head(
         head: RequestHead,
         body: Option<RequestBody>,
-        peer: Address,
-        reactor: Reactor,
+        conn: Rc<dyn ConnInfo>,
         postpath: Vec<String>,
     ) -> Request {
         Request {
@@ -327,8 +339,7 @@ impl Request {
             head,
             lazy: OnceCell::new(),
             body,
-            peer,
-            reactor: Some(reactor),
+            origin: Origin::Conn(conn),
         }
     }
 
@@ -411,17 +422,24 @@ impl Request {
 
     /// The peer's address.
     pub fn peer(&self) -> &Address {
-        &self.peer
+        match &self.origin {
+            Origin::Conn(c) => c.peer(),
+            Origin::Own(o) => &o.0,
+        }
     }
 
     /// Sets the peer address (for requests built by hand).
     pub fn set_peer(&mut self, peer: Address) {
-        self.peer = peer;
+        let reactor = self.reactor().cloned();
+        self.origin = Origin::Own(Box::new((peer, reactor)));
     }
 
     /// The reactor serving the request (`None` for requests built by hand).
     pub fn reactor(&self) -> Option<&Reactor> {
-        self.reactor.as_ref()
+        match &self.origin {
+            Origin::Conn(c) => Some(c.reactor()),
+            Origin::Own(o) => o.1.as_ref(),
+        }
     }
 
     /// Takes the body stream (an empty body if it was taken already).

@@ -307,8 +307,9 @@ pub static TEXT_HTML: HeaderValue = HeaderValue::from_static("text/html; charset
 pub struct Response {
     /// Status code.
     pub status: StatusCode,
-    /// Header fields (framing headers are set by the server).
-    pub headers: HeaderMap,
+    /// Header fields (framing headers are set by the server). A
+    /// [`HeaderMap`] through `Deref`, built when the first field is added.
+    pub headers: Headers,
     /// The body.
     pub body: Body,
     /// The Content-Type sent when `headers` has none (a static value, such
@@ -316,11 +317,118 @@ pub struct Response {
     pub default_content_type: Option<&'static HeaderValue>,
 }
 
+/// A response's own header fields: a [`HeaderMap`] (through `Deref` and
+/// `DerefMut`) that is not built until a field is added. The common
+/// response has none, and then carries one null pointer rather than a map
+/// to make, move and drop.
+///
+/// ```
+/// use torsion_http::Response;
+/// let mut r = Response::text("hi");
+/// assert!(r.headers.is_empty());
+/// r.headers.insert("x-demo", "1".parse().unwrap());
+/// assert_eq!(r.headers.get("x-demo").unwrap(), "1");
+/// let map: http::HeaderMap = r.headers.into_map();
+/// assert_eq!(map.len(), 1);
+/// ```
+#[derive(Default)]
+pub struct Headers(Option<Box<HeaderMap>>);
+
+impl Headers {
+    /// No fields.
+    pub const fn new() -> Headers {
+        Headers(None)
+    }
+
+    /// The fields as a map of their own.
+    pub fn into_map(self) -> HeaderMap {
+        match self.0 {
+            Some(mut b) => std::mem::take(&mut *b),
+            None => HeaderMap::new(),
+        }
+    }
+
+    /// Gives the map (emptied) to the thread's spares, for the next
+    /// response that adds a field.
+    #[inline]
+    pub(crate) fn recycle(self) {
+        let Some(mut map) = self.0 else { return };
+        if map.capacity() > SPARE_HEADERS_CAPACITY {
+            return;
+        }
+        map.clear();
+        let _ = SPARE_HEADERS.try_with(move |s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_HEADERS_MAX {
+                s.push(map);
+            }
+        });
+    }
+}
+
+static EMPTY_HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+
+impl std::ops::Deref for Headers {
+    type Target = HeaderMap;
+    fn deref(&self) -> &HeaderMap {
+        match &self.0 {
+            Some(m) => m,
+            None => EMPTY_HEADERS.get_or_init(HeaderMap::new),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Headers {
+    fn deref_mut(&mut self) -> &mut HeaderMap {
+        self.0.get_or_insert_with(|| {
+            SPARE_HEADERS
+                .try_with(|s| s.borrow_mut().pop())
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        })
+    }
+}
+
+impl From<HeaderMap> for Headers {
+    fn from(map: HeaderMap) -> Headers {
+        Headers(Some(Box::new(map)))
+    }
+}
+
+impl Clone for Headers {
+    fn clone(&self) -> Headers {
+        match &self.0 {
+            Some(m) => Headers::from((**m).clone()),
+            None => Headers(None),
+        }
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        **self == **other
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = (&'a HeaderName, &'a HeaderValue);
+    type IntoIter = http::header::Iter<'a, HeaderValue>;
+    fn into_iter(self) -> Self::IntoIter {
+        (**self).iter()
+    }
+}
+
 thread_local! {
-    /// Header maps of responses the server has written and of requests
-    /// dropped, emptied, for the next ones: a fresh map allocates twice on
-    /// its first insert.
-    static SPARE_HEADERS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    /// Boxed header maps of written responses, emptied, for the next
+    /// response that adds a field: a fresh map allocates on its first insert.
+    static SPARE_HEADERS: RefCell<Vec<Box<HeaderMap>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Spare maps kept per thread.
@@ -328,45 +436,12 @@ const SPARE_HEADERS_MAX: usize = 16;
 /// Larger maps are freed rather than kept.
 const SPARE_HEADERS_CAPACITY: usize = 32;
 
-/// An empty header map, with room from an earlier request or response when
-/// one is spare.
-pub(crate) fn spare_header_map() -> HeaderMap {
-    SPARE_HEADERS
-        .try_with(|s| s.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-}
-
-/// Keeps a written response's or a dropped request's map (emptied) for a
-/// later request or [`Response::new`].
-pub(crate) fn recycle_header_map(mut headers: HeaderMap) {
-    if headers.capacity() == 0 {
-        // A map that never held a field owns no memory (its index table is
-        // the empty boxed slice, its vectors never grew): forgetting it
-        // frees nothing and skips its drop glue, which is most of what an
-        // answer without extra fields would otherwise cost here.
-        std::mem::forget(headers);
-        return;
-    }
-    if headers.capacity() > SPARE_HEADERS_CAPACITY {
-        return;
-    }
-    headers.clear();
-    let _ = SPARE_HEADERS.try_with(move |s| {
-        let mut s = s.borrow_mut();
-        if s.len() < SPARE_HEADERS_MAX {
-            s.push(headers);
-        }
-    });
-}
-
 impl Response {
     /// An empty response with `status`.
     pub fn new(status: StatusCode) -> Response {
         Response {
             status,
-            headers: spare_header_map(),
+            headers: Headers::new(),
             body: Body::Empty,
             default_content_type: None,
         }
@@ -391,8 +466,7 @@ impl Response {
     fn typed(body: Bytes, content_type: &'static HeaderValue) -> Response {
         Response {
             status: StatusCode::OK,
-            // Empty: no allocation until someone adds a field.
-            headers: HeaderMap::new(),
+            headers: Headers::new(),
             body: Body::Bytes(body),
             default_content_type: Some(content_type),
         }

@@ -416,6 +416,15 @@ struct Conn {
     producer: Cell<bool>,
 }
 
+impl request::ConnInfo for Conn {
+    fn peer(&self) -> &Address {
+        &self.peer
+    }
+    fn reactor(&self) -> &Reactor {
+        &self.shared.reactor
+    }
+}
+
 /// Pull producer registered while a body streams: the transport asks for
 /// more when its buffer drained.
 struct ConnProducer(Weak<Conn>);
@@ -657,14 +666,9 @@ impl Conn {
             self.set_response(id, Ok(Response::error(StatusCode::BAD_REQUEST)));
             return;
         };
-        let req = Request::from_head(
-            head,
-            body,
-            self.peer.clone(),
-            self.shared.reactor.clone(),
-            postpath,
-        );
-        let handler = self.shared.handler.clone();
+        let req = Request::from_head(head, body, self.clone(), postpath);
+        // (The handler is borrowed, not counted: `self` keeps `shared` alive.)
+        let handler = &self.shared.handler;
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(req)));
         // The oldest unanswered request answered at once: straight to the
         // machine, without queueing a slot for it at all. (Requests with a
@@ -868,7 +872,7 @@ impl Conn {
                 default_content_type,
                 bytes,
             );
-            crate::response::recycle_header_map(headers);
+            headers.recycle();
             if let Some(l) = log.as_mut() {
                 l.bytes = bytes.len() as u64;
             }
@@ -888,7 +892,7 @@ impl Conn {
             default_content_type,
             len,
         );
-        crate::response::recycle_header_map(headers);
+        headers.recycle();
         if let Err(e) = r {
             self.response_refused(front, e);
             return;
@@ -981,8 +985,10 @@ impl Conn {
             }
             m.swap_output(&mut buf);
         }
-        // No borrow held while the transport runs.
-        self.transport.write(&buf);
+        // No borrow held while the transport runs. The batch is sent from
+        // this buffer (not copied into the transport's first), and the
+        // buffer stays for the next batch.
+        self.transport.write_through(&buf);
         buf.clear();
         let mut m = self.machine.borrow_mut();
         if !m.has_output() {
