@@ -877,6 +877,13 @@ impl Conn {
                 l.bytes = bytes.len() as u64;
             }
             match r {
+                // Answered at once, no body arriving, nothing to log, no
+                // producer: `finished` would have nothing to do.
+                Ok(())
+                    if own_is_head.is_some()
+                        && log.is_none()
+                        && !self.producer.get()
+                        && self.body.borrow().is_none() => {}
                 Ok(()) => self.finished(front, log, own_is_head.is_none()),
                 Err(e) => self.response_refused(front, e),
             }
