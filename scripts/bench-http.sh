@@ -3,17 +3,22 @@
 # (bench/hyper-hello) and a raw epoll loop (examples/raw_hello), each server
 # pinned to CPU 0 and wrk to CPU 1, only on 127.0.0.1.
 #   scripts/bench-http.sh [SECONDS] [all|hello|static]
-#   (default 5 s per run, all parts; needs wrk, python3, taskset)
+#   (default 5 s per run, all parts; ROUNDS=N rounds, default 3; needs wrk,
+#   python3, taskset)
 # Prints a Markdown table: requests/s and server CPU µs per request, without
 # and with pipelining (depth 16), and RSS per idle keep-alive connection
-# (10,000 connections). Then 1 MiB static-file throughput of `torsion web`
-# (and nginx, when installed). Numbers, not assertions: a shared machine
-# makes them noisy, so compare ratios within one run.
+# (10,000 connections). The three servers run side by side and take turns,
+# round after round: each figure is the median over the rounds, and each
+# ratio the median of the rounds' ratios, so a slow moment of a shared
+# machine lands on all three rather than on one. Then 1 MiB static-file
+# throughput of `torsion web` (and nginx, when installed). Numbers, not
+# assertions: compare ratios within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 part=${2:-all}
 idle=${IDLE_CONNECTIONS:-10000}
+rounds=${ROUNDS:-3}
 target=${CARGO_TARGET_DIR:-$PWD/target}
 export CARGO_TARGET_DIR=$target
 for tool in wrk python3 taskset; do
@@ -93,34 +98,48 @@ run_wrk() { # pid port [script] ; prints "req_per_s us_per_req"
 }
 
 if [ "$part" != static ]; then
-declare -A R
+declare -A PID PORT
 for name in torsion hyper raw; do
   case $name in
     torsion) set -- $(start torsion "$target/release/examples/http_hello" 127.0.0.1:0) ;;
     hyper) set -- $(start hyper "$target/hyper-hello/release/hyper-hello" 127.0.0.1:0) ;;
     raw) set -- $(start raw "$target/release/examples/raw_hello" 127.0.0.1:0) ;;
   esac
-  pid=$1 port=$2
-  R[$name.plain]=$(run_wrk "$pid" "$port")
-  R[$name.pipe]=$(run_wrk "$pid" "$port" "$work/pipeline.lua")
-  R[$name.idle]=$(python3 "$work/idle.py" "$pid" "$port" "$idle")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  PID[$name]=$1 PORT[$name]=$2
+done
+# One line per run: "round server workload req_per_s us_per_req".
+for r in $(seq "$rounds"); do
+  for name in torsion hyper raw; do
+    echo "$r $name plain $(run_wrk "${PID[$name]}" "${PORT[$name]}")"
+    echo "$r $name pipe $(run_wrk "${PID[$name]}" "${PORT[$name]}" "$work/pipeline.lua")"
+  done
+done >"$work/runs"
+declare -A IDLE
+for name in torsion hyper raw; do
+  IDLE[$name]=$(python3 "$work/idle.py" "${PID[$name]}" "${PORT[$name]}" "$idle")
+  kill "${PID[$name]}"; wait "${PID[$name]}" 2>/dev/null || true
 done
 
-f() { echo "${R[$1]}" | awk -v i="$2" '{print $i}'; }
-echo
-echo "| server | req/s | CPU µs/req | req/s pipelined (16) | CPU µs/req pipelined | RSS bytes per idle conn |"
-echo "|---|---:|---:|---:|---:|---:|"
-for name in torsion hyper raw; do
-  printf '| %s | %s | %s | %s | %s | %.0f |\n' "$name" \
-    "$(f $name.plain 1)" "$(f $name.plain 2)" "$(f $name.pipe 1)" "$(f $name.pipe 2)" "${R[$name.idle]}"
-done
-python3 - "$(f torsion.plain 2)" "$(f hyper.plain 2)" "$(f raw.plain 2)" \
-  "$(f torsion.pipe 2)" "$(f hyper.pipe 2)" "$(f raw.pipe 2)" <<'EOF'
-import sys
-t, h, r, tp, hp, rp = map(float, sys.argv[1:])
-print(f"\nCPU per request vs raw loop: torsion {t/r:.2f}x, hyper {h/r:.2f}x; "
-      f"pipelined: torsion {tp/rp:.2f}x, hyper {hp/rp:.2f}x")
+python3 - "$work/runs" "${IDLE[torsion]}" "${IDLE[hyper]}" "${IDLE[raw]}" <<'EOF'
+import sys, statistics as st
+runs = [l.split() for l in open(sys.argv[1])]
+idle = dict(zip(("torsion", "hyper", "raw"), map(float, sys.argv[2:5])))
+def col(name, load, i):
+    return [float(r[3 + i]) for r in runs if r[1] == name and r[2] == load]
+rounds = len(col("raw", "pipe", 0))
+print(f"\n{rounds} rounds; medians.\n")
+print("| server | req/s | CPU µs/req | req/s pipelined (16) | CPU µs/req pipelined | RSS bytes per idle conn |")
+print("|---|---:|---:|---:|---:|---:|")
+for n in ("torsion", "hyper", "raw"):
+    m = lambda load, i: st.median(col(n, load, i))
+    print(f"| {n} | {m('plain', 0):.0f} | {m('plain', 1):.2f} | {m('pipe', 0):.0f} | {m('pipe', 1):.2f} | {idle[n]:.0f} |")
+def ratios(n, load):
+    return [a / b for a, b in zip(col(n, load, 1), col("raw", load, 1))]
+def show(v):
+    return f"{st.median(v):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in v)})"
+print("\nCPU per request vs raw loop, median of the rounds' ratios:")
+for load, what in (("plain", "without pipelining"), ("pipe", "pipelined")):
+    print(f"- {what}: torsion {show(ratios('torsion', load))}; hyper {show(ratios('hyper', load))}")
 EOF
 
 fi

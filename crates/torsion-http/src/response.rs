@@ -428,6 +428,8 @@ impl<'a> IntoIterator for &'a Headers {
 thread_local! {
     /// Boxed header maps of written responses, emptied, for the next
     /// response that adds a field: a fresh map allocates on its first insert.
+    // (Boxes, not maps: `Headers` holds a box, and the box is reused too.)
+    #[allow(clippy::vec_box)]
     static SPARE_HEADERS: RefCell<Vec<Box<HeaderMap>>> = const { RefCell::new(Vec::new()) };
 }
 
