@@ -749,6 +749,16 @@ impl ServerConn {
                 }
                 self.parse_head()
             }
+            _ => self.next_body_event(),
+        }
+    }
+
+    /// The next event of a request body being read.
+    // (Out of line: keeps the body decoders out of the code every head runs through.)
+    #[inline(never)]
+    fn next_body_event(&mut self) -> Option<Event> {
+        match &mut self.read {
+            ReadState::Stopped | ReadState::Head => None,
             ReadState::Length { id, remaining } => {
                 let id = *id;
                 let avail = self.inbuf.len();
@@ -937,6 +947,7 @@ impl ServerConn {
     }
 
     /// Malformed input: stop reading, queue the error response, report it.
+    #[cold]
     fn fail(&mut self, id: Option<u64>, status: StatusCode, reason: &'static str) -> Event {
         self.read = ReadState::Stopped;
         self.close_after = true;
@@ -1217,6 +1228,7 @@ impl ServerConn {
 
     /// The status line, the standard lines, the response's own fields and
     /// its default content type (when it names none).
+    #[inline(never)]
     fn write_head_fields(
         &mut self,
         status: StatusCode,
@@ -1414,6 +1426,16 @@ impl FramingFields {
         // Dispatch on length first: most fields are none of these.
         match name.len() {
             4 if token_is(name, b"host") => self.hosts += 1,
+            6 | 10 | 14 | 17 => self.see_framing(name, value),
+            _ => {}
+        }
+    }
+
+    /// Expect, Connection, Content-Length and Transfer-Encoding (by the
+    /// length of their names).
+    #[inline(never)]
+    fn see_framing(&mut self, name: &[u8], value: &[u8]) {
+        match name.len() {
             6 if self.expect.is_none() && token_is(name, b"expect") => {
                 self.expect = Some(value.eq_ignore_ascii_case(b"100-continue"))
             }

@@ -178,10 +178,85 @@ fn first_stop(w: u64, n: u8) -> usize {
     ((below | del) & HIGHS).trailing_zeros() as usize / 8
 }
 
-/// Skips bytes in `buf[i..end]` that are ≥ `n` (and not 0x7F), eight at a
-/// time; returns the index of the first byte that is not, or `end`.
+/// Sixteen bytes at a time with SSE2, which every x86-64 processor has.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+mod simd {
+    use core::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+
+    /// The 16 bytes at `i`, when `buf` holds them.
+    #[inline(always)]
+    pub(super) fn load(buf: &[u8], i: usize) -> Option<__m128i> {
+        let chunk = buf.get(i..i + 16)?;
+        // SAFETY: `chunk` is 16 readable bytes, and an unaligned load
+        // reads exactly those.
+        Some(unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) })
+    }
+
+    /// Bit `k` set when byte `k` lies in `lo..=hi` (both below 0x80).
+    #[inline(always)]
+    fn in_range(v: __m128i, lo: u8, hi: u8) -> __m128i {
+        // Signed compares: bytes from 0x80 up are negative, in no range.
+        // SAFETY (this and the blocks below): register-only SSE2
+        // instructions, which the cfg above guarantees the target has.
+        unsafe {
+            _mm_and_si128(
+                _mm_cmpgt_epi8(v, _mm_set1_epi8(lo as i8 - 1)),
+                _mm_cmplt_epi8(v, _mm_set1_epi8(hi as i8 + 1)),
+            )
+        }
+    }
+
+    /// Bit `k` set when byte `k` is below `n` (0 < `n` < 0x80) or 0x7F;
+    /// bytes from 0x80 up never.
+    #[inline(always)]
+    pub(super) fn stops(v: __m128i, n: u8) -> u32 {
+        let below = in_range(v, 0, n - 1);
+        unsafe {
+            let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7F));
+            _mm_movemask_epi8(_mm_or_si128(below, del)) as u32
+        }
+    }
+
+    /// Bit `k` set when byte `k` is not a letter, a digit or `-`: the
+    /// token bytes field names are made of, all but always.
+    #[inline(always)]
+    pub(super) fn not_name(v: __m128i) -> u32 {
+        // Setting bit 5 folds upper case onto lower; it maps no other
+        // byte into a-z. Digits and `-` are tested on the byte itself.
+        let folded = unsafe { _mm_or_si128(v, _mm_set1_epi8(0x20)) };
+        let alpha = in_range(folded, b'a', b'z');
+        let digit = in_range(v, b'0', b'9');
+        unsafe {
+            let dash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8));
+            let name = _mm_or_si128(_mm_or_si128(alpha, digit), dash);
+            !(_mm_movemask_epi8(name) as u32) & 0xFFFF
+        }
+    }
+}
+
+/// Skips bytes in `buf[i..end]` that are ≥ `n` (and not 0x7F); returns
+/// the index of the first byte that is not, or `end`.
 #[inline(always)]
 fn skip_run(buf: &[u8], mut i: usize, end: usize, n: u8) -> usize {
+    // Sixteen bytes at a time, read from all of `buf` (past `end` when it
+    // holds more, as a pipelined batch does): a stop at or past `end`
+    // means `end`.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    while i < end {
+        let Some(v) = simd::load(buf, i) else { break };
+        let m = simd::stops(v, n);
+        if m != 0 {
+            return (i + m.trailing_zeros() as usize).min(end);
+        }
+        i += 16;
+    }
+    if i >= end {
+        return end;
+    }
+    // Eight at a time (SWAR) near the end of `buf`, or elsewhere.
     let b = &buf[..end];
     while let Some(chunk) = b.get(i..i + 8) {
         let mut word = [0u8; 8];
@@ -369,7 +444,21 @@ fn word_at(buf: &[u8], i: usize, end: usize) -> Option<u64> {
 /// other byte, or `end`.
 #[inline(always)]
 fn skip_token(buf: &[u8], mut i: usize, end: usize) -> usize {
+    // Letters, digits and `-` sixteen at a time; the byte that ends the
+    // run may still be another token byte (`_`, `.`, ...): the table
+    // goes on from there.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    while i < end {
+        let Some(v) = simd::load(buf, i) else { break };
+        let m = simd::not_name(v);
+        if m != 0 {
+            i += m.trailing_zeros() as usize;
+            break;
+        }
+        i += 16;
+    }
     let s = &buf[..end];
+    i = i.min(end);
     while i < s.len() && TOKEN[s[i] as usize] {
         i += 1;
     }

@@ -468,6 +468,26 @@ fn refresh_date(shared: &Shared) {
         .set_date(&httpdate::fmt_http_date(wall), &shared.cfg);
 }
 
+/// The access log's record of a request, filled in as it is answered.
+#[cold]
+fn log_info(head: &RequestHead) -> Box<LogInfo> {
+    let hv = |n| {
+        head.header(n)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    Box::new(LogInfo {
+        host: hv("host"),
+        request_line: format!("{} {} {:?}", head.method(), head.target(), head.version()),
+        referer: hv("referer"),
+        user_agent: hv("user-agent"),
+        status: 0,
+        bytes: 0,
+        time: SystemTime::now(),
+    })
+}
+
 fn access_log_enabled() -> bool {
     tracing::enabled!(target: "torsion_http::access", tracing::Level::INFO)
 }
@@ -533,8 +553,11 @@ impl Conn {
                 self.on_event(ev);
             }
         }
-        // 2. Responses, in request order.
-        self.write_responses();
+        // 2. Responses, in request order. (Answers given at once never
+        // queue a slot: then there is nothing to do here.)
+        if !self.slots.borrow().is_empty() {
+            self.write_responses();
+        }
         // 3. Bytes out.
         self.flush();
         self.lend_back_output();
@@ -578,6 +601,15 @@ impl Conn {
                 self.cancel_timer();
                 self.dispatch(head)
             }
+            ev => self.on_body_event(ev),
+        }
+    }
+
+    /// Body and error events: out of line, off the common path.
+    #[inline(never)]
+    fn on_body_event(self: &Rc<Self>, ev: Event) {
+        match ev {
+            Event::Head(head) => self.dispatch(head),
             Event::Data { id, data } => {
                 let b = self.body.borrow().clone();
                 if let Some((bid, b)) = b {
@@ -620,18 +652,24 @@ impl Conn {
         }
     }
 
+    /// The body stream of request `id`, whose bytes arrive next.
+    #[inline(never)]
+    fn start_body(&self, id: u64) -> RequestBody {
+        let me = self.me.clone();
+        let on_consume: Rc<dyn Fn()> = Rc::new(move || {
+            if let Some(c) = me.upgrade() {
+                c.kick();
+            }
+        });
+        let shared_body = request::new_body(false, Some(on_consume));
+        *self.body.borrow_mut() = Some((id, shared_body.clone()));
+        RequestBody::new(shared_body)
+    }
+
     fn dispatch(self: &Rc<Self>, head: RequestHead) {
         let has_body = head.has_body();
         let body = if has_body {
-            let me = self.me.clone();
-            let on_consume: Rc<dyn Fn()> = Rc::new(move || {
-                if let Some(c) = me.upgrade() {
-                    c.kick();
-                }
-            });
-            let shared_body = request::new_body(false, Some(on_consume));
-            *self.body.borrow_mut() = Some((head.id(), shared_body.clone()));
-            Some(RequestBody::new(shared_body))
+            Some(self.start_body(head.id()))
         } else {
             // Its End event is known already: take it now rather than
             // through another turn of the event loop.
@@ -640,23 +678,7 @@ impl Conn {
             None
         };
         // The access log line's parts are kept only when someone listens.
-        let log = access_log_enabled().then(|| {
-            let hv = |n| {
-                head.header(n)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .unwrap_or("-")
-                    .to_string()
-            };
-            Box::new(LogInfo {
-                host: hv("host"),
-                request_line: format!("{} {} {:?}", head.method(), head.target(), head.version()),
-                referer: hv("referer"),
-                user_agent: hv("user-agent"),
-                status: 0,
-                bytes: 0,
-                time: SystemTime::now(),
-            })
-        });
+        let log = access_log_enabled().then(|| log_info(&head));
         let id = head.id();
         let is_head = *head.method() == http::Method::HEAD;
         let Some(postpath) = request::split_path(head.path_bytes()) else {
@@ -675,18 +697,27 @@ impl Conn {
         // body take the usual way: their body events come first.) Nothing
         // looks for this request's slot while the handler runs: events
         // arriving meanwhile only mark the connection for another step.
-        let reply = match reply {
+        match reply {
             Ok(Reply::Now(r)) if !has_body && self.machine.borrow().current() == Some(id) => {
                 self.emit(id, r, Some(Answered { is_head, log }));
-                return;
             }
-            reply => {
-                self.slots
-                    .borrow_mut()
-                    .push_back(Slot::waiting(id, is_head, log));
-                reply
-            }
-        };
+            reply => self.queue_reply(id, is_head, log, reply),
+        }
+    }
+
+    /// A reply that waits its turn: a slot in the queue, filled now or
+    /// when its Deferred fires.
+    #[inline(never)]
+    fn queue_reply(
+        self: &Rc<Self>,
+        id: u64,
+        is_head: bool,
+        log: Option<Box<LogInfo>>,
+        reply: std::thread::Result<Reply>,
+    ) {
+        self.slots
+            .borrow_mut()
+            .push_back(Slot::waiting(id, is_head, log));
         match reply {
             Ok(Reply::Now(r)) => self.set_response(id, Ok(r)),
             Ok(Reply::Later(d)) => {
@@ -727,6 +758,9 @@ impl Conn {
         self.again.set(true);
     }
 
+    // (Out of line: the streaming code here would otherwise be inlined into
+    // `step`, whose common path is then spread over more cache lines.)
+    #[inline(never)]
     fn write_responses(self: &Rc<Self>) {
         let mut pieces = 0;
         loop {
