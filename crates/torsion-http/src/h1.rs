@@ -636,6 +636,7 @@ impl ServerConn {
     /// when idle: an idle connection then holds no buffer).
     /// The buffers go back to the thread's spares, for the next connection
     /// that has work.
+    #[inline(never)]
     pub fn compact(&mut self) {
         if self.inbuf.is_empty() {
             let b = std::mem::take(&mut self.inbuf);
@@ -1100,6 +1101,49 @@ impl ServerConn {
         // `write_head` just checked that `id` is the front request.
         self.finish_front();
         Ok(())
+    }
+
+    /// The commonest answer, a 200 with content type `ct`, no fields of its
+    /// own and `body`, to request `id` when that is the front request on a
+    /// keep-alive HTTP/1.1 connection with nothing else to attend to: the
+    /// cached whole head and the body, then the next request is the front.
+    /// False, having written nothing, whenever anything more is involved
+    /// (the caller then takes the general way, which gives the same bytes).
+    pub(crate) fn respond_ok_typed(&mut self, id: u64, ct: &HeaderValue, body: &[u8]) -> bool {
+        let Some(p) = self.pending.front() else {
+            return false;
+        };
+        if p.id != id
+            || self.closed
+            || self.close_after
+            || p.framing.is_some()
+            || p.error.is_some()
+            || !p.keep_alive
+            || p.is_head
+            || p.version != Version::HTTP_11
+            || (p.expect_continue && !p.continue_sent && !p.body_done)
+        {
+            return false;
+        }
+        let out = &mut self.out;
+        out.reserve(STD_LINES_MAX + CACHED_CT_MAX + 32 + body.len());
+        let cached = self
+            .std_lines
+            .0
+            .borrow_mut()
+            .write_ok_typed(out, ct, Some(body.len() as u64));
+        if cached != Cached::Whole {
+            // (Only a content type too long to cache; nothing was written.)
+            return false;
+        }
+        out.extend_from_slice(body);
+        self.bytes_sent_body = 0;
+        // As `finish_front` for a keep-alive response of the right length.
+        self.pending.pop_front();
+        if self.front_needs_advance() {
+            self.advance();
+        }
+        true
     }
 
     /// [`respond`](Self::respond) with a Content-Type written when
@@ -1847,5 +1891,86 @@ mod tests {
             }
         }
         assert!(!token_is(b"hos", b"host"));
+    }
+
+    /// The shortest way (`respond_ok_typed`) writes exactly what the
+    /// general one writes, and refuses (writing nothing) wherever the
+    /// general one would add or decide something more.
+    #[test]
+    fn shortest_way_gives_the_general_ways_bytes_or_declines() {
+        use super::{Event, ServerConn};
+        use crate::response::{TEXT_HTML, TEXT_PLAIN};
+        use crate::ServerConfig;
+        use http::{HeaderMap, StatusCode};
+        let heads: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+        ];
+        let long = http::HeaderValue::from_bytes(&[b'x'; 200]).unwrap();
+        for head in heads {
+            for (ct, body) in [
+                (&TEXT_PLAIN, &b"Hello"[..]),
+                (&TEXT_HTML, b""),
+                (&long, b"x"),
+            ] {
+                // Two answers in a row, so the second meets a warm cache.
+                let mut general = ServerConn::new(ServerConfig::default());
+                let mut short = ServerConn::new(ServerConfig::default());
+                general.set_date("Sun, 06 Nov 1994 08:49:37 GMT");
+                short.set_date("Sun, 06 Nov 1994 08:49:37 GMT");
+                general.receive(head);
+                short.receive(head);
+                for _ in 0..2 {
+                    let (Some(Event::Head(g)), Some(Event::Head(h))) =
+                        (general.next_event(), short.next_event())
+                    else {
+                        break;
+                    };
+                    general
+                        .respond_typed_with_body(
+                            g.id(),
+                            StatusCode::OK,
+                            &HeaderMap::new(),
+                            Some(ct),
+                            body,
+                        )
+                        .unwrap();
+                    let took = short.respond_ok_typed(h.id(), ct, body);
+                    if !took {
+                        short
+                            .respond_typed_with_body(
+                                h.id(),
+                                StatusCode::OK,
+                                &HeaderMap::new(),
+                                Some(ct),
+                                body,
+                            )
+                            .unwrap();
+                    }
+                    let plain_keep_alive = head.starts_with(b"GET / HTTP/1.1")
+                        && !head.windows(5).any(|w| w == b"close");
+                    if plain_keep_alive && ct.len() < 100 {
+                        assert!(took, "{:?}", String::from_utf8_lossy(head));
+                    }
+                    // (A POST may take either way: its body is read on after.)
+                    if !plain_keep_alive && !head.starts_with(b"POST") {
+                        assert!(!took, "{:?}", String::from_utf8_lossy(head));
+                    }
+                    assert_eq!(
+                        String::from_utf8_lossy(&general.take_output()),
+                        String::from_utf8_lossy(&short.take_output()),
+                        "{:?}",
+                        String::from_utf8_lossy(head)
+                    );
+                    assert_eq!(general.current(), short.current());
+                    assert_eq!(general.should_close(), short.should_close());
+                }
+            }
+        }
     }
 }

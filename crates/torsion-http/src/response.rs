@@ -340,6 +340,11 @@ impl Headers {
         Headers(None)
     }
 
+    /// True once a map was built (a field was added, or a map given).
+    pub(crate) fn is_built(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// The fields as a map of their own.
     pub fn into_map(self) -> HeaderMap {
         match self.0 {
