@@ -486,7 +486,7 @@ pub struct ServerConn {
     /// a pooled buffer), so this buffer is never shared.
     inbuf: InBuf,
     read: ReadState,
-    pending: VecDeque<Pending>,
+    pending: PendingQueue,
     next_id: u64,
     out: Vec<u8>,
     /// The `date` line and, when it fits, the `server` line every
@@ -501,6 +501,63 @@ pub struct ServerConn {
 }
 
 const NO_BODY_EVENT_MAX: usize = 64 * 1024;
+
+/// The requests read and not yet answered, oldest first. The oldest is
+/// held inline: one unanswered request at a time is the common case (a
+/// handler answering at once, pipelined or not), and then the queue is
+/// never touched. Invariant: `front` is `None` only when `rest` is empty.
+#[derive(Debug, Default)]
+struct PendingQueue {
+    front: Option<Pending>,
+    rest: VecDeque<Pending>,
+}
+
+impl PendingQueue {
+    fn is_empty(&self) -> bool {
+        self.front.is_none()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.front.is_some()) + self.rest.len()
+    }
+
+    fn front(&self) -> Option<&Pending> {
+        self.front.as_ref()
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Pending> {
+        self.front.as_mut()
+    }
+
+    fn push_back(&mut self, p: Pending) {
+        if self.front.is_none() {
+            self.front = Some(p);
+        } else {
+            self.rest.push_back(p);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let first = self.front.take();
+        if !self.rest.is_empty() {
+            self.front = self.rest.pop_front();
+        }
+        first
+    }
+
+    fn clear(&mut self) {
+        self.front = None;
+        self.rest.clear();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.front.iter().chain(self.rest.iter())
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Pending> {
+        self.front.iter_mut().chain(self.rest.iter_mut())
+    }
+}
 
 /// Unparsed input: a vector and how much of its front was consumed.
 /// Consuming a parsed head is one addition, and a buffer consumed to its
@@ -595,7 +652,7 @@ impl ServerConn {
             cfg,
             inbuf: InBuf::default(),
             read: ReadState::Head,
-            pending: VecDeque::new(),
+            pending: PendingQueue::default(),
             next_id: 0,
             out: Vec::new(),
             std_lines,
@@ -656,8 +713,8 @@ impl ServerConn {
         if self.out.is_empty() {
             self.out = Vec::new();
         }
-        if self.pending.is_empty() && self.pending.capacity() > 0 {
-            let p = std::mem::take(&mut self.pending);
+        if self.pending.is_empty() && self.pending.rest.capacity() > 0 {
+            let p = std::mem::take(&mut self.pending.rest);
             SPARE.with(|s| {
                 let mut s = s.borrow_mut();
                 if p.capacity() <= SPARE_PENDING_MAX && s.pending.capacity() < p.capacity() {
@@ -870,8 +927,8 @@ impl ServerConn {
     }
 
     fn parse_head(&mut self) -> Option<Event> {
-        if self.pending.capacity() == 0 {
-            self.pending = SPARE.with(|s| std::mem::take(&mut s.borrow_mut().pending));
+        if self.pending.front.is_some() && self.pending.rest.capacity() == 0 {
+            self.pending.rest = SPARE.with(|s| std::mem::take(&mut s.borrow_mut().pending));
         }
         // RFC 9112 §2.2: ignore empty lines before a request-line.
         while self.inbuf.starts_with(b"\r\n") {
@@ -1633,7 +1690,11 @@ fn fill_head(
     d.target = target;
     d.query = query;
     d.fields = fields;
-    d.uri = uri;
+    // (Replaced, not assigned: the old value is nearly always `None`, and
+    // this way its drop is no call.)
+    if let Some(old) = std::mem::replace(&mut d.uri, uri) {
+        drop(old);
+    }
     Ok(())
 }
 

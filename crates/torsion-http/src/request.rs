@@ -266,24 +266,39 @@ pub struct Request {
     /// What is built from the head on first use (or given, for requests
     /// built by hand): one box for both, so a request that needs neither
     /// has one empty cell to drop.
-    lazy: OnceCell<Box<Lazy>>,
+    // (`ManuallyDrop`, emptied in `Drop`: the empty cell most requests
+    // end with then costs no call to drop.)
+    lazy: std::mem::ManuallyDrop<OnceCell<Box<Lazy>>>,
     body: Option<RequestBody>,
-    origin: Origin,
+    origin: Rc<dyn ConnInfo>,
 }
 
-/// What a server's connection tells its requests: shared by all of them
-/// (one count per request, not a copy of the address and the reactor).
+/// Where a request came from: what a server's connection tells its
+/// requests (shared by all of them: one count per request, not a copy of
+/// the address and the reactor), or a hand-built request's own parts.
 pub(crate) trait ConnInfo {
     fn peer(&self) -> &Address;
-    fn reactor(&self) -> &Reactor;
+    fn reactor(&self) -> Option<&Reactor>;
 }
 
-/// Where a request came from.
-enum Origin {
-    /// A server's connection.
-    Conn(Rc<dyn ConnInfo>),
-    /// A request built by hand: its own peer, maybe a reactor.
-    Own(Box<(Address, Option<Reactor>)>),
+/// The origin of a request built by hand.
+struct Own(Address, Option<Reactor>);
+
+impl ConnInfo for Own {
+    fn peer(&self) -> &Address {
+        &self.0
+    }
+    fn reactor(&self) -> Option<&Reactor> {
+        self.1.as_ref()
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Some(lazy) = self.lazy.take() {
+            drop(lazy);
+        }
+    }
 }
 
 /// The parts of a request built on first use.
@@ -321,9 +336,9 @@ impl Request {
             prepath: Vec::new(),
             postpath,
             head: RequestHead::built(method, Version::HTTP_11, uri),
-            lazy: OnceCell::new(),
+            lazy: std::mem::ManuallyDrop::new(OnceCell::new()),
             body: Some(RequestBody::empty()),
-            origin: Origin::Own(Box::new((Address::Memory("test".into()), None))),
+            origin: Rc::new(Own(Address::Memory("test".into()), None)),
         }
     }
 
@@ -337,9 +352,9 @@ impl Request {
             prepath: Vec::new(),
             postpath,
             head,
-            lazy: OnceCell::new(),
+            lazy: std::mem::ManuallyDrop::new(OnceCell::new()),
             body,
-            origin: Origin::Conn(conn),
+            origin: conn,
         }
     }
 
@@ -422,24 +437,18 @@ impl Request {
 
     /// The peer's address.
     pub fn peer(&self) -> &Address {
-        match &self.origin {
-            Origin::Conn(c) => c.peer(),
-            Origin::Own(o) => &o.0,
-        }
+        self.origin.peer()
     }
 
     /// Sets the peer address (for requests built by hand).
     pub fn set_peer(&mut self, peer: Address) {
         let reactor = self.reactor().cloned();
-        self.origin = Origin::Own(Box::new((peer, reactor)));
+        self.origin = Rc::new(Own(peer, reactor));
     }
 
     /// The reactor serving the request (`None` for requests built by hand).
     pub fn reactor(&self) -> Option<&Reactor> {
-        match &self.origin {
-            Origin::Conn(c) => Some(c.reactor()),
-            Origin::Own(o) => o.1.as_ref(),
-        }
+        self.origin.reactor()
     }
 
     /// Takes the body stream (an empty body if it was taken already).

@@ -420,8 +420,8 @@ impl request::ConnInfo for Conn {
     fn peer(&self) -> &Address {
         &self.peer
     }
-    fn reactor(&self) -> &Reactor {
-        &self.shared.reactor
+    fn reactor(&self) -> Option<&Reactor> {
+        Some(&self.shared.reactor)
     }
 }
 
