@@ -958,7 +958,7 @@ impl ServerConn {
         let mut d = RequestHead::pooled_box();
         d.raw.extend_from_slice(&self.inbuf[..n]);
         self.inbuf.advance(n);
-        let filled = fill_head(&mut d, &parsed, framing, id, &self.cfg);
+        let filled = fill_head(&mut d, &parsed, &framing, id, &self.cfg);
         // (On an error the box goes back to the pool with the head.)
         let head = RequestHead(std::mem::ManuallyDrop::new(Some(d)));
         if let Err((status, reason)) = filled {
@@ -1508,7 +1508,7 @@ fn plain_origin_form(target: &[u8]) -> Option<usize> {
 
 /// The fields the machine itself reads, judged while the head is parsed
 /// (nothing borrowed from it: the head's bytes leave the input afterwards).
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct FramingFields {
     content_length: Option<u64>,
     /// A Transfer-Encoding field was seen; the verdict on its value.
@@ -1605,7 +1605,7 @@ fn mask(n: usize) -> u64 {
 fn fill_head(
     d: &mut HeadData,
     parsed: &ParsedHead,
-    framing: FramingFields,
+    framing: &FramingFields,
     id: u64,
     cfg: &ServerConfig,
 ) -> Result<(), (StatusCode, &'static str)> {

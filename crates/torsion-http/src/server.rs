@@ -704,7 +704,9 @@ impl Conn {
         // arriving meanwhile only mark the connection for another step.
         match reply {
             Ok(Reply::Now(r)) if !has_body && self.machine.borrow().current() == Some(id) => {
-                self.emit(id, r, Some(Answered { is_head, log }));
+                if log.is_some() || !self.emit_ok_typed(id, &r) {
+                    self.emit(id, r, Some(Answered { is_head, log }));
+                }
             }
             reply => self.queue_reply(id, is_head, log, reply),
         }
@@ -871,6 +873,23 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// The commonest answer (a 200 with its default type, a body in
+    /// memory, no fields of its own) to request `id`, answered at once with
+    /// nothing to log, no body arriving and no producer: straight to the
+    /// machine's shortest way. False when that does not apply (nothing
+    /// was written; `emit` then takes the response).
+    #[inline]
+    fn emit_ok_typed(&self, id: u64, r: &Response) -> bool {
+        let (Some(ct), Body::Bytes(body)) = (r.default_content_type, &r.body) else {
+            return false;
+        };
+        r.status == StatusCode::OK
+            && !r.headers.is_built()
+            && !self.producer.get()
+            && self.body.borrow().is_none()
+            && self.machine.borrow_mut().respond_ok_typed(id, ct, body)
     }
 
     /// Hands the response for `front` (the oldest unanswered request) to
