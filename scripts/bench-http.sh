@@ -107,11 +107,21 @@ for name in torsion hyper raw; do
   esac
   PID[$name]=$1 PORT[$name]=$2
 done
-# One line per run: "round server workload req_per_s us_per_req".
+# One line per run: "round server workload req_per_s us_per_req". Within
+# a round the servers run the same workload back to back, and the order
+# turns each round, so a slow spell of the machine does not always land on
+# the same server.
 for r in $(seq "$rounds"); do
-  for name in torsion hyper raw; do
-    echo "$r $name plain $(run_wrk "${PID[$name]}" "${PORT[$name]}")"
+  case $((r % 3)) in
+    1) order="torsion raw hyper" ;;
+    2) order="raw hyper torsion" ;;
+    0) order="hyper torsion raw" ;;
+  esac
+  for name in $order; do
     echo "$r $name pipe $(run_wrk "${PID[$name]}" "${PORT[$name]}" "$work/pipeline.lua")"
+  done
+  for name in $order; do
+    echo "$r $name plain $(run_wrk "${PID[$name]}" "${PORT[$name]}")"
   done
 done >"$work/runs"
 declare -A IDLE

@@ -956,9 +956,12 @@ impl ServerConn {
         // handler keeps holds only its head.
         let id = self.next_id;
         let mut d = RequestHead::pooled_box();
-        d.raw.extend_from_slice(&self.inbuf[..n]);
+        // (The parts are read from the input, where the parser just was,
+        // not from the copy being made.)
+        let src = &self.inbuf[..n];
+        let filled = fill_head(&mut d, src, &parsed, &framing, id, &self.cfg);
+        d.raw.extend_from_slice(src);
         self.inbuf.advance(n);
-        let filled = fill_head(&mut d, &parsed, &framing, id, &self.cfg);
         // (On an error the box goes back to the pool with the head.)
         let head = RequestHead(std::mem::ManuallyDrop::new(Some(d)));
         if let Err((status, reason)) = filled {
@@ -1604,12 +1607,12 @@ fn mask(n: usize) -> u64 {
 /// built).
 fn fill_head(
     d: &mut HeadData,
+    raw: &[u8],
     parsed: &ParsedHead,
     framing: &FramingFields,
     id: u64,
     cfg: &ServerConfig,
 ) -> Result<(), (StatusCode, &'static str)> {
-    let raw = &d.raw;
     let bad = |r| (StatusCode::BAD_REQUEST, r);
     let too_large = (
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
