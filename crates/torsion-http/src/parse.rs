@@ -500,22 +500,22 @@ fn parse_fields<'a>(
         // memory to miss in the cache, and a name's first byte, above
         // space, is by far the likeliest.)
         let c = buf[i];
-        if c <= b' ' {
-            if c == b'\r' {
-                if i + 1 == end {
-                    return partial();
-                }
-                if buf[i + 1] != b'\n' {
-                    return Err(HeadError::LineEnding);
-                }
-                return Ok(Some((i + 2, fields_start, field_count)));
+        if c == b'\r' {
+            if i + 1 == end {
+                return partial();
             }
-            if c == b' ' || c == b'\t' {
-                return Err(HeadError::ObsFold);
-            }
-            if c == b'\n' {
+            if buf[i + 1] != b'\n' {
                 return Err(HeadError::LineEnding);
             }
+            return Ok(Some((i + 2, fields_start, field_count)));
+        }
+        if c <= b' ' {
+            return Err(match c {
+                b' ' | b'\t' => HeadError::ObsFold,
+                b'\n' => HeadError::LineEnding,
+                // (No name starts with a control byte.)
+                _ => HeadError::FieldName,
+            });
         }
         // name
         let n0 = i;
