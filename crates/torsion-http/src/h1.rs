@@ -115,6 +115,10 @@ thread_local! {
     #[allow(clippy::vec_box)]
     static HEAD_POOL: std::cell::RefCell<Vec<Box<HeadData>>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// The box most recently given back, in front of the pool: a server
+    /// answering each request before it parses the next one passes one
+    /// box round and round, without the pool's borrow and vector.
+    static HEAD_LAST: std::cell::Cell<Option<Box<HeadData>>> = const { std::cell::Cell::new(None) };
 }
 
 /// Heads kept in a thread's pool, and the largest byte buffer kept with one.
@@ -127,6 +131,9 @@ impl RequestHead {
     /// is assigned before the box is wrapped: a pooled box keeps what its
     /// last head had.
     fn pooled_box() -> Box<HeadData> {
+        if let Some(d) = HEAD_LAST.try_with(std::cell::Cell::take).ok().flatten() {
+            return d;
+        }
         HEAD_POOL
             .try_with(|p| p.borrow_mut().pop())
             .ok()
@@ -286,10 +293,13 @@ impl Drop for RequestHead {
         // (dropping what it held) when the box is used again, so it is left
         // as it is: resetting it here only cost stores.
         d.raw.clear();
+        let Ok(Some(older)) = HEAD_LAST.try_with(|last| last.replace(Some(d))) else {
+            return;
+        };
         let _ = HEAD_POOL.try_with(move |p| {
             let mut p = p.borrow_mut();
             if p.len() < HEAD_POOL_MAX {
-                p.push(d);
+                p.push(older);
             }
         });
     }
