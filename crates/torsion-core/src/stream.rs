@@ -375,8 +375,7 @@ impl<S: StreamSocket> Connection<S> {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
-                        self.set(flag::ABORTING);
+                        self.io_failed(e);
                         return;
                     }
                 }
@@ -417,6 +416,13 @@ impl<S: StreamSocket> Connection<S> {
         }
     }
 
+    /// A read or write failed: the connection is aborted with that error
+    /// when it next settles.
+    fn io_failed(&self, e: io::Error) {
+        self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
+        self.set(flag::ABORTING);
+    }
+
     /// Writes as much of the buffer as the kernel takes.
     fn flush(&self) {
         loop {
@@ -446,8 +452,7 @@ impl<S: StreamSocket> Connection<S> {
                 Err(e) => {
                     wbuf.clear();
                     drop(wbuf);
-                    self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
-                    self.set(flag::ABORTING);
+                    self.io_failed(e);
                     return;
                 }
             }
@@ -658,8 +663,7 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
                     ) => {}
                 Err(e) => {
                     // As a failed flush: the connection closes when it settles.
-                    self.fail_later(Failure::without_backtrace(ConnectionError::from_io(e)));
-                    self.set(flag::ABORTING);
+                    self.io_failed(e);
                     self.mark_dirty();
                     return;
                 }

@@ -1158,6 +1158,26 @@ impl ServerConn {
         default_type: Option<&HeaderValue>,
         body: &[u8],
     ) -> Result<(), SendError> {
+        // The commonest answer takes the short way when the request allows.
+        if let Some(ct) = default_type {
+            if status == StatusCode::OK && headers.is_empty() && self.respond_ok_typed(id, ct, body)
+            {
+                return Ok(());
+            }
+        }
+        self.respond_whole(id, status, headers, default_type, body)
+    }
+
+    /// [`respond_typed_with_body`](Self::respond_typed_with_body) the
+    /// general way: head, body and end.
+    pub(crate) fn respond_whole(
+        &mut self,
+        id: u64,
+        status: StatusCode,
+        headers: &HeaderMap,
+        default_type: Option<&HeaderValue>,
+        body: &[u8],
+    ) -> Result<(), SendError> {
         // (The head writes the body too, unless the response has none.)
         self.write_head(
             id,
@@ -1195,8 +1215,8 @@ impl ServerConn {
         {
             return false;
         }
+        self.reserve_head(body.len());
         let out = &mut self.out;
-        out.reserve(STD_LINES_MAX + CACHED_CT_MAX + 32 + body.len());
         let cached = self
             .std_lines
             .0
@@ -1208,12 +1228,15 @@ impl ServerConn {
         }
         out.extend_from_slice(body);
         self.bytes_sent_body = 0;
-        // As `finish_front` for a keep-alive response of the right length.
-        self.pending.pop_front();
-        if self.front_needs_advance() {
-            self.advance();
-        }
+        self.front_finished(true);
         true
+    }
+
+    /// Room in the output for a usual head and `body_len` body bytes: the
+    /// pieces written next then copy without growing it.
+    fn reserve_head(&mut self, body_len: usize) {
+        self.out
+            .reserve(STD_LINES_MAX + CACHED_CT_MAX + 64 + body_len);
     }
 
     /// [`respond`](Self::respond) with a Content-Type written when
@@ -1271,10 +1294,8 @@ impl ServerConn {
         let is_head = p.is_head;
         let effective = if is_head { Framing::Empty } else { framing };
         p.framing = Some(effective);
+        self.reserve_head(body.map_or(0, <[u8]>::len));
         let out = &mut self.out;
-        // One reservation for the usual head; the pieces below then copy
-        // without growing.
-        out.reserve(STD_LINES_MAX + CACHED_CT_MAX + 64 + body.map_or(0, <[u8]>::len));
         // The common answer: a 200 with its default type, no fields of its
         // own and a known length. Everything up to the length's digits is
         // one cached piece.
@@ -1448,6 +1469,14 @@ impl ServerConn {
             Framing::Close => keep_alive = false,
             _ => {}
         }
+        self.front_finished(keep_alive);
+    }
+
+    /// The front request's response is complete: the next request becomes
+    /// the front, or, when this response ends the connection (`keep_alive`
+    /// false, or a close asked for with nothing left), the machine closes.
+    #[inline]
+    fn front_finished(&mut self, keep_alive: bool) {
         self.pending.pop_front();
         // A handler that answered without reading the whole body leaves the
         // rest to be read and dropped, so the stream stays in sync.
@@ -1811,10 +1840,8 @@ struct StdLines {
     /// cannot be freed and reused: the same address then means the same
     /// value, and a hit costs no comparison of bytes.
     ct: Option<HeaderValue>,
-    /// End of `content-length: ` after the content type.
-    ct_end: usize,
-    /// The length whose digits and the empty line follow `ct_end`, when
-    /// they do: then `bytes` is a whole keep-alive head.
+    /// The length whose digits and the empty line follow the content type
+    /// lines, when they do: then `bytes` is a whole keep-alive head.
     len: Option<u64>,
 }
 
@@ -1831,6 +1858,9 @@ enum Cached {
 
 /// Longest content type cached with the standard lines.
 const CACHED_CT_MAX: usize = 128;
+/// What comes before and after a cached content type.
+const CT_PREFIX: &[u8] = b"content-type: ";
+const LENGTH_PREFIX: &[u8] = b"\r\ncontent-length: ";
 
 impl StdLines {
     fn new(date: &[u8; 29], cfg: &ServerConfig) -> StdLines {
@@ -1849,7 +1879,6 @@ impl StdLines {
             bytes,
             std_end,
             ct: None,
-            ct_end: std_end,
             len: None,
         }
     }
@@ -1894,19 +1923,20 @@ impl StdLines {
                 return Cached::No;
             }
             self.bytes.truncate(self.std_end);
-            self.bytes.extend_from_slice(b"content-type: ");
+            self.bytes.extend_from_slice(CT_PREFIX);
             self.bytes.extend_from_slice(ct.as_bytes());
-            self.bytes.extend_from_slice(b"\r\ncontent-length: ");
+            self.bytes.extend_from_slice(LENGTH_PREFIX);
             self.ct = Some(ct.clone());
-            self.ct_end = self.bytes.len();
             self.len = None;
         }
+        // Where `content-length: ` ends (the same content type as `ct`).
+        let ct_end = self.std_end + CT_PREFIX.len() + ct.len() + LENGTH_PREFIX.len();
         let Some(len) = whole else {
-            out.extend_from_slice(&self.bytes[..self.ct_end]);
+            out.extend_from_slice(&self.bytes[..ct_end]);
             return Cached::UpToLength;
         };
         if self.len != Some(len) {
-            self.bytes.truncate(self.ct_end);
+            self.bytes.truncate(ct_end);
             let mut digits = [0u8; 20];
             let n = write_decimal(&mut digits, len);
             self.bytes.extend_from_slice(&digits[..n]);
@@ -2006,18 +2036,12 @@ mod tests {
                         break;
                     };
                     general
-                        .respond_typed_with_body(
-                            g.id(),
-                            StatusCode::OK,
-                            &HeaderMap::new(),
-                            Some(ct),
-                            body,
-                        )
+                        .respond_whole(g.id(), StatusCode::OK, &HeaderMap::new(), Some(ct), body)
                         .unwrap();
                     let took = short.respond_ok_typed(h.id(), ct, body);
                     if !took {
                         short
-                            .respond_typed_with_body(
+                            .respond_whole(
                                 h.id(),
                                 StatusCode::OK,
                                 &HeaderMap::new(),

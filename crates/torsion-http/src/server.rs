@@ -875,21 +875,32 @@ impl Conn {
         }
     }
 
-    /// The commonest answer (a 200 with its default type, a body in
-    /// memory, no fields of its own) to request `id`, answered at once with
-    /// nothing to log, no body arriving and no producer: straight to the
-    /// machine's shortest way. False when that does not apply (nothing
-    /// was written; `emit` then takes the response).
+    /// A response in memory with no fields of its own (what `Response::text`
+    /// and `html` make) to request `id`, answered at once with nothing to
+    /// log: to the machine without taking the response apart as `emit`
+    /// does (the machine takes its shortest way when the request allows).
+    /// False, having done nothing, when it is not such a response.
     #[inline]
     fn emit_ok_typed(&self, id: u64, r: &Response) -> bool {
         let (Some(ct), Body::Bytes(body)) = (r.default_content_type, &r.body) else {
             return false;
         };
-        r.status == StatusCode::OK
-            && !r.headers.is_built()
-            && !self.producer.get()
-            && self.body.borrow().is_none()
-            && self.machine.borrow_mut().respond_ok_typed(id, ct, body)
+        if r.headers.is_built() {
+            return false;
+        }
+        // (`respond_typed_with_body`'s choice, its fields known to be none.)
+        let mut m = self.machine.borrow_mut();
+        let sent = if r.status == StatusCode::OK && m.respond_ok_typed(id, ct, body) {
+            Ok(())
+        } else {
+            m.respond_whole(id, r.status, &r.headers, Some(ct), body)
+        };
+        drop(m);
+        match sent {
+            Ok(()) => self.finished(id, None, false),
+            Err(e) => self.response_refused(id, e),
+        }
+        true
     }
 
     /// Hands the response for `front` (the oldest unanswered request) to
@@ -922,35 +933,19 @@ impl Conn {
             Body::Stream { .. } => None,
         };
         if let Some(bytes) = whole {
-            // Head, body and end in one call: the common case. (And the
-            // commonest, a 200 with its default type and no fields of its
-            // own, in the machine's shortest way when it allows.)
-            let mut m = self.machine.borrow_mut();
-            let r = match default_content_type {
-                Some(ct)
-                    if status == StatusCode::OK
-                        && !headers.is_built()
-                        && m.respond_ok_typed(front, ct, bytes) =>
-                {
-                    Ok(())
-                }
-                _ => {
-                    m.respond_typed_with_body(front, status, &headers, default_content_type, bytes)
-                }
-            };
-            drop(m);
+            // Head, body and end in one call: the common case.
+            let r = self.machine.borrow_mut().respond_typed_with_body(
+                front,
+                status,
+                &headers,
+                default_content_type,
+                bytes,
+            );
             headers.recycle();
             if let Some(l) = log.as_mut() {
                 l.bytes = bytes.len() as u64;
             }
             match r {
-                // Answered at once, no body arriving, nothing to log, no
-                // producer: `finished` would have nothing to do.
-                Ok(())
-                    if own_is_head.is_some()
-                        && log.is_none()
-                        && !self.producer.get()
-                        && self.body.borrow().is_none() => {}
                 Ok(()) => self.finished(front, log, own_is_head.is_none()),
                 Err(e) => self.response_refused(front, e),
             }
@@ -1023,7 +1018,17 @@ impl Conn {
 
     /// What follows the end of request `id`'s response in the machine;
     /// `queued` when it may have a slot (it was not answered at once).
+    #[inline]
     fn finished(&self, id: u64, log: Option<Box<LogInfo>>, queued: bool) {
+        // The usual end of an answer given at once: nothing to do.
+        if !queued && log.is_none() && !self.producer.get() && self.body.borrow().is_none() {
+            return;
+        }
+        self.finished_slow(id, log, queued);
+    }
+
+    #[inline(never)]
+    fn finished_slow(&self, id: u64, log: Option<Box<LogInfo>>, queued: bool) {
         // Body bytes still arriving for an answered request are dropped.
         if let Some((bid, b)) = self.body.borrow().as_ref() {
             if *bid == id {
