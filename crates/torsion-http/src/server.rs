@@ -702,12 +702,19 @@ impl Conn {
         // body take the usual way: their body events come first.) Nothing
         // looks for this request's slot while the handler runs: events
         // arriving meanwhile only mark the connection for another step.
-        match reply {
-            Ok(Reply::Now(r)) if !has_body && self.machine.borrow().current() == Some(id) => {
-                if log.is_some() || !self.emit_ok_typed(id, &r) {
-                    self.emit(id, r, Some(Answered { is_head, log }));
+        // (Looked at where it lies, not moved first: the handler has just
+        // written it field by field, and wide loads of it would wait for
+        // those stores.)
+        let at_once = !has_body && self.machine.borrow().current() == Some(id);
+        if at_once && log.is_none() {
+            if let Ok(Reply::Now(r)) = &reply {
+                if self.emit_ok_typed(id, r) {
+                    return;
                 }
             }
+        }
+        match reply {
+            Ok(Reply::Now(r)) if at_once => self.emit(id, r, Some(Answered { is_head, log })),
             reply => self.queue_reply(id, is_head, log, reply),
         }
     }
