@@ -1221,12 +1221,11 @@ impl ServerConn {
             .std_lines
             .0
             .borrow_mut()
-            .write_ok_typed(out, ct, Some(body.len() as u64));
+            .write_ok_with_body(out, ct, body);
         if cached != Cached::Whole {
             // (Only a content type too long to cache; nothing was written.)
             return false;
         }
-        out.extend_from_slice(body);
         self.bytes_sent_body = 0;
         self.front_finished(true);
         true
@@ -1841,8 +1840,14 @@ struct StdLines {
     /// value, and a hit costs no comparison of bytes.
     ct: Option<HeaderValue>,
     /// The length whose digits and the empty line follow the content type
-    /// lines, when they do: then `bytes` is a whole keep-alive head.
+    /// lines, when they do: then `bytes` up to `head_end` is a whole
+    /// keep-alive head.
     len: Option<u64>,
+    head_end: usize,
+    /// Whether the last body written whole follows the head in `bytes`
+    /// (a small body answered again and again, as `Hello, World!` or
+    /// `OK`, is then one copy with its head).
+    body_held: bool,
 }
 
 /// How much of a head [`StdLines::write_ok_typed`] wrote.
@@ -1880,6 +1885,8 @@ impl StdLines {
             std_end,
             ct: None,
             len: None,
+            head_end: std_end,
+            body_held: false,
         }
     }
 
@@ -1914,10 +1921,10 @@ impl StdLines {
         ct: &HeaderValue,
         whole: Option<u64>,
     ) -> Cached {
-        let same = self.ct.as_ref().is_some_and(|held| {
-            let (a, b) = (held.as_bytes(), ct.as_bytes());
-            (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
-        });
+        let same = self
+            .ct
+            .as_ref()
+            .is_some_and(|held| same_bytes(held.as_bytes(), ct.as_bytes()));
         if !same {
             if ct.len() > CACHED_CT_MAX {
                 return Cached::No;
@@ -1928,6 +1935,7 @@ impl StdLines {
             self.bytes.extend_from_slice(LENGTH_PREFIX);
             self.ct = Some(ct.clone());
             self.len = None;
+            self.body_held = false;
         }
         // Where `content-length: ` ends (the same content type as `ct`).
         let ct_end = self.std_end + CT_PREFIX.len() + ct.len() + LENGTH_PREFIX.len();
@@ -1942,9 +1950,75 @@ impl StdLines {
             self.bytes.extend_from_slice(&digits[..n]);
             self.bytes.extend_from_slice(b"\r\n\r\n");
             self.len = Some(len);
+            self.head_end = self.bytes.len();
+            self.body_held = false;
         }
-        out.extend_from_slice(&self.bytes);
+        out.extend_from_slice(&self.bytes[..self.head_end]);
         Cached::Whole
+    }
+
+    /// [`write_ok_typed`](Self::write_ok_typed)'s whole head and `body`
+    /// after it. A body of at most [`CACHED_BODY_MAX`] bytes is kept
+    /// after the head, and when the next one has the same bytes the head
+    /// and body are one copy. (Compared by content, which is a few
+    /// word compares at this size: an address would need the body held,
+    /// and a body made afresh for each answer would then be counted and
+    /// released each time.)
+    fn write_ok_with_body(&mut self, out: &mut Vec<u8>, ct: &HeaderValue, body: &[u8]) -> Cached {
+        let len = body.len() as u64;
+        if self.body_held
+            && self.len == Some(len)
+            && self
+                .ct
+                .as_ref()
+                .is_some_and(|held| same_bytes(held.as_bytes(), ct.as_bytes()))
+            && small_eq(&self.bytes[self.head_end..], body)
+        {
+            out.extend_from_slice(&self.bytes);
+            return Cached::Whole;
+        }
+        let cached = self.write_ok_typed(out, ct, Some(len));
+        if cached == Cached::Whole {
+            out.extend_from_slice(body);
+            if body.len() <= CACHED_BODY_MAX {
+                self.bytes.truncate(self.head_end);
+                self.bytes.extend_from_slice(body);
+                self.body_held = true;
+            }
+        }
+        cached
+    }
+}
+
+/// The largest body kept after the cached head.
+const CACHED_BODY_MAX: usize = 32;
+
+/// Whether two slices are the same bytes, by address first.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
+/// `a == b` for slices of at most [`CACHED_BODY_MAX`] bytes, in word
+/// compares rather than a call to `memcmp`: two overlapping words cover
+/// any length from 8 to 16, four any length to 32.
+fn small_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
+    match n {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        17..=32 => {
+            word(a, 0) == word(b, 0)
+                && word(a, 8) == word(b, 8)
+                && word(a, n - 16) == word(b, n - 16)
+                && word(a, n - 8) == word(b, n - 8)
+        }
+        _ => a == b,
     }
 }
 
@@ -2069,6 +2143,74 @@ mod tests {
                     assert_eq!(general.should_close(), short.should_close());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn small_eq_tells_every_differing_byte() {
+        use super::small_eq;
+        for n in 0..=40usize {
+            let a: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
+            assert!(small_eq(&a, &a.clone()), "{n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x20;
+                assert!(!small_eq(&a, &b), "length {n}, byte {at}");
+            }
+            // Different lengths are never equal, even when one is a prefix.
+            if n > 0 {
+                assert!(!small_eq(&a, &a[..n - 1]), "{n}");
+            }
+        }
+    }
+
+    /// The body kept after the cached head: answers one after another
+    /// with bodies that change content but not length, change length,
+    /// repeat, and exceed what is kept, each giving the general way's bytes.
+    #[test]
+    fn a_kept_body_never_stands_for_another() {
+        use super::{Event, ServerConn};
+        use crate::response::{TEXT_HTML, TEXT_PLAIN};
+        use crate::ServerConfig;
+        use http::{HeaderMap, StatusCode};
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        for n in [0usize, 1, 3, 4, 7, 8, 13, 16, 17, 31, 32, 33, 40] {
+            let base: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            bodies.push(base.clone());
+            bodies.push(base.clone());
+            for at in [0, n / 2, n.saturating_sub(1)] {
+                if n > 0 {
+                    let mut b = base.clone();
+                    b[at] = b'Z';
+                    bodies.push(b);
+                }
+            }
+        }
+        let mut general = ServerConn::new(ServerConfig::default());
+        let mut short = ServerConn::new(ServerConfig::default());
+        general.set_date("Sun, 06 Nov 1994 08:49:37 GMT");
+        short.set_date("Sun, 06 Nov 1994 08:49:37 GMT");
+        for (i, body) in bodies.iter().enumerate() {
+            let ct = if i % 7 == 6 { &TEXT_HTML } else { &TEXT_PLAIN };
+            general.receive(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            short.receive(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            let (Some(Event::Head(g)), Some(Event::Head(h))) =
+                (general.next_event(), short.next_event())
+            else {
+                panic!("no head for answer {i}");
+            };
+            general.take_end(g.id());
+            short.take_end(h.id());
+            general
+                .respond_whole(g.id(), StatusCode::OK, &HeaderMap::new(), Some(ct), body)
+                .unwrap();
+            assert!(short.respond_ok_typed(h.id(), ct, body), "answer {i}");
+            assert_eq!(
+                String::from_utf8_lossy(&general.take_output()),
+                String::from_utf8_lossy(&short.take_output()),
+                "answer {i}: {:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }
