@@ -696,23 +696,35 @@ impl Conn {
         let req = Request::from_head(head, body, self.clone(), postpath);
         // (The handler is borrowed, not counted: `self` keeps `shared` alive.)
         let handler = &self.shared.handler;
-        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(req)));
-        // The oldest unanswered request answered at once: straight to the
-        // machine, without queueing a slot for it at all. (Requests with a
+        // The oldest unanswered request answered at once, with a response
+        // the machine's short way takes: answered here, where the handler
+        // left the reply. (Not moved out of `catch_unwind` first: the
+        // handler has just written it field by field, and the wide loads
+        // of a move wait for those stores to land.)
+        let short_way = !has_body && log.is_none();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let reply = handler.handle(req);
+            if let Reply::Now(r) = &reply {
+                if short_way
+                    && self.machine.borrow().current() == Some(id)
+                    && self.emit_ok_typed(id, r)
+                {
+                    return None;
+                }
+            }
+            Some(reply)
+        }));
+        let reply = match caught {
+            Ok(None) => return,
+            Ok(Some(reply)) => Ok(reply),
+            Err(p) => Err(p),
+        };
+        // Otherwise straight to the machine all the same when answered at
+        // once, without queueing a slot for it at all. (Requests with a
         // body take the usual way: their body events come first.) Nothing
         // looks for this request's slot while the handler runs: events
         // arriving meanwhile only mark the connection for another step.
-        // (Looked at where it lies, not moved first: the handler has just
-        // written it field by field, and wide loads of it would wait for
-        // those stores.)
         let at_once = !has_body && self.machine.borrow().current() == Some(id);
-        if at_once && log.is_none() {
-            if let Ok(Reply::Now(r)) = &reply {
-                if self.emit_ok_typed(id, r) {
-                    return;
-                }
-            }
-        }
         match reply {
             Ok(Reply::Now(r)) if at_once => self.emit(id, r, Some(Answered { is_head, log })),
             reply => self.queue_reply(id, is_head, log, reply),
