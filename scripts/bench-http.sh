@@ -3,7 +3,7 @@
 # (bench/hyper-hello) and a raw epoll loop (examples/raw_hello), each server
 # pinned to CPU 0 and wrk to CPU 1, only on 127.0.0.1.
 #   scripts/bench-http.sh [SECONDS] [all|hello|static]
-#   (default 5 s per run, all parts; ROUNDS=N rounds, default 3; needs wrk,
+#   (default 5 s per run, all parts; ROUNDS=N rounds, default 5; needs wrk,
 #   python3, taskset)
 # Prints a Markdown table: requests/s and server CPU µs per request, without
 # and with pipelining (depth 16), and RSS per idle keep-alive connection
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-5}
 part=${2:-all}
 idle=${IDLE_CONNECTIONS:-10000}
-rounds=${ROUNDS:-3}
+rounds=${ROUNDS:-5}
 target=${CARGO_TARGET_DIR:-$PWD/target}
 export CARGO_TARGET_DIR=$target
 for tool in wrk python3 taskset; do
@@ -150,6 +150,11 @@ def show(v):
 print("\nCPU per request vs raw loop, median of the rounds' ratios:")
 for load, what in (("plain", "without pipelining"), ("pipe", "pipelined")):
     print(f"- {what}: torsion {show(ratios('torsion', load))}; hyper {show(ratios('hyper', load))}")
+# Torsion against hyper directly, each round's pair measured back to back.
+print("\nCPU per request, torsion vs hyper, median of the rounds' ratios:")
+for load, what in (("plain", "without pipelining"), ("pipe", "pipelined")):
+    v = [a / b for a, b in zip(col("torsion", load, 1), col("hyper", load, 1))]
+    print(f"- {what}: {show(v)}")
 EOF
 
 fi
