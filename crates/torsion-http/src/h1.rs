@@ -1972,7 +1972,10 @@ impl StdLines {
                 .ct
                 .as_ref()
                 .is_some_and(|held| same_bytes(held.as_bytes(), ct.as_bytes()))
-            && small_eq(&self.bytes[self.head_end..], body)
+            && self
+                .bytes
+                .get(self.head_end..)
+                .is_some_and(|kept| small_eq(kept, body))
         {
             out.extend_from_slice(&self.bytes);
             return Cached::Whole;
@@ -1998,9 +2001,9 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
-/// `a == b` for slices of at most [`CACHED_BODY_MAX`] bytes, in word
-/// compares rather than a call to `memcmp`: two overlapping words cover
-/// any length from 8 to 16, four any length to 32.
+/// `a == b`, in word compares rather than a call to `memcmp` up to
+/// [`CACHED_BODY_MAX`] bytes: two overlapping words cover any length from
+/// 8 to 16, four any length to 32.
 fn small_eq(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
