@@ -700,7 +700,9 @@ impl Conn {
         // the machine's short way takes: answered here, where the handler
         // left the reply. (Not moved out of `catch_unwind` first: the
         // handler has just written it field by field, and the wide loads
-        // of a move wait for those stores to land.)
+        // of a move wait for those stores to land. A panic in this short
+        // step would be taken for the handler's: the request then gets a
+        // 500, or nothing more if its answer had gone.)
         let short_way = !has_body && log.is_none();
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let reply = handler.handle(req);
