@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     root.put_child(
         "hello",
         Rc::new(handler_fn(|req: Request| async move {
-            let name = req.postpath.first().cloned().unwrap_or_default();
+            let name = req.postpath().first().cloned().unwrap_or_default();
             Response::text(format!("Hello, {name}!\n"))
         })),
     );

@@ -175,7 +175,7 @@ impl File {
     }
 
     fn serve(&self, req: &crate::Request) -> Response {
-        let path = match self.resolve(&req.postpath) {
+        let path = match self.resolve(req.postpath()) {
             Ok(p) => p,
             Err(PathError::Bad) => return Response::error(StatusCode::BAD_REQUEST),
             Err(PathError::Forbidden) => return Response::error(StatusCode::FORBIDDEN),

@@ -74,7 +74,7 @@ impl ReverseProxy {
 
     fn target(&self, req: &Request) -> String {
         let mut t = self.base_path.clone();
-        for seg in &req.postpath {
+        for seg in req.postpath() {
             t.push('/');
             t.push_str(&percent_encode_segment(seg));
         }

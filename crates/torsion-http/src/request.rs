@@ -244,24 +244,24 @@ impl Future for ChunkFuture<'_> {
 /// first time someone asks for them. A handler that needs neither costs no
 /// map and no allocation for them.
 ///
-/// The resource tree consumes the path segment by segment: `prepath` holds
-/// the segments already matched, `postpath` those still to go (Twisted's
-/// names).
+/// The resource tree consumes the path segment by segment:
+/// [`prepath`](Request::prepath) holds the segments already matched,
+/// [`postpath`](Request::postpath) those still to go (Twisted's names).
+/// The segments too are made on first use: a handler that never asks for
+/// them costs no string per segment.
 ///
 /// ```
 /// use torsion_http::Request;
 /// let mut req = Request::new(http::Method::GET, "/docs/a%20b?page=2".parse().unwrap());
 /// assert_eq!(req.path(), "/docs/a%20b");
 /// assert_eq!(req.query(), Some("page=2"));
-/// assert_eq!(req.postpath, vec!["docs".to_string(), "a b".to_string()]);
+/// assert_eq!(req.postpath(), ["docs", "a b"]);
 /// req.headers_mut().insert("accept", "text/html".parse().unwrap());
 /// assert_eq!(req.header("Accept"), Some("text/html"));
 /// ```
 pub struct Request {
-    /// Path segments consumed by the resource tree so far (percent-decoded).
-    pub prepath: Vec<String>,
-    /// Path segments still to consume (percent-decoded).
-    pub postpath: Vec<String>,
+    /// How many path segments the resource tree has consumed.
+    consumed: usize,
     head: RequestHead,
     /// What is built from the head on first use (or given, for requests
     /// built by hand): one box for both, so a request that needs neither
@@ -306,6 +306,8 @@ impl Drop for Request {
 struct Lazy {
     uri: OnceCell<Uri>,
     headers: OnceCell<HeaderMap>,
+    /// The path's segments, percent-decoded.
+    segments: OnceCell<Vec<String>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -315,8 +317,8 @@ impl std::fmt::Debug for Request {
             .field("target", &self.target())
             .field("version", &self.version())
             .field("headers", self.headers())
-            .field("prepath", &self.prepath)
-            .field("postpath", &self.postpath)
+            .field("prepath", &self.prepath())
+            .field("postpath", &self.postpath())
             .field("peer", self.peer())
             .finish()
     }
@@ -328,13 +330,11 @@ impl Request {
     /// ```
     /// use torsion_http::Request;
     /// let req = Request::new(http::Method::GET, "/a/b%20c".parse().unwrap());
-    /// assert_eq!(req.postpath, vec!["a".to_string(), "b c".to_string()]);
+    /// assert_eq!(req.postpath(), ["a", "b c"]);
     /// ```
     pub fn new(method: Method, uri: Uri) -> Request {
-        let postpath = split_path(uri.path().as_bytes()).unwrap_or_default();
         Request {
-            prepath: Vec::new(),
-            postpath,
+            consumed: 0,
             head: RequestHead::built(method, Version::HTTP_11, uri),
             lazy: std::mem::ManuallyDrop::new(OnceCell::new()),
             body: Some(RequestBody::empty()),
@@ -346,11 +346,9 @@ impl Request {
         head: RequestHead,
         body: Option<RequestBody>,
         conn: Rc<dyn ConnInfo>,
-        postpath: Vec<String>,
     ) -> Request {
         Request {
-            prepath: Vec::new(),
-            postpath,
+            consumed: 0,
             head,
             lazy: std::mem::ManuallyDrop::new(OnceCell::new()),
             body,
@@ -466,15 +464,68 @@ impl Request {
         self.body = Some(body);
     }
 
+    /// The path's segments, percent-decoded (made on first use; none when
+    /// a segment does not decode to UTF-8, which a server answers with 400
+    /// before any handler sees the request).
+    fn segments(&self) -> &[String] {
+        self.lazy()
+            .segments
+            .get_or_init(|| split_path(self.head.path_bytes()).unwrap_or_default())
+    }
+
+    /// The path segments the resource tree has consumed so far,
+    /// percent-decoded (Twisted's `prepath`).
+    ///
+    /// ```
+    /// use torsion_http::Request;
+    /// let mut req = Request::new(http::Method::GET, "/a/b/c".parse().unwrap());
+    /// assert!(req.consume_segment());
+    /// assert_eq!(req.prepath(), ["a"]);
+    /// assert_eq!(req.postpath(), ["b", "c"]);
+    /// ```
+    pub fn prepath(&self) -> &[String] {
+        let s = self.segments();
+        &s[..self.consumed.min(s.len())]
+    }
+
+    /// The path segments still to consume, percent-decoded (Twisted's
+    /// `postpath`). A path ending in `/` ends in an empty segment.
+    pub fn postpath(&self) -> &[String] {
+        let s = self.segments();
+        &s[self.consumed.min(s.len())..]
+    }
+
+    /// Moves the first segment of [`postpath`](Self::postpath) to the end
+    /// of [`prepath`](Self::prepath), as the resource tree does for each
+    /// child it looks up; false when none is left.
+    pub fn consume_segment(&mut self) -> bool {
+        if self.postpath().is_empty() {
+            return false;
+        }
+        self.consumed += 1;
+        true
+    }
+
     /// The path up to what was consumed, with a trailing `/` (for relative links).
     pub fn prepath_url(&self) -> String {
         let mut s = String::from("/");
-        for p in &self.prepath {
+        for p in self.prepath() {
             s.push_str(&crate::util::percent_encode_segment(p));
             s.push('/');
         }
         s
     }
+}
+
+/// Whether every segment of `path` decodes to UTF-8 (what
+/// [`split_path`] needs), without making the segments when it can: a path
+/// with no `%` decodes to itself.
+pub(crate) fn path_is_valid(path: &[u8]) -> bool {
+    // (One short loop for the usual ASCII path without escapes: no calls.)
+    if path.iter().all(|&b| b != b'%' && b.is_ascii()) {
+        return true;
+    }
+    split_path(path).is_some()
 }
 
 /// Splits a path into percent-decoded segments; `None` if a segment is not UTF-8.

@@ -362,14 +362,14 @@ impl Site {
             .host()
             .and_then(|h| self.vhosts.borrow().get(&h).cloned())
             .unwrap_or_else(|| self.root.clone());
-        while !res.is_leaf() && !req.postpath.is_empty() {
-            let name = req.postpath.remove(0);
-            let child = res.get_child(&name, req);
-            req.prepath.push(name.clone());
-            match child {
+        // (As in Twisted, the segment is in `prepath` when its parent's
+        // `get_child` is asked for it.)
+        while !res.is_leaf() && req.consume_segment() {
+            let name = req.prepath().last().map_or("", String::as_str);
+            match res.get_child(name, req) {
                 Some(c) => res = c,
                 // A trailing slash on a non-leaf names the resource itself.
-                None if name.is_empty() && req.postpath.is_empty() => return Some(res),
+                None if name.is_empty() && req.postpath().is_empty() => return Some(res),
                 None => return None,
             }
         }
@@ -399,5 +399,43 @@ impl Handler for Site {
 impl Handler for Rc<dyn Resource> {
     fn handle(&self, req: Request) -> Reply {
         Site::new(self.clone()).handle(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A resource whose every child is itself, noting what each
+    /// `get_child` call saw.
+    struct Spy(RefCell<Vec<String>>);
+
+    impl Resource for Spy {
+        fn get_child(&self, name: &str, req: &Request) -> Option<Rc<dyn Resource>> {
+            self.0
+                .borrow_mut()
+                .push(format!("{name}: {:?} {:?}", req.prepath(), req.postpath()));
+            (name != "stop").then(|| Rc::new(Spy(RefCell::new(Vec::new()))) as Rc<dyn Resource>)
+        }
+    }
+
+    #[test]
+    fn get_child_sees_its_segment_already_in_prepath() {
+        let spy = Rc::new(Spy(RefCell::new(Vec::new())));
+        let site = Site::new(spy.clone());
+        let mut req = Request::new(Method::GET, "/a/b%20c".parse().unwrap());
+        assert!(site.resolve(&mut req).is_some());
+        // Only the root's own call is on record (children are fresh spies).
+        assert_eq!(*spy.0.borrow(), [r#"a: ["a"] ["b c"]"#]);
+        assert_eq!(req.prepath(), ["a", "b c"]);
+        assert!(req.postpath().is_empty());
+        // A child that is not there: no resource, and the segment stays consumed.
+        let mut req = Request::new(Method::GET, "/stop/x".parse().unwrap());
+        assert!(site.resolve(&mut req).is_none());
+        assert_eq!(
+            (req.prepath(), req.postpath()),
+            (&["stop".to_string()][..], &["x".to_string()][..])
+        );
     }
 }

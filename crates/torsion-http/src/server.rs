@@ -686,14 +686,14 @@ impl Conn {
         let log = access_log_enabled().then(|| log_info(&head));
         let id = head.id();
         let is_head = *head.method() == http::Method::HEAD;
-        let Some(postpath) = request::split_path(head.path_bytes()) else {
+        if !request::path_is_valid(head.path_bytes()) {
             self.slots
                 .borrow_mut()
                 .push_back(Slot::waiting(id, is_head, log));
             self.set_response(id, Ok(Response::error(StatusCode::BAD_REQUEST)));
             return;
-        };
-        let req = Request::from_head(head, body, self.clone(), postpath);
+        }
+        let req = Request::from_head(head, body, self.clone());
         // (The handler is borrowed, not counted: `self` keeps `shared` alive.)
         let handler = &self.shared.handler;
         // The oldest unanswered request answered at once, with a response

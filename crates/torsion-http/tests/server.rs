@@ -361,7 +361,12 @@ impl Resource for Hello {
         true
     }
     fn render_get(&self, req: Request) -> Reply {
-        Response::text(format!("tree {} {:?}", req.prepath.join("/"), req.postpath)).into()
+        Response::text(format!(
+            "tree {} {:?}",
+            req.prepath().join("/"),
+            req.postpath()
+        ))
+        .into()
     }
 }
 
@@ -408,6 +413,15 @@ fn resource_tree_async_handlers_vhosts_redirects_mixed() {
         assert_eq!((r.status, r.header("location")), (301, Some("/hello")));
         assert_eq!(get("/nope", "x").status, 404);
         assert_eq!(get("/api/", "x").text(), "tree api/ []");
+        // Segments are percent-decoded (an encoded `/` stays inside its
+        // segment); one that does not decode to UTF-8 is a 400, before any
+        // handler runs.
+        assert_eq!(
+            get("/hello/caf%C3%A9/a%2Fb", "x").text(),
+            "tree hello [\"café\", \"a/b\"]"
+        );
+        assert_eq!(get("/hello/a%FFb", "x").status, 400);
+        assert_eq!(get("/nope/a%FFb", "x").status, 400);
         assert_eq!(get("/hello", "Other.Test:8080").text(), "other host");
         let r = request(addr, b"DELETE /hello HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
