@@ -87,6 +87,9 @@ struct HeadData {
     target: (u32, u32),
     /// Where its `?` is (the target's end when it has no query).
     query: u32,
+    /// The target may hold `%` escapes (so its path segments must be
+    /// decoded to be checked); false only for a plain target without.
+    escaped: bool,
     /// Where the first field line starts in `raw`.
     fields: u32,
     /// The target parsed at once when it is not a plain origin-form path
@@ -106,6 +109,7 @@ static EMPTY_HEAD: HeadData = HeadData {
     raw: Vec::new(),
     target: (0, 0),
     query: 0,
+    escaped: false,
     fields: 0,
     uri: None,
 };
@@ -200,6 +204,12 @@ impl RequestHead {
         }
     }
 
+    /// True when the target is plain ASCII without `%` escapes (see
+    /// `PLAIN_TARGET`): its path segments are then UTF-8 as they stand.
+    pub(crate) fn path_is_plain(&self) -> bool {
+        !self.d().escaped
+    }
+
     /// The path's bytes (no UTF-8 check: splitting it into segments
     /// checks each).
     pub(crate) fn path_bytes(&self) -> &[u8] {
@@ -269,6 +279,7 @@ impl RequestHead {
         d.expect_continue = false;
         d.target = (0, 0);
         d.query = 0;
+        d.escaped = true;
         d.fields = 0;
         d.uri = Some(Box::new(uri));
         RequestHead(std::mem::ManuallyDrop::new(Some(d)))
@@ -317,6 +328,7 @@ impl Clone for RequestHead {
         to.raw.extend_from_slice(&from.raw);
         to.target = from.target;
         to.query = from.query;
+        to.escaped = from.escaped;
         to.fields = from.fields;
         to.uri = from.uri.clone();
         RequestHead(std::mem::ManuallyDrop::new(Some(to)))
@@ -1524,27 +1536,15 @@ fn write_decimal(dst: &mut [u8], mut n: u64) -> usize {
     digits
 }
 
-/// Bytes an origin-form target may hold for its `Uri` to be built later
-/// instead of now: RFC 3986's `pchar`, `/` and `?` (all of which the `http`
-/// crate accepts, so the lazy build cannot fail).
-static PLAIN_TARGET: [bool; 256] = crate::parse::alnum_and(b"-._~!$&'()*+,;=:@%/?");
-
-/// For a plain origin-form target (see `PLAIN_TARGET`), where its `?` is
-/// (its length without a query); `None` for any other target.
-fn plain_origin_form(target: &[u8]) -> Option<usize> {
-    if target.first() != Some(&b'/') {
+/// For a plain origin-form target `raw[target]` (bytes of
+/// [`PLAIN_TARGET`](crate::parse::PLAIN_TARGET) only, starting with `/`),
+/// where its `?` is (its length without a query) and whether it holds a
+/// `%`; `None` for any other target.
+fn plain_origin_form(raw: &[u8], target: std::ops::Range<usize>) -> Option<(usize, bool)> {
+    if raw.get(target.start) != Some(&b'/') {
         return None;
     }
-    let mut query = None;
-    for (i, &b) in target.iter().enumerate() {
-        if !PLAIN_TARGET[b as usize] {
-            return None;
-        }
-        if b == b'?' && query.is_none() {
-            query = Some(i);
-        }
-    }
-    Some(query.unwrap_or(target.len()))
+    crate::parse::plain_target(raw, target.start, target.end)
 }
 
 /// The fields the machine itself reads, judged while the head is parsed
@@ -1665,9 +1665,9 @@ fn fill_head(
     };
     let path = raw.get(parsed.target.clone()).unwrap_or_default();
     let target = (offset(parsed.target.start)?, offset(parsed.target.end)?);
-    let plain = plain_origin_form(path);
+    let plain = plain_origin_form(raw, parsed.target.clone());
     // (Only read for plain targets: the others have their `Uri`.)
-    let query = target.0 + plain.unwrap_or(path.len()) as u32;
+    let query = target.0 + plain.map_or(path.len(), |(q, _)| q) as u32;
     let uri = if plain.is_some() {
         None
     } else {
@@ -1730,6 +1730,7 @@ fn fill_head(
     d.expect_continue = expect_continue;
     d.target = target;
     d.query = query;
+    d.escaped = plain.is_none_or(|(_, pct)| pct);
     d.fields = fields;
     // (Replaced, not assigned: the old value is nearly always `None`, and
     // this way its drop is no call.)

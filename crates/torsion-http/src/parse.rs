@@ -238,6 +238,76 @@ mod simd {
             !(_mm_movemask_epi8(name) as u32) & 0xFFFF
         }
     }
+
+    /// For a request target: bits of the bytes outside
+    /// [`PLAIN_TARGET`](super::PLAIN_TARGET), of the `?`s and of the `%`s.
+    #[inline(always)]
+    pub(super) fn target_classes(v: __m128i) -> (u32, u32, u32) {
+        let eq = |b: u8| unsafe { _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)) };
+        // `!`, `$`..`;`, `=`, `?`..`Z`, `_`, `a`..`z`, `~`.
+        let plain = unsafe {
+            _mm_or_si128(
+                _mm_or_si128(
+                    _mm_or_si128(in_range(v, b'$', b';'), in_range(v, b'?', b'Z')),
+                    _mm_or_si128(in_range(v, b'a', b'z'), eq(b'!')),
+                ),
+                _mm_or_si128(_mm_or_si128(eq(b'='), eq(b'_')), eq(b'~')),
+            )
+        };
+        unsafe {
+            (
+                !(_mm_movemask_epi8(plain) as u32) & 0xFFFF,
+                _mm_movemask_epi8(eq(b'?')) as u32,
+                _mm_movemask_epi8(eq(b'%')) as u32,
+            )
+        }
+    }
+}
+
+/// Bytes an origin-form target may hold for its `Uri` to be built later
+/// instead of now: RFC 3986's `pchar`, `/` and `?` (all of which the `http`
+/// crate accepts, so the lazy build cannot fail).
+pub(crate) static PLAIN_TARGET: [bool; 256] = alnum_and(b"-._~!$&'()*+,;=:@%/?");
+
+/// What the target `buf[t0..t1]` is made of: `None` when it holds a byte
+/// outside [`PLAIN_TARGET`]; otherwise where its first `?` is (counted
+/// from `t0`; its length when it has none) and whether it holds a `%`.
+/// Sixteen bytes at a time where `buf` holds them (a target is followed by
+/// the rest of its head), then byte by byte.
+pub(crate) fn plain_target(buf: &[u8], t0: usize, t1: usize) -> Option<(usize, bool)> {
+    let mut i = t0;
+    let mut query = None;
+    let mut pct = false;
+    // (A target of a few bytes, as `/`, is quicker byte by byte.)
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    while i < t1 && t1 - t0 > 4 {
+        let Some(v) = simd::load(buf, i) else { break };
+        // Only the bytes up to `t1` count.
+        let keep = if t1 - i >= 16 {
+            0xFFFF
+        } else {
+            (1u32 << (t1 - i)) - 1
+        };
+        let (other, q, p) = simd::target_classes(v);
+        if other & keep != 0 {
+            return None;
+        }
+        if query.is_none() && q & keep != 0 {
+            query = Some(i - t0 + (q & keep).trailing_zeros() as usize);
+        }
+        pct |= p & keep != 0;
+        i += 16;
+    }
+    for (k, &b) in buf.get(i..t1).unwrap_or_default().iter().enumerate() {
+        if !PLAIN_TARGET[b as usize] {
+            return None;
+        }
+        if b == b'?' && query.is_none() {
+            query = Some(i - t0 + k);
+        }
+        pct |= b == b'%';
+    }
+    Some((query.unwrap_or(t1 - t0), pct))
 }
 
 /// Skips bytes in `buf[i..end]` that are ≥ `n` (and not 0x7F); returns
@@ -573,6 +643,49 @@ fn parse_fields<'a>(
 
 #[cfg(test)]
 mod tests {
+    /// The sixteen-at-a-time classification against a byte-by-byte
+    /// reference: every byte value in every position of targets of every
+    /// length to 40, with input following them (as in a head) or not.
+    #[test]
+    fn plain_target_agrees_with_the_table() {
+        use super::{plain_target, PLAIN_TARGET};
+        let reference = |t: &[u8]| -> Option<(usize, bool)> {
+            if !t.iter().all(|&b| PLAIN_TARGET[b as usize]) {
+                return None;
+            }
+            let q = t.iter().position(|&b| b == b'?').unwrap_or(t.len());
+            Some((q, t.contains(&b'%')))
+        };
+        let base = b"/abcdefghij/KLMNOPQRST/0123456789-._~!$&'()*+,;=:@";
+        for len in 0..=40usize {
+            for at in 0..len.max(1) {
+                for b in 0..=255u8 {
+                    let mut t = base[..len].to_vec();
+                    if len > 0 {
+                        t[at] = b;
+                    }
+                    for tail in [&b""[..], b" HTTP/1.1\r\nHost: x\r\n\r\n"] {
+                        let mut buf = b"GET ".to_vec();
+                        buf.extend_from_slice(&t);
+                        buf.extend_from_slice(tail);
+                        assert_eq!(
+                            plain_target(&buf, 4, 4 + len),
+                            reference(&t),
+                            "{:?} + {:?}",
+                            String::from_utf8_lossy(&t),
+                            String::from_utf8_lossy(tail)
+                        );
+                    }
+                }
+            }
+        }
+        // A second `?` after the first, and `?`s in later chunks.
+        let t = b"/aaaaaaaaaaaaaaaaaaaa?b=1?c%20";
+        let mut buf = t.to_vec();
+        buf.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+        assert_eq!(plain_target(&buf, 0, t.len()), Some((21, true)));
+    }
+
     use super::*;
 
     fn parse(buf: &[u8]) -> Result<Option<ParsedHead>, HeadError> {

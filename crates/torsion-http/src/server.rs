@@ -686,7 +686,7 @@ impl Conn {
         let log = access_log_enabled().then(|| log_info(&head));
         let id = head.id();
         let is_head = *head.method() == http::Method::HEAD;
-        if !request::path_is_valid(head.path_bytes()) {
+        if !head.path_is_plain() && !request::path_is_valid(head.path_bytes()) {
             self.slots
                 .borrow_mut()
                 .push_back(Slot::waiting(id, is_head, log));
