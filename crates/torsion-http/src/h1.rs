@@ -1568,7 +1568,16 @@ impl FramingFields {
         // Dispatch on length first: most fields are none of these.
         match name.len() {
             4 if token_is(name, b"host") => self.hosts += 1,
-            6 | 10 | 14 | 17 => self.see_framing(name, value),
+            // (Their first letters, `e`, `c` and `t` in either case, rule
+            // out most other names of these lengths, as `Accept`,
+            // `User-Agent` and `Sec-Fetch-Mode`, without a call.)
+            6 | 10 | 14 | 17
+                if name
+                    .first()
+                    .is_some_and(|&b| matches!(b | 0x20, b'e' | b'c' | b't')) =>
+            {
+                self.see_framing(name, value)
+            }
             _ => {}
         }
     }

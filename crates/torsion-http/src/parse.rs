@@ -628,8 +628,10 @@ fn parse_fields<'a>(
         if buf[i + 1] != b'\n' {
             return Err(HeadError::LineEnding);
         }
+        // Trailing whitespace off. (A value's bytes were checked above: at
+        // or below space there are only space and tab, so one compare.)
         let mut v1 = i;
-        while v1 > v0 && matches!(buf[v1 - 1], b' ' | b'\t') {
+        while v1 > v0 && buf[v1 - 1] <= b' ' {
             v1 -= 1;
         }
         field_count += 1;
