@@ -1234,7 +1234,10 @@ impl Conn {
             TimerKind::Idle => self.shared.cfg.idle_timeout,
             TimerKind::Body => self.shared.cfg.body_timeout,
         };
-        let at = self.shared.reactor.now().saturating_add(delay);
+        // (The turn's clock, read once per turn: a deadline seconds away
+        // need not be exact to the microsecond, and a connection going
+        // idle after each answer would otherwise read the clock each time.)
+        let at = self.shared.reactor.turn_now().saturating_add(delay);
         self.deadline.set(Some((kind, at)));
     }
 
