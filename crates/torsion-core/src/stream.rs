@@ -416,6 +416,13 @@ impl<S: StreamSocket> Connection<S> {
         }
     }
 
+    /// Whether a write of `data` is dropped: nothing to write, or the
+    /// connection closed or closing for writing.
+    fn drops_write(&self, data: &[u8]) -> bool {
+        data.is_empty()
+            || self.has(flag::CLOSED | flag::WRITE_SHUT | flag::WRITE_SHUT_PENDING | flag::ABORTING)
+    }
+
     /// A read or write failed: the connection is aborted with that error
     /// when it next settles.
     fn io_failed(&self, e: io::Error) {
@@ -609,9 +616,7 @@ impl<S: StreamSocket> Source for Connection<S> {
 
 impl<S: StreamSocket> TransportImpl for Connection<S> {
     fn write(&self, data: &[u8]) {
-        if data.is_empty()
-            || self.has(flag::CLOSED | flag::WRITE_SHUT | flag::WRITE_SHUT_PENDING | flag::ABORTING)
-        {
+        if self.drops_write(data) {
             return;
         }
         let len = {
@@ -638,9 +643,7 @@ impl<S: StreamSocket> TransportImpl for Connection<S> {
     }
 
     fn write_through(&self, mut data: &[u8]) {
-        if data.is_empty()
-            || self.has(flag::CLOSED | flag::WRITE_SHUT | flag::WRITE_SHUT_PENDING | flag::ABORTING)
-        {
+        if self.drops_write(data) {
             return;
         }
         // Only with nothing queued: queued bytes must go first.

@@ -1853,11 +1853,11 @@ struct StdLines {
     /// lines, when they do: then `bytes` up to `head_end` is a whole
     /// keep-alive head.
     len: Option<u64>,
+    /// Then what follows `head_end` in `bytes` is the last small body
+    /// written whole after that head (nothing when there is none): a body
+    /// answered again and again, as `Hello, World!` or `OK`, is then one
+    /// copy with its head.
     head_end: usize,
-    /// Whether the last body written whole follows the head in `bytes`
-    /// (a small body answered again and again, as `Hello, World!` or
-    /// `OK`, is then one copy with its head).
-    body_held: bool,
 }
 
 /// How much of a head [`StdLines::write_ok_typed`] wrote.
@@ -1896,7 +1896,6 @@ impl StdLines {
             ct: None,
             len: None,
             head_end: std_end,
-            body_held: false,
         }
     }
 
@@ -1945,7 +1944,6 @@ impl StdLines {
             self.bytes.extend_from_slice(LENGTH_PREFIX);
             self.ct = Some(ct.clone());
             self.len = None;
-            self.body_held = false;
         }
         // Where `content-length: ` ends (the same content type as `ct`).
         let ct_end = self.std_end + CT_PREFIX.len() + ct.len() + LENGTH_PREFIX.len();
@@ -1961,7 +1959,6 @@ impl StdLines {
             self.bytes.extend_from_slice(b"\r\n\r\n");
             self.len = Some(len);
             self.head_end = self.bytes.len();
-            self.body_held = false;
         }
         out.extend_from_slice(&self.bytes[..self.head_end]);
         Cached::Whole
@@ -1976,8 +1973,9 @@ impl StdLines {
     /// released each time.)
     fn write_ok_with_body(&mut self, out: &mut Vec<u8>, ct: &HeaderValue, body: &[u8]) -> Cached {
         let len = body.len() as u64;
-        if self.body_held
-            && self.len == Some(len)
+        // (`small_eq` compares lengths too: no body kept, or a longer one
+        // not kept, never matches a body that has bytes.)
+        if self.len == Some(len)
             && self
                 .ct
                 .as_ref()
@@ -1996,7 +1994,6 @@ impl StdLines {
             if body.len() <= CACHED_BODY_MAX {
                 self.bytes.truncate(self.head_end);
                 self.bytes.extend_from_slice(body);
-                self.body_held = true;
             }
         }
         cached

@@ -703,14 +703,15 @@ impl Conn {
         // of a move wait for those stores to land. A panic in this short
         // step would be taken for the handler's: the request then gets a
         // 500, or nothing more if its answer had gone.)
-        let short_way = !has_body && log.is_none();
+        // Whether it is the oldest unanswered request, asked before the
+        // handler runs: nothing the handler does changes the machine (events
+        // arriving meanwhile only mark the connection for another step).
+        let at_once = !has_body && self.machine.borrow().current() == Some(id);
+        let short_way = at_once && log.is_none();
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let reply = handler.handle(req);
             if let Reply::Now(r) = &reply {
-                if short_way
-                    && self.machine.borrow().current() == Some(id)
-                    && self.emit_ok_typed(id, r)
-                {
+                if short_way && self.emit_ok_typed(id, r) {
                     return None;
                 }
             }
@@ -723,10 +724,7 @@ impl Conn {
         };
         // Otherwise straight to the machine all the same when answered at
         // once, without queueing a slot for it at all. (Requests with a
-        // body take the usual way: their body events come first.) Nothing
-        // looks for this request's slot while the handler runs: events
-        // arriving meanwhile only mark the connection for another step.
-        let at_once = !has_body && self.machine.borrow().current() == Some(id);
+        // body take the usual way: their body events come first.)
         match reply {
             Ok(Reply::Now(r)) if at_once => self.emit(id, r, Some(Answered { is_head, log })),
             reply => self.queue_reply(id, is_head, log, reply),
@@ -909,7 +907,9 @@ impl Conn {
         if r.headers.is_built() {
             return false;
         }
-        // (`respond_typed_with_body`'s choice, its fields known to be none.)
+        // (`respond_typed_with_body`'s choice, written out: its fields are
+        // known to be none, and asking the empty map cost 17 instructions
+        // per request.)
         let mut m = self.machine.borrow_mut();
         let sent = if r.status == StatusCode::OK && m.respond_ok_typed(id, ct, body) {
             Ok(())
